@@ -1,0 +1,282 @@
+//! Validating descriptor chains into packets (TX) and buffers (RX).
+//!
+//! Each check has its own [`ChainError`] variant, carrying the bad value, so a drop can be
+//! counted per reason and logged with what was wrong (SPEC.md §9). A failed parse never
+//! consumes the chain: the caller still owns the head index and must return it to the used ring.
+
+use std::ops::Deref;
+
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use virtio_queue::DescriptorChain;
+
+use crate::consts::{HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
+use crate::header::{Op, PacketHeader};
+use crate::segments::{SegmentError, Segments};
+
+/// Why a descriptor chain was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The chain has no descriptors (a bad head index or descriptor table).
+    #[error("descriptor chain is empty")]
+    Empty,
+    /// The chain is shorter than the 44-byte header.
+    #[error("descriptor chain holds {len} bytes, less than the {need}-byte header")]
+    TooShort {
+        /// Bytes in the chain.
+        len: u32,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// A TX descriptor is write-only.
+    #[error("descriptor {position} of a TX chain is write-only")]
+    WriteOnlyInTx {
+        /// Position of the descriptor in the chain.
+        position: usize,
+    },
+    /// An RX descriptor is read-only.
+    #[error("descriptor {position} of an RX chain is read-only")]
+    ReadOnlyInRx {
+        /// Position of the descriptor in the chain.
+        position: usize,
+    },
+    /// A descriptor points outside guest memory.
+    #[error("descriptor {position} points outside guest memory ({addr:#x}+{len})")]
+    OutsideMemory {
+        /// Position of the descriptor in the chain.
+        position: usize,
+        /// Guest address in the descriptor.
+        addr: u64,
+        /// Length in the descriptor.
+        len: u32,
+    },
+    /// The chain has too many descriptors, or lengths that overflow.
+    #[error("descriptor chain is malformed")]
+    Segments(#[source] SegmentError),
+    /// The header says more payload than the device accepts in one packet.
+    #[error("header len {len} is over the {max}-byte maximum")]
+    LenOverMax {
+        /// `len` from the header.
+        len: u32,
+        /// The cap, [`MAX_PAYLOAD`].
+        max: u32,
+    },
+    /// The header says more payload than the chain holds.
+    #[error("header len {len} is larger than the {available} payload bytes in the chain")]
+    LenOverChain {
+        /// `len` from the header.
+        len: u32,
+        /// Payload bytes the chain holds after the header.
+        available: u32,
+    },
+    /// A packet other than RW carries payload.
+    #[error("op {op} carries {len} payload bytes; only RW may")]
+    PayloadOnControl {
+        /// Raw op.
+        op: u16,
+        /// `len` from the header.
+        len: u32,
+    },
+    /// The op is `INVALID` or unknown.
+    #[error("unknown op {op}")]
+    UnknownOp {
+        /// Raw op.
+        op: u16,
+    },
+    /// The socket type is not stream.
+    #[error("unsupported socket type {type_}")]
+    UnknownType {
+        /// Raw type.
+        type_: u16,
+    },
+}
+
+impl ChainError {
+    /// A short, stable name for the reason, used for counters and rate-limited logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ChainError::Empty => "empty_chain",
+            ChainError::TooShort { .. } => "short_chain",
+            ChainError::WriteOnlyInTx { .. } | ChainError::ReadOnlyInRx { .. } => "flag_mismatch",
+            ChainError::OutsideMemory { .. } => "outside_memory",
+            ChainError::Segments(_) => "bad_chain",
+            ChainError::LenOverMax { .. } => "len_over_max",
+            ChainError::LenOverChain { .. } => "len_over_chain",
+            ChainError::PayloadOnControl { .. } => "payload_on_control",
+            ChainError::UnknownOp { .. } => "unknown_op",
+            ChainError::UnknownType { .. } => "unknown_type",
+        }
+    }
+}
+
+/// A validated TX packet: a private copy of the header plus the guest buffers of the payload.
+#[derive(Clone, Debug)]
+pub struct TxPacket {
+    /// Head index of the chain, for the used ring.
+    pub head_index: u16,
+    /// The header, copied out of guest memory.
+    pub header: PacketHeader,
+    /// Exactly `header.len()` bytes of payload, still in guest memory.
+    pub payload: Segments,
+}
+
+impl TxPacket {
+    /// The op (validated, so always known).
+    pub fn op(&self) -> Op {
+        // parse_tx_chain rejected unknown ops, so the fallback is never taken.
+        self.header.op().unwrap_or(Op::Rst)
+    }
+}
+
+/// A validated RX buffer: write-only guest buffers with room for a header and some payload.
+#[derive(Clone, Debug)]
+pub struct RxBuffer {
+    /// Head index of the chain, for the used ring.
+    pub head_index: u16,
+    /// The whole buffer space, header first.
+    pub space: Segments,
+}
+
+impl RxBuffer {
+    /// How many payload bytes fit after the header.
+    pub fn payload_capacity(&self) -> u32 {
+        self.space.len().saturating_sub(HEADER_SIZE as u32)
+    }
+
+    /// Writes `header` at the start of the buffer.
+    pub fn write_header<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        header: &PacketHeader,
+    ) -> Result<(), SegmentError> {
+        self.space
+            .write_bytes(mem, 0, vm_memory::ByteValued::as_slice(header))
+    }
+
+    /// The payload area: `len` bytes after the header.
+    pub fn payload(&self, len: u32) -> Result<Segments, SegmentError> {
+        self.space.window(HEADER_SIZE as u32, len)
+    }
+
+    /// Bytes the device reports as used for a packet with `payload_len` bytes of payload.
+    pub fn used_len(payload_len: u32) -> u32 {
+        HEADER_SIZE as u32 + payload_len
+    }
+}
+
+fn collect<M>(chain: &mut DescriptorChain<M>, writable: bool) -> Result<Segments, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    let mut segs = Segments::new();
+    let mut seen = 0usize;
+    for (position, desc) in chain.by_ref().enumerate() {
+        seen += 1;
+        if position >= MAX_SEGMENTS {
+            return Err(ChainError::Segments(SegmentError::TooMany { max: MAX_SEGMENTS }));
+        }
+        if desc.is_write_only() != writable {
+            return Err(if writable {
+                ChainError::ReadOnlyInRx { position }
+            } else {
+                ChainError::WriteOnlyInTx { position }
+            });
+        }
+        segs.push(GuestAddress(desc.addr().0), desc.len())
+            .map_err(ChainError::Segments)?;
+    }
+    if seen == 0 {
+        return Err(ChainError::Empty);
+    }
+    let access = if writable {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
+    let mem = chain.memory();
+    for (position, seg) in segs.iter().enumerate() {
+        if !mem.check_range(seg.addr, seg.len as usize, access) {
+            return Err(ChainError::OutsideMemory {
+                position,
+                addr: seg.addr.0,
+                len: seg.len,
+            });
+        }
+    }
+    Ok(segs)
+}
+
+/// Validates a TX chain: read-only descriptors inside guest memory, a header that fits, a known
+/// op and type, and a `len` within [`MAX_PAYLOAD`] and within the chain.
+pub fn parse_tx_chain<M>(chain: DescriptorChain<M>) -> Result<TxPacket, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    let head_index = chain.head_index();
+    let mut chain = chain;
+    let segs = collect(&mut chain, false)?;
+    if (segs.len() as usize) < HEADER_SIZE {
+        return Err(ChainError::TooShort {
+            len: segs.len(),
+            need: HEADER_SIZE,
+        });
+    }
+    let mut header = PacketHeader::default();
+    segs.read_bytes(chain.memory(), 0, vm_memory::ByteValued::as_mut_slice(&mut header))
+        .map_err(ChainError::Segments)?;
+
+    let Some(op) = header.op() else {
+        return Err(ChainError::UnknownOp {
+            op: header.op_raw(),
+        });
+    };
+    if header.type_() != TYPE_STREAM {
+        return Err(ChainError::UnknownType {
+            type_: header.type_(),
+        });
+    }
+    let len = header.len();
+    if op != Op::Rw && len != 0 {
+        return Err(ChainError::PayloadOnControl {
+            op: header.op_raw(),
+            len,
+        });
+    }
+    if len > MAX_PAYLOAD {
+        return Err(ChainError::LenOverMax {
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    let available = segs.len() - HEADER_SIZE as u32;
+    if len > available {
+        return Err(ChainError::LenOverChain { len, available });
+    }
+    let payload = segs
+        .window(HEADER_SIZE as u32, len)
+        .map_err(ChainError::Segments)?;
+    Ok(TxPacket {
+        head_index,
+        header,
+        payload,
+    })
+}
+
+/// Validates an RX chain: write-only descriptors inside guest memory with room for a header.
+pub fn parse_rx_chain<M>(chain: DescriptorChain<M>) -> Result<RxBuffer, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    let head_index = chain.head_index();
+    let mut chain = chain;
+    let space = collect(&mut chain, true)?;
+    if (space.len() as usize) < HEADER_SIZE {
+        return Err(ChainError::TooShort {
+            len: space.len(),
+            need: HEADER_SIZE,
+        });
+    }
+    Ok(RxBuffer { head_index, space })
+}
