@@ -1,0 +1,41 @@
+//! `sockbypassd`: one host process that serves every VM's virtio-vsock device over vhost-user
+//! and switches streams between them. `virtio-spec/SPEC.md` is the normative description.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`cli`] | the `clap` command line |
+//! | [`config`] | `--vm` specs and `--config` TOML into a checked [`config::DaemonConfig`] |
+//! | [`logging`] | `tracing` setup and rate-limited warnings |
+//! | [`daemon`] | starts the switch, one vhost-user server per VM, and the host I/O thread |
+//! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects |
+//! | [`switch`] | TX and RX paths, routing, per-VM state and locks |
+//! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention |
+//! | [`metrics`] | per-VM counters, one per drop reason |
+//! | [`signals`] | waiting for SIGINT/SIGTERM |
+
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod device;
+pub mod host;
+pub mod logging;
+pub mod metrics;
+pub mod signals;
+pub mod switch;
+
+/// Formats an error and all its causes on one line: `outer: inner: innermost`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let msg = cause.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = cause.source();
+    }
+    out.replace('\n', " ")
+}

@@ -6,10 +6,10 @@
 
 use std::ops::Deref;
 
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use virtio_queue::DescriptorChain;
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
-use crate::consts::{HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
+use crate::consts::{HEADER_LEN, HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
 use crate::header::{Op, PacketHeader};
 use crate::segments::{SegmentError, Segments};
 
@@ -139,7 +139,7 @@ pub struct RxBuffer {
 impl RxBuffer {
     /// How many payload bytes fit after the header.
     pub fn payload_capacity(&self) -> u32 {
-        self.space.len().saturating_sub(HEADER_SIZE as u32)
+        self.space.len().saturating_sub(HEADER_LEN)
     }
 
     /// Writes `header` at the start of the buffer.
@@ -154,12 +154,12 @@ impl RxBuffer {
 
     /// The payload area: `len` bytes after the header.
     pub fn payload(&self, len: u32) -> Result<Segments, SegmentError> {
-        self.space.window(HEADER_SIZE as u32, len)
+        self.space.window(HEADER_LEN, len)
     }
 
     /// Bytes the device reports as used for a packet with `payload_len` bytes of payload.
     pub fn used_len(payload_len: u32) -> u32 {
-        HEADER_SIZE as u32 + payload_len
+        HEADER_LEN + payload_len
     }
 }
 
@@ -173,7 +173,9 @@ where
     for (position, desc) in chain.by_ref().enumerate() {
         seen += 1;
         if position >= MAX_SEGMENTS {
-            return Err(ChainError::Segments(SegmentError::TooMany { max: MAX_SEGMENTS }));
+            return Err(ChainError::Segments(SegmentError::TooMany {
+                max: MAX_SEGMENTS,
+            }));
         }
         if desc.is_write_only() != writable {
             return Err(if writable {
@@ -223,8 +225,12 @@ where
         });
     }
     let mut header = PacketHeader::default();
-    segs.read_bytes(chain.memory(), 0, vm_memory::ByteValued::as_mut_slice(&mut header))
-        .map_err(ChainError::Segments)?;
+    segs.read_bytes(
+        chain.memory(),
+        0,
+        vm_memory::ByteValued::as_mut_slice(&mut header),
+    )
+    .map_err(ChainError::Segments)?;
 
     let Some(op) = header.op() else {
         return Err(ChainError::UnknownOp {
@@ -249,12 +255,12 @@ where
             max: MAX_PAYLOAD,
         });
     }
-    let available = segs.len() - HEADER_SIZE as u32;
+    let available = segs.len() - HEADER_LEN;
     if len > available {
         return Err(ChainError::LenOverChain { len, available });
     }
     let payload = segs
-        .window(HEADER_SIZE as u32, len)
+        .window(HEADER_LEN, len)
         .map_err(ChainError::Segments)?;
     Ok(TxPacket {
         head_index,

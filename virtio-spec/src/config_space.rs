@@ -34,7 +34,9 @@ mod tests {
 
     #[test]
     fn guest_cid_is_le64() {
-        let cfg = VsockConfigSpace { guest_cid: 0x0102_0304 };
+        let cfg = VsockConfigSpace {
+            guest_cid: 0x0102_0304,
+        };
         assert_eq!(cfg.read(0, 8), vec![4, 3, 2, 1, 0, 0, 0, 0]);
         assert_eq!(cfg.read(0, 4), vec![4, 3, 2, 1]);
         assert_eq!(cfg.read(2, 2), vec![2, 1]);

@@ -23,6 +23,8 @@ pub const CID_ANY: u64 = u32::MAX as u64;
 
 /// Size of the packet header in bytes.
 pub const HEADER_SIZE: usize = 44;
+/// [`HEADER_SIZE`] as the `u32` that lengths on the wire use.
+pub const HEADER_LEN: u32 = 44;
 /// Largest payload of one packet (Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`).
 pub const MAX_PAYLOAD: u32 = 64 * 1024;
 /// Most descriptors a chain may have; longer chains are malformed.

@@ -96,17 +96,36 @@ macro_rules! field {
     };
 }
 
+#[allow(clippy::len_without_is_empty)]
 impl PacketHeader {
     field!(src_cid, set_src_cid, src_cid, u64, "the sender's CID.");
     field!(dst_cid, set_dst_cid, dst_cid, u64, "the receiver's CID.");
     field!(src_port, set_src_port, src_port, u32, "the sender's port.");
-    field!(dst_port, set_dst_port, dst_port, u32, "the receiver's port.");
+    field!(
+        dst_port,
+        set_dst_port,
+        dst_port,
+        u32,
+        "the receiver's port."
+    );
     field!(len, set_len, len, u32, "payload length in bytes.");
     field!(type_, set_type, type_, u16, "socket type (1 = stream).");
     field!(op_raw, set_op_raw, op, u16, "the operation, raw.");
     field!(flags, set_flags, flags, u32, "op-specific flags.");
-    field!(buf_alloc, set_buf_alloc, buf_alloc, u32, "the sender's receive buffer size.");
-    field!(fwd_cnt, set_fwd_cnt, fwd_cnt, u32, "bytes the sender's application consumed.");
+    field!(
+        buf_alloc,
+        set_buf_alloc,
+        buf_alloc,
+        u32,
+        "the sender's receive buffer size."
+    );
+    field!(
+        fwd_cnt,
+        set_fwd_cnt,
+        fwd_cnt,
+        u32,
+        "bytes the sender's application consumed."
+    );
 
     /// A stream header with the given op and addressing, `len` 0 and no credit information.
     pub fn stream(op: Op, src_cid: u64, src_port: u32, dst_cid: u64, dst_port: u32) -> Self {
@@ -153,8 +172,14 @@ impl PacketHeader {
 impl std::fmt::Debug for PacketHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PacketHeader")
-            .field("src", &format_args!("{}:{}", self.src_cid(), self.src_port()))
-            .field("dst", &format_args!("{}:{}", self.dst_cid(), self.dst_port()))
+            .field(
+                "src",
+                &format_args!("{}:{}", self.src_cid(), self.src_port()),
+            )
+            .field(
+                "dst",
+                &format_args!("{}:{}", self.dst_cid(), self.dst_port()),
+            )
             .field("len", &self.len())
             .field("type", &self.type_())
             .field("op", &self.op_raw())

@@ -17,6 +17,8 @@
 //! switch must copy those straight from one guest into another without a heap buffer, so this
 //! crate keeps a fixed-capacity list of guest segments instead (see SPEC.md §3).
 
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
+
 pub mod chain;
 pub mod config_space;
 pub mod consts;

@@ -190,7 +190,8 @@ impl Segments {
 
     /// Writes up to `len` bytes of the list, from `offset` on, into a host file descriptor.
     ///
-    /// Stops early at a short write or `WouldBlock`; returns how many bytes went out.
+    /// Stops early at a short write, or at `WouldBlock` after some bytes went out; returns how
+    /// many bytes went out. `WouldBlock` before any byte is an error ([`io_would_block`]).
     pub fn write_to<M: GuestMemory + ?Sized, W: WriteVolatile>(
         &self,
         mem: &M,
@@ -198,18 +199,18 @@ impl Segments {
         len: u32,
         dst: &mut W,
     ) -> Result<u32, SegmentError> {
+        let mut moved = 0usize;
         self.for_each_slice(mem, offset, len, Permissions::Read, |slice| {
-            match dst.write_volatile(&slice) {
-                Ok(n) => Ok(n),
-                Err(e) => would_block_as_zero(e),
-            }
+            let r = dst.write_volatile(&slice);
+            host_io_result(r, &mut moved)
         })
     }
 
     /// Reads up to `len` bytes from a host file descriptor into the list, from `offset` on.
     ///
-    /// Stops early at a short read, end of file or `WouldBlock`; returns how many bytes came in
-    /// (0 means end of file or nothing available, see [`io_would_block`]).
+    /// Stops early at a short read, end of file, or `WouldBlock` after some bytes came in; returns
+    /// how many bytes came in, 0 meaning end of file. `WouldBlock` before any byte is an error
+    /// ([`io_would_block`]).
     pub fn read_from<M: GuestMemory + ?Sized, R: ReadVolatile>(
         &self,
         mem: &M,
@@ -217,11 +218,10 @@ impl Segments {
         len: u32,
         src: &mut R,
     ) -> Result<u32, SegmentError> {
+        let mut moved = 0usize;
         self.for_each_slice(mem, offset, len, Permissions::Write, |mut slice| {
-            match src.read_volatile(&mut slice) {
-                Ok(n) => Ok(n),
-                Err(e) => would_block_as_zero(e),
-            }
+            let r = src.read_volatile(&mut slice);
+            host_io_result(r, &mut moved)
         })
     }
 
@@ -237,7 +237,9 @@ impl Segments {
     ) -> Result<u32, SegmentError>
     where
         M: GuestMemory + ?Sized,
-        F: FnMut(VolatileSlice<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>) -> Result<usize, SegmentError>,
+        F: FnMut(
+            VolatileSlice<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>,
+        ) -> Result<usize, SegmentError>,
     {
         self.check(offset, len)?;
         let mut cur = self.cursor(offset);
@@ -291,7 +293,8 @@ where
     let mut dc = dst.cursor(dst_off);
     let mut left = len;
     while left > 0 {
-        let (Some((sseg, soff)), Some((dseg, doff))) = (sc.current(&src.segs), dc.current(&dst.segs))
+        let (Some((sseg, soff)), Some((dseg, doff))) =
+            (sc.current(&src.segs), dc.current(&dst.segs))
         else {
             break;
         };
@@ -349,11 +352,23 @@ fn volatile_oob(e: VolatileMemoryError) -> SegmentError {
     SegmentError::Io(io::Error::other(e))
 }
 
-fn would_block_as_zero(e: VolatileMemoryError) -> Result<usize, SegmentError> {
-    match e {
-        VolatileMemoryError::IOError(io) if io.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        VolatileMemoryError::IOError(io) => Err(SegmentError::Io(io)),
-        other => Err(SegmentError::Io(io::Error::other(other))),
+/// Maps one host read/write: `WouldBlock` after some progress just ends the walk.
+fn host_io_result(
+    r: Result<usize, VolatileMemoryError>,
+    moved: &mut usize,
+) -> Result<usize, SegmentError> {
+    match r {
+        Ok(n) => {
+            *moved += n;
+            Ok(n)
+        }
+        Err(VolatileMemoryError::IOError(io))
+            if io.kind() == io::ErrorKind::WouldBlock && *moved > 0 =>
+        {
+            Ok(0)
+        }
+        Err(VolatileMemoryError::IOError(io)) => Err(SegmentError::Io(io)),
+        Err(other) => Err(SegmentError::Io(io::Error::other(other))),
     }
 }
 
@@ -409,8 +424,11 @@ mod tests {
     use vm_memory::{Bytes, GuestMemoryMmap};
 
     fn mem() -> GuestMemoryMmap<()> {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x10000), 0x10000)])
-            .expect("anonymous guest memory")
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .expect("anonymous guest memory")
     }
 
     fn segs(list: &[(u64, u32)]) -> Segments {

@@ -1,0 +1,112 @@
+//! The `clap` command line of `sockbypassd`.
+//!
+//! `--vm` values are kept as raw strings here and parsed by [`crate::config`], so that a bad spec
+//! is reported like every other configuration error: one line on stderr and exit status 2.
+
+use std::path::PathBuf;
+
+/// Text shown after the options in `--help`.
+const AFTER_HELP: &str = "\
+VM SPEC:
+  name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]
+
+  name       VM name: letters, digits, `_`, `.`, `-`
+  cid        guest CID, 3..=4294967294, unique across VMs
+  socket     vhost-user socket this daemon listens on for the VMM
+  uds        optional host-side Unix socket path for this VM, unique
+  groups     `+`-separated group names
+  ports      `+`-separated vsock port numbers (0..=4294967294)
+  max_conns  connection limit of this VM, at least 1 (default: 1024)
+
+EXAMPLE:
+  sockbypassd \\
+    --vm name=web,cid=3,socket=/run/sockbypass/web.sock,uds=/run/sockbypass/web.vsock,groups=prod \\
+    --vm name=db,cid=4,socket=/run/sockbypass/db.sock,groups=prod
+
+CONFIG FILE (--config):
+  log_level = \"info\"
+
+  [[vm]]
+  name = \"web\"
+  cid = 3
+  socket = \"/run/sockbypass/web.sock\"
+  uds = \"/run/sockbypass/web.vsock\"
+  groups = [\"prod\"]
+  ports = [22, 80]
+
+  [[vm]]
+  name = \"db\"
+  cid = 4
+  socket = \"/run/sockbypass/db.sock\"
+  groups = [\"prod\"]
+  max_conns = 256
+
+VMs from --vm and --config are merged and checked together.";
+
+/// Command line of `sockbypassd`.
+#[derive(clap::Parser, Debug, Clone, Default, PartialEq, Eq)]
+#[command(
+    name = "sockbypassd",
+    version,
+    about = "vhost-user virtio-vsock backend that switches streams between VMs on one host",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// A VM to serve (repeatable): name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]
+    #[arg(long = "vm", value_name = "SPEC")]
+    pub vm: Vec<String>,
+
+    /// TOML file with `[[vm]]` tables (same keys as --vm) and an optional `log_level`
+    #[arg(long = "config", value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `sockbypassd=debug` (default: `log_level` of --config, else RUST_LOG)
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_repeated_vm_and_options() {
+        let cli = Cli::try_parse_from([
+            "sockbypassd",
+            "--vm",
+            "name=a,cid=3,socket=/tmp/a.sock",
+            "--vm",
+            "name=b,cid=4,socket=/tmp/b.sock",
+            "--config",
+            "/etc/sockbypass.toml",
+            "--log-level",
+            "sockbypassd=debug",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli,
+            Cli {
+                vm: vec![
+                    "name=a,cid=3,socket=/tmp/a.sock".to_owned(),
+                    "name=b,cid=4,socket=/tmp/b.sock".to_owned(),
+                ],
+                config: Some(PathBuf::from("/etc/sockbypass.toml")),
+                log_level: Some("sockbypassd=debug".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn help_shows_example() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("sockbypassd \\"));
+        assert!(help.contains("--vm name=web,cid=3,socket=/run/sockbypass/web.sock"));
+        assert!(help.contains("[[vm]]"));
+    }
+}

@@ -1,0 +1,266 @@
+//! [`ConfigError`]: every way the configuration can be rejected, each as one line of text.
+
+use std::io;
+use std::num::ParseIntError;
+use std::path::{Path, PathBuf};
+
+/// A configuration the daemon refuses to start with.
+///
+/// Every message is one line that names the bad value; causes such as [`io::Error`] are kept as
+/// [`std::error::Error::source`], so `crate::error_chain` prints `message: cause`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    // ---- `--vm` spec syntax ----
+    /// An item of a `--vm` spec is not `KEY=VALUE`.
+    #[error("--vm `{spec}`: expected KEY=VALUE, found `{item}`")]
+    SpecMalformed {
+        /// The whole spec.
+        spec: String,
+        /// The item without `=`.
+        item: String,
+    },
+    /// A `--vm` spec names a key that does not exist.
+    #[error("--vm `{spec}`: unknown key `{key}` (known keys: name, cid, socket, uds, groups, ports, max_conns)")]
+    SpecUnknownKey {
+        /// The whole spec.
+        spec: String,
+        /// The unknown key.
+        key: String,
+    },
+    /// A `--vm` spec lacks a required key.
+    #[error("--vm `{spec}`: missing required key `{key}`")]
+    SpecMissingKey {
+        /// The whole spec.
+        spec: String,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A `--vm` spec gives the same key twice.
+    #[error("--vm `{spec}`: key `{key}` given more than once")]
+    SpecDuplicateKey {
+        /// The whole spec.
+        spec: String,
+        /// The repeated key.
+        key: String,
+    },
+    /// A `--vm` spec has `KEY=` with nothing after the `=`.
+    #[error("--vm `{spec}`: empty value for key `{key}`")]
+    SpecEmptyValue {
+        /// The whole spec.
+        spec: String,
+        /// The key without value.
+        key: String,
+    },
+    /// A `+`-separated list in a `--vm` spec has an empty element.
+    #[error("--vm `{spec}`: empty element in `{key}={value}`")]
+    SpecEmptyListItem {
+        /// The whole spec.
+        spec: String,
+        /// The list key.
+        key: String,
+        /// The whole list value.
+        value: String,
+    },
+    /// A numeric value in a `--vm` spec is not a number of the right range.
+    #[error("--vm `{spec}`: bad number `{value}` for key `{key}`")]
+    SpecBadNumber {
+        /// The whole spec.
+        spec: String,
+        /// The key.
+        key: String,
+        /// The text that is not a number.
+        value: String,
+        /// Why it did not parse.
+        #[source]
+        source: ParseIntError,
+    },
+
+    // ---- config file ----
+    /// The config file could not be read.
+    #[error("cannot read config file {}", .path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: io::Error,
+    },
+    /// The config file has a key that does not exist.
+    #[error("{}: unknown key `{key}` in {table}", location(path, *line))]
+    UnknownFileKey {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the key, if known.
+        line: Option<usize>,
+        /// The unknown key.
+        key: String,
+        /// Where the key is: `[[vm]]` or `the top-level table`.
+        table: &'static str,
+    },
+    /// The config file is not valid TOML or has a value of the wrong type.
+    #[error("{}: {message}", location(path, *line))]
+    FileSyntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem, if known.
+        line: Option<usize>,
+        /// One-line description from the TOML parser.
+        message: String,
+    },
+
+    // ---- checks on the merged VM list ----
+    /// Neither `--vm` nor `--config` gave a VM.
+    #[error("no VMs configured: give --vm or --config")]
+    NoVms,
+    /// A VM name is empty or has characters outside `[A-Za-z0-9_.-]`.
+    #[error("invalid VM name `{name}`: names must be non-empty and use only A-Z, a-z, 0-9, `_`, `.` and `-`")]
+    InvalidName {
+        /// The bad name.
+        name: String,
+    },
+    /// Two VMs have the same name.
+    #[error("VM name `{name}` is used more than once")]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+    },
+    /// A CID below 3 (0 and 1 are reserved, 2 is the host).
+    #[error("VM `{vm}`: CID {cid} is reserved (guest CIDs start at 3)")]
+    ReservedCid {
+        /// The VM.
+        vm: String,
+        /// The bad CID.
+        cid: u64,
+    },
+    /// CID 4294967295 (`VMADDR_CID_ANY`).
+    #[error("VM `{vm}`: CID {cid} is VMADDR_CID_ANY and cannot be a guest CID")]
+    CidAny {
+        /// The VM.
+        vm: String,
+        /// The bad CID.
+        cid: u64,
+    },
+    /// A CID that does not fit in 32 bits.
+    #[error("VM `{vm}`: CID {cid} is larger than 32 bits (highest guest CID is 4294967294)")]
+    CidTooLarge {
+        /// The VM.
+        vm: String,
+        /// The bad CID.
+        cid: u64,
+    },
+    /// Two VMs have the same CID.
+    #[error("CID {cid} is used by both VM `{first}` and VM `{second}`")]
+    DuplicateCid {
+        /// The repeated CID.
+        cid: u64,
+        /// The VM that has it first.
+        first: String,
+        /// The VM that has it again.
+        second: String,
+    },
+    /// A `socket` or `uds` path is empty.
+    #[error("VM `{vm}`: {key} path is empty")]
+    EmptyPath {
+        /// The VM.
+        vm: String,
+        /// `socket` or `uds`.
+        key: &'static str,
+    },
+    /// Two VMs have the same vhost-user socket path.
+    #[error("socket path {} is used by both VM `{first}` and VM `{second}`", .path.display())]
+    DuplicateSocket {
+        /// The repeated path.
+        path: PathBuf,
+        /// The VM that has it first.
+        first: String,
+        /// The VM that has it again.
+        second: String,
+    },
+    /// Two VMs have the same `uds` path.
+    #[error("uds path {} is used by both VM `{first}` and VM `{second}`", .path.display())]
+    DuplicateUds {
+        /// The repeated path.
+        path: PathBuf,
+        /// The VM that has it first.
+        first: String,
+        /// The VM that has it again.
+        second: String,
+    },
+    /// A `uds` path equals a vhost-user socket path.
+    #[error("VM `{vm}`: uds path {} is also the socket path of VM `{other}`", .path.display())]
+    UdsIsSocket {
+        /// The VM whose `uds` it is.
+        vm: String,
+        /// The path.
+        path: PathBuf,
+        /// The VM whose `socket` it is (may be `vm` itself).
+        other: String,
+    },
+    /// The directory that should hold a socket does not exist.
+    #[error("VM `{vm}`: {key} directory {} does not exist", .dir.display())]
+    MissingDirectory {
+        /// The VM.
+        vm: String,
+        /// `socket` or `uds`.
+        key: &'static str,
+        /// The missing directory.
+        dir: PathBuf,
+    },
+    /// The parent of a socket path exists but is not a directory.
+    #[error("VM `{vm}`: {key} directory {} is not a directory", .dir.display())]
+    NotADirectory {
+        /// The VM.
+        vm: String,
+        /// `socket` or `uds`.
+        key: &'static str,
+        /// The path that is not a directory.
+        dir: PathBuf,
+    },
+    /// The directory that should hold a socket could not be examined.
+    #[error("VM `{vm}`: cannot access {key} directory {}", .dir.display())]
+    DirectoryUnusable {
+        /// The VM.
+        vm: String,
+        /// `socket` or `uds`.
+        key: &'static str,
+        /// The directory.
+        dir: PathBuf,
+        /// Why it could not be examined.
+        #[source]
+        source: io::Error,
+    },
+    /// Port 4294967295 (`VMADDR_PORT_ANY`) in `ports`.
+    #[error("VM `{vm}`: port {port} is VMADDR_PORT_ANY and cannot be listed in ports")]
+    InvalidPort {
+        /// The VM.
+        vm: String,
+        /// The bad port.
+        port: u32,
+    },
+    /// `max_conns = 0`.
+    #[error("VM `{vm}`: max_conns must be at least 1, got {max_conns}")]
+    InvalidMaxConns {
+        /// The VM.
+        vm: String,
+        /// The bad limit.
+        max_conns: u32,
+    },
+    /// A group name is empty or contains a comma.
+    #[error(
+        "VM `{vm}`: invalid group name `{group}`: group names must be non-empty and contain no `,`"
+    )]
+    InvalidGroup {
+        /// The VM.
+        vm: String,
+        /// The bad group name.
+        group: String,
+    },
+}
+
+/// `file:line` if the line is known, else `file`.
+fn location(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => path.display().to_string(),
+    }
+}

@@ -1,0 +1,285 @@
+//! Loading a `--config` TOML file: `[[vm]]` tables with the `--vm` keys, and `log_level`.
+//!
+//! Only the syntax and types are checked here; value rules are in [`super::validate`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, VmConfig, DEFAULT_MAX_CONNS};
+
+/// The contents of a config file, before the checks of [`super::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileConfig {
+    /// The `[[vm]]` tables, in file order.
+    pub vms: Vec<VmConfig>,
+    /// Top-level `log_level`, if present.
+    pub log_level: Option<String>,
+}
+
+/// The top level of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    vm: Vec<RawVm>,
+    log_level: Option<String>,
+}
+
+/// One `[[vm]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    cid: u64,
+    socket: PathBuf,
+    uds: Option<PathBuf>,
+    #[serde(default)]
+    groups: Vec<String>,
+    ports: Option<Vec<u32>>,
+    max_conns: Option<u32>,
+}
+
+impl From<RawVm> for VmConfig {
+    fn from(raw: RawVm) -> VmConfig {
+        VmConfig {
+            name: raw.name,
+            cid: raw.cid,
+            socket: raw.socket,
+            uds: raw.uds,
+            groups: raw.groups,
+            ports: raw.ports,
+            max_conns: raw.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+        }
+    }
+}
+
+/// Reads and parses the config file at `path`.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses config file contents; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
+    Ok(FileConfig {
+        vms: raw.vm.into_iter().map(VmConfig::from).collect(),
+        log_level: raw.log_level,
+    })
+}
+
+/// Turns a TOML error into a one-line [`ConfigError`] with `file:line`.
+fn toml_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|span| line_of(text, span.start));
+    let message = e.message();
+    if let Some(key) = unknown_field(message) {
+        // serde lists the expected fields after the key; only `[[vm]]` expects `socket`.
+        let table = if message.contains("`socket`") {
+            "[[vm]]"
+        } else {
+            "the top-level table"
+        };
+        return ConfigError::UnknownFileKey {
+            path: path.to_owned(),
+            line,
+            key: key.to_owned(),
+            table,
+        };
+    }
+    ConfigError::FileSyntax {
+        path: path.to_owned(),
+        line,
+        message: one_line(message),
+    }
+}
+
+/// The 1-based line that byte `offset` of `text` is on.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
+/// The key of serde's "unknown field `KEY`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let end = rest.find("`, expected").or_else(|| rest.rfind('`'))?;
+    Some(&rest[..end])
+}
+
+/// Flattens a parser message to one line: its first non-blank line, plus what the parser
+/// expected if it says so on a later line (`invalid string, expected `"`, `'``).
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut out = lines.next().unwrap_or("invalid TOML").to_owned();
+    if let Some(expected) = lines.find(|l| l.starts_with("expected ")) {
+        out.push_str(", ");
+        out.push_str(expected);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/sockbypass.toml";
+
+    fn parse_ok(text: &str) -> FileConfig {
+        parse(text, Path::new(FILE)).unwrap()
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        parse(text, Path::new(FILE)).unwrap_err()
+    }
+
+    #[test]
+    fn full_file() {
+        let text = r#"
+log_level = "sockbypassd=debug"
+
+[[vm]]
+name = "web"
+cid = 3
+socket = "/run/sb/web.sock"
+uds = "/run/sb/web.vsock"
+groups = ["prod", "db"]
+ports = [22, 80]
+max_conns = 16
+
+[[vm]]
+name = "db"
+cid = 4
+socket = "/run/sb/db.sock"
+"#;
+        assert_eq!(
+            parse_ok(text),
+            FileConfig {
+                vms: vec![
+                    VmConfig {
+                        name: "web".to_owned(),
+                        cid: 3,
+                        socket: PathBuf::from("/run/sb/web.sock"),
+                        uds: Some(PathBuf::from("/run/sb/web.vsock")),
+                        groups: vec!["prod".to_owned(), "db".to_owned()],
+                        ports: Some(vec![22, 80]),
+                        max_conns: 16,
+                    },
+                    VmConfig {
+                        name: "db".to_owned(),
+                        cid: 4,
+                        socket: PathBuf::from("/run/sb/db.sock"),
+                        uds: None,
+                        groups: Vec::new(),
+                        ports: None,
+                        max_conns: DEFAULT_MAX_CONNS,
+                    },
+                ],
+                log_level: Some("sockbypassd=debug".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn empty_file() {
+        assert_eq!(parse_ok(""), FileConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_in_vm() {
+        let text = "[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"/s\"\n\n[[vm]]\ncidd = 4\n";
+        let e = parse_err(text);
+        assert!(
+            matches!(&e, ConfigError::UnknownFileKey { line: Some(7), key, table: "[[vm]]", .. } if key == "cidd"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/sockbypass.toml:7: unknown key `cidd` in [[vm]]"
+        );
+    }
+
+    #[test]
+    fn unknown_key_at_top_level() {
+        let e = parse_err("log_level = \"info\"\nloglevel = \"debug\"\n");
+        assert!(
+            matches!(&e, ConfigError::UnknownFileKey { line: Some(2), key, table: "the top-level table", .. } if key == "loglevel"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/sockbypass.toml:2: unknown key `loglevel` in the top-level table"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_one_line_with_line_number() {
+        let e = parse_err("[[vm]]\nname = \"a\ncid = 3\n");
+        assert!(
+            matches!(&e, ConfigError::FileSyntax { line: Some(2), .. }),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.starts_with("/etc/sockbypass.toml:2: "), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let e = parse_err("[[vm]]\nname = \"a\"\ncid = \"3\"\nsocket = \"/s\"\n");
+        assert!(
+            matches!(&e, ConfigError::FileSyntax { line: Some(3), .. }),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn missing_field() {
+        let e = parse_err("[[vm]]\nname = \"a\"\nsocket = \"/s\"\n");
+        assert!(matches!(&e, ConfigError::FileSyntax { .. }), "{e:?}");
+        assert!(e.to_string().contains("missing field `cid`"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_numbers() {
+        for text in [
+            "[[vm]]\nname = \"a\"\ncid = -1\nsocket = \"/s\"\n",
+            "[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"/s\"\nports = [4294967296]\n",
+            "[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"/s\"\nmax_conns = -1\n",
+        ] {
+            let e = parse_err(text);
+            assert!(matches!(&e, ConfigError::FileSyntax { .. }), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_keeps_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let e = load(&path).unwrap_err();
+        match &e {
+            ConfigError::ReadFile { path: p, source } => {
+                assert_eq!(p, &path);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(crate::error_chain(&e)
+            .starts_with(&format!("cannot read config file {}: ", path.display())));
+    }
+
+    #[test]
+    fn line_numbers() {
+        assert_eq!(line_of("abc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a\n", 99), 2);
+    }
+}

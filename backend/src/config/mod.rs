@@ -1,0 +1,222 @@
+//! The daemon's configuration: `--vm` specs and a `--config` TOML file, merged into one
+//! checked [`DaemonConfig`].
+//!
+//! | file | job |
+//! |---|---|
+//! | `vm_spec.rs` | one `--vm` string into a [`VmConfig`] ([`VmConfig::from_spec`]) |
+//! | `file.rs` | a TOML file into VMs and `log_level`, with `file:line` errors |
+//! | `validate.rs` | rules on the merged VM list (CIDs, names, paths, directories) |
+//! | `error.rs` | [`ConfigError`], one variant per problem, one line each |
+
+mod error;
+mod file;
+mod validate;
+mod vm_spec;
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::Cli;
+
+pub use error::ConfigError;
+
+/// `max_conns` of a VM that does not set it.
+pub const DEFAULT_MAX_CONNS: u32 = 1024;
+
+/// Everything the daemon needs to start, already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The VMs to serve: those of `--config` first, then those of `--vm`, in the order given.
+    pub vms: Vec<VmConfig>,
+    /// The `tracing` filter from `--log-level`, else from the file's `log_level`; `None` means
+    /// the logger falls back to `RUST_LOG`.
+    pub log_level: Option<String>,
+}
+
+/// One VM: its vsock identity and the sockets that serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Unique name, `[A-Za-z0-9_.-]+`; used in logs and messages.
+    pub name: String,
+    /// Guest CID: unique, 3..=4294967294.
+    pub cid: u64,
+    /// vhost-user socket the daemon listens on for this VM's VMM.
+    pub socket: PathBuf,
+    /// Optional host-side Unix socket path for this VM.
+    pub uds: Option<PathBuf>,
+    /// Group names (non-empty, no `,`).
+    pub groups: Vec<String>,
+    /// Port list (never 4294967295, `VMADDR_PORT_ANY`); `None` if not given.
+    pub ports: Option<Vec<u32>>,
+    /// Connection limit, at least 1; [`DEFAULT_MAX_CONNS`] if not given.
+    pub max_conns: u32,
+}
+
+impl DaemonConfig {
+    /// Builds the configuration from the command line: reads `--config` (if any), parses every
+    /// `--vm`, merges the VMs of both and checks them together.
+    pub fn from_cli(cli: &Cli) -> Result<DaemonConfig, ConfigError> {
+        let (mut vms, file_log_level) = match &cli.config {
+            Some(path) => {
+                let file = file::load(path)?;
+                (file.vms, file.log_level)
+            }
+            None => (Vec::new(), None),
+        };
+        for spec in &cli.vm {
+            vms.push(VmConfig::from_spec(spec)?);
+        }
+        let config = DaemonConfig {
+            vms,
+            log_level: cli.log_level.clone().or(file_log_level),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Builds the configuration from the text of a config file alone; `file` names it in error
+    /// messages (`file:line: ...`) and is not opened.
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<DaemonConfig, ConfigError> {
+        let parsed = file::parse(text, file)?;
+        let config = DaemonConfig {
+            vms: parsed.vms,
+            log_level: parsed.log_level,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the VMs: at least one; valid names, CIDs, groups, ports and `max_conns`; unique
+    /// names, CIDs, socket and uds paths; existing socket directories.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(&self.vms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("sockbypassd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn merges_file_and_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let toml = dir.path().join("sb.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "log_level = \"warn\"\n[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{d}/web.sock\"\ngroups = [\"prod\"]\nports = [22]\n"
+            ),
+        )
+        .unwrap();
+        let db_spec = format!("name=db,cid=4,socket={d}/db.sock,uds={d}/db.vsock,max_conns=8");
+        let config = DaemonConfig::from_cli(&cli(&[
+            "--config",
+            toml.to_str().unwrap(),
+            "--vm",
+            &db_spec,
+        ]))
+        .unwrap();
+        assert_eq!(
+            config,
+            DaemonConfig {
+                vms: vec![
+                    VmConfig {
+                        name: "web".to_owned(),
+                        cid: 3,
+                        socket: dir.path().join("web.sock"),
+                        uds: None,
+                        groups: vec!["prod".to_owned()],
+                        ports: Some(vec![22]),
+                        max_conns: DEFAULT_MAX_CONNS,
+                    },
+                    VmConfig {
+                        name: "db".to_owned(),
+                        cid: 4,
+                        socket: dir.path().join("db.sock"),
+                        uds: Some(dir.path().join("db.vsock")),
+                        groups: Vec::new(),
+                        ports: None,
+                        max_conns: 8,
+                    },
+                ],
+                log_level: Some("warn".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn log_level_from_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("sb.toml");
+        std::fs::write(&toml, "log_level = \"warn\"\n").unwrap();
+        let spec = format!("name=a,cid=3,socket={}/a.sock", dir.path().display());
+        let config = DaemonConfig::from_cli(&cli(&[
+            "--config",
+            toml.to_str().unwrap(),
+            "--vm",
+            &spec,
+            "--log-level",
+            "sockbypassd=debug",
+        ]))
+        .unwrap();
+        assert_eq!(config.log_level.as_deref(), Some("sockbypassd=debug"));
+
+        let config = DaemonConfig::from_cli(&cli(&["--vm", &spec])).unwrap();
+        assert_eq!(config.log_level, None);
+    }
+
+    #[test]
+    fn duplicates_across_file_and_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let toml = dir.path().join("sb.toml");
+        std::fs::write(
+            &toml,
+            format!("[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{d}/web.sock\"\n"),
+        )
+        .unwrap();
+        let spec = format!("name=db,cid=3,socket={d}/db.sock");
+        let e = DaemonConfig::from_cli(&cli(&["--config", toml.to_str().unwrap(), "--vm", &spec]))
+            .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::DuplicateCid { cid: 3, first, second } if first == "web" && second == "db"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_configured() {
+        let e = DaemonConfig::from_cli(&cli(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::NoVms), "{e:?}");
+    }
+
+    #[test]
+    fn from_toml_str_validates() {
+        let e = DaemonConfig::from_toml_str(
+            "[[vm]]\nname = \"a\"\ncid = 2\nsocket = \"/a.sock\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::ReservedCid { cid: 2, .. }),
+            "{e:?}"
+        );
+
+        let config = DaemonConfig::from_toml_str(
+            "[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"/a.sock\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.vms.len(), 1);
+
+        let e =
+            DaemonConfig::from_toml_str("[[vm]]\nname = \"a\"\n\ncidd = 3\n", Path::new("x.toml"))
+                .unwrap_err();
+        assert_eq!(e.to_string(), "x.toml:4: unknown key `cidd` in [[vm]]");
+    }
+}

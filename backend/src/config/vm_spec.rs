@@ -1,0 +1,296 @@
+//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]`.
+//!
+//! Only the syntax is checked here; value rules (CID range, name characters, ...) are in
+//! [`super::validate`] so that `--vm` and `--config` VMs are held to the same rules.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::{ConfigError, VmConfig, DEFAULT_MAX_CONNS};
+
+/// Every key a spec may have, in the order `--help` lists them.
+const KEYS: [&str; 7] = [
+    "name",
+    "cid",
+    "socket",
+    "uds",
+    "groups",
+    "ports",
+    "max_conns",
+];
+
+impl VmConfig {
+    /// Parses one `--vm` spec. Keys may come in any order; each at most once.
+    pub fn from_spec(spec: &str) -> Result<VmConfig, ConfigError> {
+        // One slot per entry of KEYS.
+        let mut values: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
+        for item in spec.split(',') {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(ConfigError::SpecMalformed {
+                    spec: spec.to_owned(),
+                    item: item.to_owned(),
+                });
+            };
+            let Some(slot) = KEYS.iter().position(|k| *k == key) else {
+                return Err(ConfigError::SpecUnknownKey {
+                    spec: spec.to_owned(),
+                    key: key.to_owned(),
+                });
+            };
+            if values[slot].is_some() {
+                return Err(ConfigError::SpecDuplicateKey {
+                    spec: spec.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            if value.is_empty() {
+                return Err(ConfigError::SpecEmptyValue {
+                    spec: spec.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            values[slot] = Some(value);
+        }
+        let [name, cid, socket, uds, groups, ports, max_conns] = values;
+        let name = required(spec, "name", name)?;
+        let cid = required(spec, "cid", cid)?;
+        let socket = required(spec, "socket", socket)?;
+
+        Ok(VmConfig {
+            name: name.to_owned(),
+            cid: number(spec, "cid", cid)?,
+            socket: PathBuf::from(socket),
+            uds: uds.map(PathBuf::from),
+            groups: match groups {
+                Some(groups) => list(spec, "groups", groups)?
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                None => Vec::new(),
+            },
+            ports: match ports {
+                Some(ports) => Some(
+                    list(spec, "ports", ports)?
+                        .into_iter()
+                        .map(|port| number(spec, "ports", port))
+                        .collect::<Result<_, _>>()?,
+                ),
+                None => None,
+            },
+            max_conns: match max_conns {
+                Some(max_conns) => number(spec, "max_conns", max_conns)?,
+                None => DEFAULT_MAX_CONNS,
+            },
+        })
+    }
+}
+
+/// The value of a required key.
+fn required<'a>(
+    spec: &str,
+    key: &'static str,
+    value: Option<&'a str>,
+) -> Result<&'a str, ConfigError> {
+    value.ok_or_else(|| ConfigError::SpecMissingKey {
+        spec: spec.to_owned(),
+        key,
+    })
+}
+
+/// Parses a decimal number; `value` is named in the error.
+fn number<T: FromStr<Err = std::num::ParseIntError>>(
+    spec: &str,
+    key: &str,
+    value: &str,
+) -> Result<T, ConfigError> {
+    value.parse().map_err(|source| ConfigError::SpecBadNumber {
+        spec: spec.to_owned(),
+        key: key.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
+}
+
+/// Splits a `+`-separated list, rejecting empty elements.
+fn list<'a>(spec: &str, key: &str, value: &'a str) -> Result<Vec<&'a str>, ConfigError> {
+    let items: Vec<&str> = value.split('+').collect();
+    if items.iter().any(|item| item.is_empty()) {
+        return Err(ConfigError::SpecEmptyListItem {
+            spec: spec.to_owned(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(spec: &str) -> ConfigError {
+        VmConfig::from_spec(spec).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_spec() {
+        assert_eq!(
+            VmConfig::from_spec("name=web,cid=3,socket=/run/sb/web.sock").unwrap(),
+            VmConfig {
+                name: "web".to_owned(),
+                cid: 3,
+                socket: PathBuf::from("/run/sb/web.sock"),
+                uds: None,
+                groups: Vec::new(),
+                ports: None,
+                max_conns: DEFAULT_MAX_CONNS,
+            }
+        );
+    }
+
+    #[test]
+    fn full_spec_in_any_order() {
+        assert_eq!(
+            VmConfig::from_spec(
+                "max_conns=7,ports=22+80+0,groups=prod+db,uds=/run/sb/web.vsock,socket=/run/sb/a=b.sock,cid=4294967296,name=web"
+            )
+            .unwrap(),
+            VmConfig {
+                name: "web".to_owned(),
+                cid: 4_294_967_296,
+                socket: PathBuf::from("/run/sb/a=b.sock"),
+                uds: Some(PathBuf::from("/run/sb/web.vsock")),
+                groups: vec!["prod".to_owned(), "db".to_owned()],
+                ports: Some(vec![22, 80, 0]),
+                max_conns: 7,
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key() {
+        let e = err("name=web,cidd=3,socket=/s");
+        assert!(
+            matches!(&e, ConfigError::SpecUnknownKey { key, .. } if key == "cidd"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("unknown key `cidd`"), "{e}");
+    }
+
+    #[test]
+    fn missing_keys() {
+        for (spec, missing) in [
+            ("cid=3,socket=/s", "name"),
+            ("name=web,socket=/s", "cid"),
+            ("name=web,cid=3", "socket"),
+        ] {
+            let e = err(spec);
+            assert!(
+                matches!(&e, ConfigError::SpecMissingKey { key, .. } if *key == missing),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string()
+                    .contains(&format!("missing required key `{missing}`")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_numbers() {
+        for (spec, bad_key, bad_value) in [
+            ("name=web,cid=three,socket=/s", "cid", "three"),
+            ("name=web,cid=-3,socket=/s", "cid", "-3"),
+            (
+                "name=web,cid=18446744073709551616,socket=/s",
+                "cid",
+                "18446744073709551616",
+            ),
+            ("name=web,cid=3,socket=/s,ports=22+x", "ports", "x"),
+            (
+                "name=web,cid=3,socket=/s,ports=4294967296",
+                "ports",
+                "4294967296",
+            ),
+            ("name=web,cid=3,socket=/s,max_conns=1k", "max_conns", "1k"),
+        ] {
+            let e = err(spec);
+            assert!(
+                matches!(&e, ConfigError::SpecBadNumber { key, value, .. } if key == bad_key && value == bad_value),
+                "{spec}: {e:?}"
+            );
+            assert!(
+                e.to_string()
+                    .contains(&format!("bad number `{bad_value}` for key `{bad_key}`")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_value() {
+        let e = err("name=,cid=3,socket=/s");
+        assert!(
+            matches!(&e, ConfigError::SpecEmptyValue { key, .. } if key == "name"),
+            "{e:?}"
+        );
+        let e = err("name=web,cid=3,socket=/s,groups=");
+        assert!(
+            matches!(&e, ConfigError::SpecEmptyValue { key, .. } if key == "groups"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn empty_list_element() {
+        let e = err("name=web,cid=3,socket=/s,groups=a++b");
+        assert!(
+            matches!(&e, ConfigError::SpecEmptyListItem { key, value, .. } if key == "groups" && value == "a++b"),
+            "{e:?}"
+        );
+        let e = err("name=web,cid=3,socket=/s,ports=22+");
+        assert!(
+            matches!(&e, ConfigError::SpecEmptyListItem { key, .. } if key == "ports"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_key() {
+        let e = err("name=web,cid=3,socket=/s,cid=4");
+        assert!(
+            matches!(&e, ConfigError::SpecDuplicateKey { key, .. } if key == "cid"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("key `cid` given more than once"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_items() {
+        for (spec, bad) in [
+            ("name=web,cid=3,socket=/s,", ""),
+            ("name=web,,cid=3,socket=/s", ""),
+            ("", ""),
+            ("name=web,cid=3,socket=/s,verbose", "verbose"),
+        ] {
+            let e = err(spec);
+            assert!(
+                matches!(&e, ConfigError::SpecMalformed { item, .. } if item == bad),
+                "{spec}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        for spec in ["name=web\ncid=3,socket=/s", "name=web,cid=x,socket=/s"] {
+            let e = err(spec);
+            let chain = crate::error_chain(&e);
+            assert!(!chain.contains('\n'), "{chain}");
+        }
+    }
+}

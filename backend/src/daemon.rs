@@ -1,0 +1,169 @@
+//! Starting and stopping the whole daemon: the switch, one vhost-user server thread per VM,
+//! and the host I/O thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
+
+use crate::config::DaemonConfig;
+use crate::device::server::{self, ServerControl, ServerError};
+use crate::host::poller::split_token;
+use crate::host::HostPoller;
+use crate::switch::{Switch, SwitchError};
+
+/// How often the host I/O thread expires handshakes and stale connections.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The host epoll instance could not be created.
+    #[error("cannot create the host event loop")]
+    Epoll(#[source] std::io::Error),
+    /// The switch could not be built.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    /// A VM's vhost-user socket could not be set up.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A thread could not be started.
+    #[error("cannot start thread `{name}`")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for a termination signal failed.
+    #[error("cannot wait for signals")]
+    Signals(#[source] std::io::Error),
+}
+
+/// A running daemon. Dropping it (or [`DaemonHandle::shutdown`]) stops every thread and removes
+/// the sockets it created.
+#[derive(Debug)]
+pub struct DaemonHandle {
+    switch: Arc<Switch>,
+    config: DaemonConfig,
+    stop: Arc<AtomicBool>,
+    controls: Vec<ServerControl>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DaemonHandle {
+    /// The switch, for counters and state.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+
+    /// Stops everything and waits for the threads.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (control, vm) in self.controls.iter().zip(&self.config.vms) {
+            control.stop(&vm.socket);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for vm in &self.config.vms {
+            let _ = std::fs::remove_file(&vm.socket);
+            if let Some(uds) = &vm.uds {
+                let _ = std::fs::remove_file(uds);
+            }
+        }
+    }
+}
+
+impl Drop for DaemonHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop_all();
+        }
+    }
+}
+
+/// Starts the daemon: binds every socket (so bad paths fail now), then starts the threads.
+pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
+    let poller = HostPoller::new().map_err(DaemonError::Epoll)?;
+    let switch = Arc::new(Switch::new(&config, &poller)?);
+    let mut listeners = Vec::with_capacity(config.vms.len());
+    for index in 0..config.vms.len() {
+        listeners.push(server::bind(&switch, index)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handle = DaemonHandle {
+        switch: switch.clone(),
+        config: config.clone(),
+        stop: stop.clone(),
+        controls: Vec::new(),
+        threads: Vec::new(),
+    };
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let control = ServerControl::default();
+        let name = format!("vm-{}", config.vms[index].name);
+        let (sw, ctl) = (switch.clone(), control.clone());
+        let t = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || server::serve(sw, index, listener, ctl))
+            .map_err(|source| DaemonError::Thread { name, source })?;
+        handle.controls.push(control);
+        handle.threads.push(t);
+        tracing::info!(vm = %config.vms[index].name, cid = config.vms[index].cid,
+            socket = %config.vms[index].socket.display(), "serving");
+    }
+    let sw = switch.clone();
+    let t = std::thread::Builder::new()
+        .name("host-io".into())
+        .spawn(move || host_io_loop(&sw, &poller, &stop))
+        .map_err(|source| DaemonError::Thread {
+            name: "host-io".into(),
+            source,
+        })?;
+    handle.threads.push(t);
+    Ok(handle)
+}
+
+/// The host I/O thread: socket readiness and timeouts for every VM's host endpoint.
+fn host_io_loop(switch: &Switch, poller: &HostPoller, stop: &AtomicBool) {
+    let mut events = vec![EpollEvent::default(); 64];
+    let mut last_sweep = Instant::now();
+    let timeout_ms = i32::try_from(SWEEP_INTERVAL.as_millis()).unwrap_or(100);
+    while !stop.load(Ordering::SeqCst) {
+        let n = match poller.wait(timeout_ms, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "host event loop failed");
+                std::thread::sleep(SWEEP_INTERVAL);
+                0
+            }
+        };
+        for ev in &events[..n] {
+            let (vm, id) = split_token(ev.data());
+            let set = EventSet::from_bits_truncate(ev.events());
+            switch.on_host_event(vm, id, set);
+        }
+        if last_sweep.elapsed() >= SWEEP_INTERVAL {
+            last_sweep = Instant::now();
+            switch.sweep(last_sweep);
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, then stops it cleanly.
+pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let signals = crate::signals::TerminationSignals::block().map_err(DaemonError::Signals)?;
+    let handle = start(config)?;
+    let sig = signals.wait().map_err(DaemonError::Signals)?;
+    tracing::info!(signal = sig, "stopping");
+    handle.shutdown();
+    Ok(())
+}

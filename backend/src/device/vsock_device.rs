@@ -1,0 +1,132 @@
+//! The `VhostUserBackend` of one VM (SPEC.md §2, §8).
+//!
+//! It offers the features, answers GET_CONFIG with the VM's `guest_cid`, and turns vhost-user
+//! events (kicks, ring stops, resets) into switch calls. It never returns an error from
+//! `handle_event`: that would end the vring worker and silence the VM for good.
+
+use std::io;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::VhostUserBackend;
+use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use sockbypass_wire::consts::{
+    EVENT_QUEUE, MAX_QUEUE_SIZE, NUM_QUEUES, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE,
+};
+use sockbypass_wire::VsockConfigSpace;
+
+use crate::switch::attachment::{GuestMem, Vring};
+use crate::switch::{DetachReason, Switch};
+
+/// The vhost-user protocol features the device offers. CONFIG is required: QEMU's
+/// `vhost-user-vsock` and cloud-hypervisor read `guest_cid` through GET_CONFIG.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+/// The device of one VM. Cheap to clone: the vhost-user layer clones it per worker thread.
+#[derive(Debug, Clone)]
+pub struct VsockDevice {
+    switch: Arc<Switch>,
+    index: usize,
+    guest_cid: u64,
+}
+
+impl VsockDevice {
+    /// The device of VM `index` of `switch`.
+    pub fn new(switch: Arc<Switch>, index: usize) -> Option<Self> {
+        let guest_cid = switch.vm(index)?.cid();
+        Some(VsockDevice {
+            switch,
+            index,
+            guest_cid,
+        })
+    }
+}
+
+impl VhostUserBackend for VsockDevice {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        OFFERED_FEATURES
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings track EVENT_IDX themselves; the switch only asks them.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        VsockConfigSpace {
+            guest_cid: self.guest_cid,
+        }
+        .read(offset, size)
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
+        // The switch already holds this connection's `GuestMemoryAtomic`, which the vhost-user
+        // layer updates in place.
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        self.switch.detach(self.index, DetachReason::DeviceReset);
+    }
+
+    fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
+        self.switch.detach(self.index, DetachReason::RingStopped);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // A fresh pair per worker, so that dropping a connection's daemon ends its worker.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        self.switch.bind(self.index, vrings);
+        match usize::from(device_event) {
+            TX_QUEUE => self.switch.service(self.index),
+            RX_QUEUE => self.switch.service_rx(self.index),
+            EVENT_QUEUE => {}
+            other => tracing::debug!(event = other, "ignoring unknown device event"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_a_required_protocol_feature() {
+        assert!(protocol_features().contains(VhostUserProtocolFeatures::CONFIG));
+    }
+}

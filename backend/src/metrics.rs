@@ -1,0 +1,114 @@
+//! Per-VM counters. Tests read them; a later issue exports them.
+//!
+//! Every drop has its own counter, so that nothing a guest sends disappears without a trace.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sockbypass_wire::ChainError;
+
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident, $snap:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        pub struct $name { $($(#[$fm])* pub $field: AtomicU64,)* }
+
+        /// A plain copy of the counters at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $snap { $($(#[$fm])* pub $field: u64,)* }
+
+        impl $name {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters!(
+    /// Counters of one VM's device. All are monotonic.
+    VmCounters, VmCountersSnapshot {
+        /// TX chains taken from the guest.
+        tx_packets,
+        /// Payload bytes taken from the guest (valid RW packets).
+        tx_bytes,
+        /// Packets written into the guest's RX queue.
+        rx_packets,
+        /// Payload bytes written into the guest's RX queue.
+        rx_bytes,
+        /// RSTs the device sent to this guest.
+        rst_sent,
+        /// Connections opened with the host (either side started them).
+        host_conns_opened,
+        /// Guest packets dropped: chain shorter than the header.
+        drop_short_chain,
+        /// Guest packets dropped: a descriptor with the wrong read/write flag.
+        drop_flag_mismatch,
+        /// Guest packets dropped: a descriptor outside guest memory.
+        drop_outside_memory,
+        /// Guest packets dropped: `len` over the maximum payload.
+        drop_len_over_max,
+        /// Guest packets dropped: `len` larger than the chain.
+        drop_len_over_chain,
+        /// Guest packets dropped: unknown or INVALID op.
+        drop_unknown_op,
+        /// Guest packets dropped: socket type other than stream.
+        drop_unknown_type,
+        /// Guest packets dropped: payload on an op other than RW.
+        drop_payload_on_control,
+        /// Guest packets dropped: empty chain, too many descriptors, or other bad chain.
+        drop_bad_chain,
+        /// Guest packets dropped: `src_cid` is not the guest's own CID.
+        drop_spoofed_src,
+        /// Guest packets dropped: RW beyond the credit the device granted.
+        drop_credit_violation,
+        /// Guest packets that named no known connection (answered with RST where allowed).
+        drop_no_connection,
+        /// RX chains the guest posted that were unusable (returned with used length 0).
+        rx_bad_chain,
+        /// Event-queue buffers used.
+        events_sent,
+        /// Times the device found no free RX buffer while it had something to deliver.
+        rx_buffer_stalls,
+    }
+);
+
+impl VmCounters {
+    /// Counts one malformed chain under the reason `err` names.
+    pub fn count_malformed(&self, err: &ChainError) {
+        let c = match err {
+            ChainError::TooShort { .. } => &self.drop_short_chain,
+            ChainError::WriteOnlyInTx { .. } | ChainError::ReadOnlyInRx { .. } => {
+                &self.drop_flag_mismatch
+            }
+            ChainError::OutsideMemory { .. } => &self.drop_outside_memory,
+            ChainError::LenOverMax { .. } => &self.drop_len_over_max,
+            ChainError::LenOverChain { .. } => &self.drop_len_over_chain,
+            ChainError::UnknownOp { .. } => &self.drop_unknown_op,
+            ChainError::UnknownType { .. } => &self.drop_unknown_type,
+            ChainError::PayloadOnControl { .. } => &self.drop_payload_on_control,
+            ChainError::Empty | ChainError::Segments(_) => &self.drop_bad_chain,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl VmCountersSnapshot {
+    /// All malformed-input drops together.
+    pub fn malformed_total(&self) -> u64 {
+        self.drop_short_chain
+            + self.drop_flag_mismatch
+            + self.drop_outside_memory
+            + self.drop_len_over_max
+            + self.drop_len_over_chain
+            + self.drop_unknown_op
+            + self.drop_unknown_type
+            + self.drop_payload_on_control
+            + self.drop_bad_chain
+    }
+}

@@ -1,0 +1,174 @@
+//! One VM's live queues: the three vrings and the guest memory of the current frontend
+//! connection.
+//!
+//! An [`Attachment`] exists from the moment the frontend's rings are known until the frontend
+//! disconnects, stops the rings or resets the device. All raw queue access goes through here, and
+//! every vring lock taken here is held only for one queue operation, so vring locks are always
+//! the innermost locks (see `switch/mod.rs` for the lock order).
+
+use vhost_user_backend::{VringRwLock, VringState, VringT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+
+use sockbypass_wire::consts::{EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+
+/// Guest memory as the vhost-user layer maps it.
+pub type GuestMem = GuestMemoryMmap<()>;
+/// The atomic handle the vhost-user layer updates on SET_MEM_TABLE.
+pub type AtomicMem = GuestMemoryAtomic<GuestMem>;
+/// A loaded snapshot of guest memory.
+pub type MemGuard = GuestMemoryLoadGuard<GuestMem>;
+/// A descriptor chain popped from one of the VM's queues.
+pub type Chain = DescriptorChain<MemGuard>;
+/// The vring type of the device.
+pub type Vring = VringRwLock<AtomicMem>;
+
+/// Errors from queue operations. They mean the frontend broke the ring or went away; the caller
+/// logs them and treats the queue as stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Adding to the used ring failed.
+    #[error("cannot add descriptor {head} to the used ring of queue {queue}")]
+    AddUsed {
+        /// Queue index.
+        queue: usize,
+        /// Head index.
+        head: u16,
+        /// Cause.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// Reading or writing notification state failed.
+    #[error("cannot update notification state of queue {queue}")]
+    Notification {
+        /// Queue index.
+        queue: usize,
+        /// Cause.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// Writing the call eventfd failed.
+    #[error("cannot signal queue {queue} to the guest")]
+    Signal {
+        /// Queue index.
+        queue: usize,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The rings and memory of one attached frontend.
+#[derive(Clone)]
+pub struct Attachment {
+    mem: AtomicMem,
+    vrings: [Vring; NUM_QUEUES],
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment").finish_non_exhaustive()
+    }
+}
+
+impl Attachment {
+    /// Binds the vrings the vhost-user layer handed over. `None` unless there are exactly three.
+    pub fn new(mem: AtomicMem, vrings: &[Vring]) -> Option<Self> {
+        let [rx, tx, evt] = vrings else {
+            return None;
+        };
+        Some(Attachment {
+            mem,
+            vrings: [rx.clone(), tx.clone(), evt.clone()],
+        })
+    }
+
+    /// The current guest memory.
+    pub fn memory(&self) -> MemGuard {
+        self.mem.memory()
+    }
+
+    fn vring(&self, queue: usize) -> &Vring {
+        &self.vrings[queue]
+    }
+
+    /// Whether the queue is started and enabled, so the device may use it.
+    pub fn is_live(&self, queue: usize) -> bool {
+        let state: std::sync::RwLockReadGuard<'_, VringState<AtomicMem>> =
+            self.vring(queue).get_ref();
+        state.is_enabled() && state.get_queue().ready()
+    }
+
+    /// Takes the next available chain of `queue`, if the queue is live and has one.
+    pub fn pop(&self, queue: usize) -> Option<Chain> {
+        if !self.is_live(queue) {
+            return None;
+        }
+        let mem = self.mem.memory();
+        let mut state = self.vring(queue).get_mut();
+        state.get_queue_mut().pop_descriptor_chain(mem)
+    }
+
+    /// Gives back the chain popped last from `queue`, untouched, so it is popped again later.
+    pub fn unpop(&self, queue: usize) {
+        let mut state = self.vring(queue).get_mut();
+        state.get_queue_mut().go_to_previous_position();
+    }
+
+    /// Returns a chain to the guest with `len` bytes written.
+    pub fn add_used(&self, queue: usize, head: u16, len: u32) -> Result<(), QueueError> {
+        self.vring(queue)
+            .add_used(head, len)
+            .map_err(|source| QueueError::AddUsed {
+                queue,
+                head,
+                source,
+            })
+    }
+
+    /// Interrupts the guest for `queue` if its notification settings (EVENT_IDX `used_event`,
+    /// or the NO_INTERRUPT flag) ask for it. Returns whether it signalled.
+    pub fn notify(&self, queue: usize) -> Result<bool, QueueError> {
+        let vring = self.vring(queue);
+        let needed = vring
+            .needs_notification()
+            .map_err(|source| QueueError::Notification { queue, source })?;
+        if needed {
+            vring
+                .signal_used_queue()
+                .map_err(|source| QueueError::Signal { queue, source })?;
+        }
+        Ok(needed)
+    }
+
+    /// Stops kicks for `queue` while the device is busy with it.
+    pub fn disable_kicks(&self, queue: usize) -> Result<(), QueueError> {
+        self.vring(queue)
+            .disable_notification()
+            .map_err(|source| QueueError::Notification { queue, source })
+    }
+
+    /// Asks for kicks again; returns `true` when new chains arrived meanwhile, so the caller must
+    /// look again (no wake-up is lost).
+    pub fn enable_kicks(&self, queue: usize) -> Result<bool, QueueError> {
+        self.vring(queue)
+            .enable_notification()
+            .map_err(|source| QueueError::Notification { queue, source })
+    }
+}
+
+/// Queue index names, re-exported for the switch.
+pub const RX: usize = RX_QUEUE;
+/// See [`RX`].
+pub const TX: usize = TX_QUEUE;
+/// See [`RX`].
+pub const EVT: usize = EVENT_QUEUE;
+
+/// Whether this chain type can be queried for its head index without a queue.
+pub fn head_of(chain: &Chain) -> u16 {
+    chain.head_index()
+}
+
+// Keep `QueueT` in scope for `ready()` on the inner queue.
+#[allow(unused_imports)]
+use QueueT as _;

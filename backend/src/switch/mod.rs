@@ -1,0 +1,194 @@
+//! The switch: takes packets from each VM's TX queue, routes them, and fills RX queues.
+//!
+//! | file | job |
+//! |---|---|
+//! | `attachment.rs` | a VM's live vrings and memory; every raw queue operation |
+//! | `vm_port.rs` | per-VM state: config, counters, TX and RX sides |
+//! | `replies.rs` | bounded queue of refusals/RSTs owed to a guest |
+//! | `tx_path.rs` | [`Switch::process_tx`]: move the available work of one VM's TX queue |
+//! | `rx_path.rs` | [`Switch::fill_rx`]: deliver what is owed to one VM into its RX queue |
+//!
+//! ## Threads and locks
+//! Any thread may drive any VM: the vhost-user worker of the VM (on kicks), the host I/O thread
+//! (on socket events), and later the poll threads. Per VM there are two locks, always taken in
+//! this order, and never two RX locks at once:
+//!
+//! 1. the TX lock (one walker of the TX queue at a time),
+//! 2. the RX lock (replies, host connections; one filler of the RX queue at a time),
+//! 3. vring locks, held only inside one `Attachment` call.
+//!
+//! Nothing here blocks on I/O: host sockets are non-blocking, and a full RX queue or a full
+//! reply queue stops the work until a kick or an event resumes it.
+
+pub mod attachment;
+pub mod replies;
+pub mod rx_path;
+pub mod tx_path;
+pub mod vm_port;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use vmm_sys_util::epoll::EventSet;
+
+use crate::config::DaemonConfig;
+use crate::host::{HostEndpoint, HostPoller};
+use crate::metrics::VmCountersSnapshot;
+pub use attachment::{AtomicMem, Vring};
+pub use rx_path::RxReport;
+pub use tx_path::TxReport;
+pub use vm_port::VmPort;
+
+/// Why a VM lost its attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetachReason {
+    /// The frontend closed the vhost-user socket.
+    Disconnected,
+    /// The frontend stopped a ring (GET_VRING_BASE), as QEMU does when the guest resets the
+    /// device or shuts down.
+    RingStopped,
+    /// The frontend sent RESET_DEVICE.
+    DeviceReset,
+}
+
+/// Errors building the switch.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The `uds` listener of a VM could not be set up.
+    #[error("VM `{vm}`: cannot listen on uds {path}")]
+    HostListener {
+        /// VM name.
+        vm: String,
+        /// The `uds` path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// All VMs of the daemon and the routing between them.
+#[derive(Debug)]
+pub struct Switch {
+    vms: Vec<Arc<VmPort>>,
+    by_cid: HashMap<u64, usize>,
+}
+
+impl Switch {
+    /// One port per configured VM; binds every `uds` listener into `poller`.
+    pub fn new(config: &DaemonConfig, poller: &HostPoller) -> Result<Self, SwitchError> {
+        let mut vms = Vec::with_capacity(config.vms.len());
+        let mut by_cid = HashMap::new();
+        for (index, vm) in config.vms.iter().enumerate() {
+            let host = HostEndpoint::new(
+                index,
+                vm.cid,
+                vm.uds.clone(),
+                vm.max_conns as usize,
+                poller.clone(),
+            )
+            .map_err(|source| SwitchError::HostListener {
+                vm: vm.name.clone(),
+                path: vm
+                    .uds
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source,
+            })?;
+            by_cid.insert(vm.cid, index);
+            vms.push(Arc::new(VmPort::new(index, vm.clone(), host)));
+        }
+        Ok(Switch { vms, by_cid })
+    }
+
+    /// The VMs, in configuration order.
+    pub fn vms(&self) -> &[Arc<VmPort>] {
+        &self.vms
+    }
+
+    /// The VM at `index`.
+    pub fn vm(&self, index: usize) -> Option<&Arc<VmPort>> {
+        self.vms.get(index)
+    }
+
+    /// The VM owning `cid`.
+    pub fn vm_by_cid(&self, cid: u64) -> Option<&Arc<VmPort>> {
+        self.by_cid.get(&cid).and_then(|i| self.vms.get(*i))
+    }
+
+    /// The VM named `name`.
+    pub fn vm_by_name(&self, name: &str) -> Option<&Arc<VmPort>> {
+        self.vms.iter().find(|v| v.config.name == name)
+    }
+
+    /// Counters of the VM named `name`.
+    pub fn counters(&self, name: &str) -> Option<VmCountersSnapshot> {
+        self.vm_by_name(name).map(|v| v.counters.snapshot())
+    }
+
+    /// Binds the rings of VM `index` (called from the vhost-user worker with its vrings).
+    pub fn bind(&self, index: usize, vrings: &[Vring]) {
+        if let Some(vm) = self.vm(index) {
+            if vm.bind(vrings) {
+                tracing::info!(vm = %vm.config.name, cid = vm.cid(), "guest driver attached");
+            }
+        }
+    }
+
+    /// Detaches VM `index`: its rings are no longer used and every connection it had is gone.
+    pub fn detach(&self, index: usize, reason: DetachReason) {
+        if let Some(vm) = self.vm(index) {
+            if vm.unbind() {
+                tracing::info!(vm = %vm.config.name, ?reason, "guest driver detached");
+            }
+        }
+    }
+
+    /// Moves all work of VM `index` that is ready: its TX queue, then its RX queue, again
+    /// while a full reply queue had stalled TX and RX made room.
+    pub fn service(&self, index: usize) {
+        loop {
+            let tx = self.process_tx(index);
+            let rx = self.fill_rx(index);
+            if !(tx.stalled_on_replies && rx.replies_sent > 0) {
+                break;
+            }
+        }
+    }
+
+    /// Handles readiness of a host socket of VM `index`.
+    pub fn on_host_event(&self, index: usize, id: u64, events: EventSet) {
+        let Some(vm) = self.vm(index) else {
+            return;
+        };
+        {
+            let mut rx = vm.rx();
+            let vm_port::RxSide { replies, host } = &mut *rx;
+            host.on_host_event(id, events, replies, &vm.counters);
+        }
+        self.service_rx(index);
+    }
+
+    /// Fills VM `index`'s RX queue, and resumes its TX queue if that was waiting for replies.
+    pub fn service_rx(&self, index: usize) {
+        let rx = self.fill_rx(index);
+        let stalled = self.vm(index).is_some_and(|vm| vm.tx().stalled_on_replies);
+        if stalled && rx.replies_sent > 0 {
+            self.service(index);
+        }
+    }
+
+    /// Expires timed-out host handshakes and connections of every VM.
+    pub fn sweep(&self, now: Instant) {
+        for vm in &self.vms {
+            {
+                let mut rx = vm.rx();
+                let vm_port::RxSide { replies, host } = &mut *rx;
+                host.sweep(now, replies, &vm.counters);
+            }
+            self.service_rx(vm.index);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The real `sockbypassd` binary rejects bad configurations with exit status 2 and exactly one
+//! line on stderr that starts with `sockbypassd: ` and names the problem.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs the binary with `args` and returns its stderr after checking status 2 and one line.
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockbypassd"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sockbypassd");
+    let stderr = String::from_utf8(out.stderr).expect("stderr is UTF-8");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "args {args:?}, stderr {stderr:?}"
+    );
+    assert!(out.stdout.is_empty(), "args {args:?}: unexpected stdout");
+    let line = stderr
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("stderr does not end in a newline: {stderr:?}"));
+    assert!(!line.contains('\n'), "stderr is not one line: {stderr:?}");
+    assert!(line.starts_with("sockbypassd: "), "stderr: {stderr:?}");
+    line.to_owned()
+}
+
+/// A valid `--vm` spec whose sockets live in `dir`.
+fn spec(dir: &Path, name: &str, cid: u64) -> String {
+    format!(
+        "name={name},cid={cid},socket={d}/{name}.sock,uds={d}/{name}.vsock",
+        d = dir.display()
+    )
+}
+
+fn assert_mentions(line: &str, fact: &str) {
+    assert!(line.contains(fact), "{line:?} does not mention {fact:?}");
+}
+
+#[test]
+fn duplicate_cid() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(&[
+        "--vm",
+        &spec(dir.path(), "web", 7),
+        "--vm",
+        &spec(dir.path(), "db", 7),
+    ]);
+    assert_eq!(
+        line,
+        "sockbypassd: CID 7 is used by both VM `web` and VM `db`"
+    );
+}
+
+#[test]
+fn cid_2_is_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(&["--vm", &spec(dir.path(), "web", 2)]);
+    assert_mentions(&line, "VM `web`");
+    assert_mentions(&line, "CID 2 ");
+}
+
+#[test]
+fn cid_u32_max_is_vmaddr_cid_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(&["--vm", &spec(dir.path(), "web", u64::from(u32::MAX))]);
+    assert_mentions(&line, "VM `web`");
+    assert_mentions(&line, "4294967295");
+}
+
+#[test]
+fn duplicate_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let second = format!("name=web,cid=4,socket={}/other.sock", dir.path().display());
+    let line = fails(&["--vm", &spec(dir.path(), "web", 3), "--vm", &second]);
+    assert_mentions(&line, "VM name `web`");
+}
+
+#[test]
+fn duplicate_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("shared.sock");
+    let a = format!("name=a,cid=3,socket={}", socket.display());
+    let b = format!("name=b,cid=4,socket={}", socket.display());
+    let line = fails(&["--vm", &a, "--vm", &b]);
+    assert_eq!(
+        line,
+        format!(
+            "sockbypassd: socket path {} is used by both VM `a` and VM `b`",
+            socket.display()
+        )
+    );
+}
+
+#[test]
+fn missing_uds_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let a = format!(
+        "name=a,cid=3,socket={}/a.sock,uds={}/a.vsock",
+        dir.path().display(),
+        missing.display()
+    );
+    let line = fails(&["--vm", &a]);
+    assert_mentions(&line, "VM `a`");
+    assert_mentions(&line, "uds directory");
+    assert_mentions(&line, &missing.display().to_string());
+}
+
+#[test]
+fn unknown_key_in_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sockbypass.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &file,
+        format!(
+            "log_level = \"info\"\n\n[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{d}/web.sock\"\n\n[[vm]]\nname = \"db\"\ncidd = 4\nsocket = \"{d}/db.sock\"\n"
+        ),
+    )
+    .unwrap();
+    let line = fails(&["--config", file.to_str().unwrap()]);
+    assert_eq!(
+        line,
+        format!(
+            "sockbypassd: {}:10: unknown key `cidd` in [[vm]]",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_key_in_vm_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!(
+        "name=a,cid=3,socket={}/a.sock,colour=blue",
+        dir.path().display()
+    );
+    let line = fails(&["--vm", &a]);
+    assert_mentions(&line, "unknown key `colour`");
+}
+
+#[test]
+fn missing_cid_in_vm_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!("name=a,socket={}/a.sock", dir.path().display());
+    let line = fails(&["--vm", &a]);
+    assert_mentions(&line, "missing required key `cid`");
+}
+
+#[test]
+fn no_vms() {
+    let line = fails(&[]);
+    assert_eq!(
+        line,
+        "sockbypassd: no VMs configured: give --vm or --config"
+    );
+}
