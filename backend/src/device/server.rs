@@ -125,6 +125,11 @@ pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control:
             }
             continue;
         }
+        if control.stopping() {
+            daemon.request_shutdown();
+            let _ = daemon.wait();
+            break;
+        }
         *control.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
         tracing::info!(vm = %name, "frontend connected");
         match daemon.wait() {

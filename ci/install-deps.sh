@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need, idempotently. Safe to run again and again.
+#
+# Today that is only the Rust toolchain's fmt and clippy (checked, not fetched: rustup's servers
+# are not reachable from every machine) and a few Debian packages used by the scripts.
+set -euo pipefail
+
+say() { printf '[install] %s\n' "$*"; }
+
+need_cmd() {
+    command -v "$1" >/dev/null 2>&1
+}
+
+if ! need_cmd cargo; then
+    say "cargo not found: install Rust (https://rustup.rs) first"
+    exit 1
+fi
+for comp in fmt clippy; do
+    if ! cargo "$comp" --version >/dev/null 2>&1; then
+        say "cargo $comp missing; trying rustup component add"
+        rustup component add "$( [ "$comp" = fmt ] && echo rustfmt || echo clippy )"
+    fi
+done
+
+# Debian packages the scripts use. Installed only when missing.
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-})
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        say "missing packages: ${missing[*]} (run as root, or install them)"
+        exit 1
+    fi
+    say "apt-get install ${missing[*]}"
+    if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ]; then
+        apt-get update -q
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+say "ok"
