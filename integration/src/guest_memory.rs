@@ -24,7 +24,7 @@ pub const DEFAULT_MEMORY_SIZE: usize = 16 << 20;
 pub const PAGE_SIZE: u64 = 4096;
 
 /// A range of guest-physical memory.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct GuestRange {
     /// Start address.
     pub addr: GuestAddress,
@@ -322,7 +322,7 @@ impl GuestRam {
     }
 
     /// Reads a plain-data object at `addr`.
-    pub fn read_obj<T: ByteValued>(&self, addr: GuestAddress) -> Result<T, MemoryError> {
+    pub fn read_obj<T: ByteValued + Default>(&self, addr: GuestAddress) -> Result<T, MemoryError> {
         let mut val = T::default();
         self.read(addr, val.as_mut_slice())?;
         Ok(val)

@@ -1,0 +1,1137 @@
+//! A minimal guest-side virtio-vsock driver over the three queues, driven by polling.
+//!
+//! Nothing runs in the background: the test calls [`VsockDriver::poll`] (process whatever the
+//! device completed, never blocks) or [`VsockDriver::pump`] (the same, waiting up to a timeout
+//! for the device to signal a call eventfd first). The blocking helpers of
+//! [`crate::blocking`] loop over `pump` until a condition holds or a timeout expires.
+//!
+//! What it does, like Linux's `virtio_transport`:
+//! - keeps RX buffers posted (header and payload in one descriptor, or in two) and refills them
+//!   as they are used; keeps event buffers posted and reports `TRANSPORT_RESET`;
+//! - sends packets in the [`TxLayout`] asked for and frees their buffers when the device is done;
+//! - runs stream connections: REQUEST/RESPONSE, RW within the peer's credit, CREDIT_UPDATE once
+//!   the application consumed enough, CREDIT_REQUEST answers, SHUTDOWN, RST; answers a REQUEST to
+//!   a listening port with RESPONSE and anything else unknown with RST;
+//! - records every packet the device delivered ([`RawPacket`]) for tests to inspect, and lets
+//!   tests send anything ([`VsockDriver::send_raw`]) or reach the queues directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use sockbypass_wire::consts::{
+    EVENT_TRANSPORT_RESET, HEADER_SIZE, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+use sockbypass_wire::{Op, PacketHeader};
+use vm_memory::ByteValued;
+
+use crate::error::DriverError;
+use crate::guest_memory::{GuestRam, GuestRange};
+use crate::split_queue::{wait_for_calls, Buffer, SplitQueue, UsedElem};
+use crate::stream::{Stream, StreamId, StreamInfo, StreamState};
+use crate::tx::{self, is_no_room, read_buffers, TxLayout};
+
+/// Gap left after the header buffer of a split RX buffer, so header and payload are not adjacent.
+const RX_GAP: u64 = 64;
+/// Size of an event-queue record.
+const EVENT_SIZE: u32 = 4;
+
+/// How RX buffers are laid out.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum RxLayout {
+    /// Header and payload room in one write-only descriptor (Linux since 6.x).
+    #[default]
+    Single,
+    /// A 44-byte header descriptor, then the payload descriptor (older Linux).
+    Split,
+}
+
+/// Driver settings.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// RX queue size (a power of two).
+    pub rx_queue_size: u16,
+    /// TX queue size (a power of two).
+    pub tx_queue_size: u16,
+    /// Event queue size (a power of two).
+    pub event_queue_size: u16,
+    /// Payload bytes per RX buffer (Linux: 4096).
+    pub rx_buffer_size: u32,
+    /// RX buffer layout.
+    pub rx_layout: RxLayout,
+    /// RX buffers to post; `None` fills the queue.
+    pub rx_buffers: Option<u16>,
+    /// Event buffers to post; `None` fills the queue.
+    pub event_buffers: Option<u16>,
+    /// Receive buffer size advertised on new streams (`buf_alloc`).
+    pub buf_alloc: u32,
+    /// Consumed bytes not yet announced that trigger a CREDIT_UPDATE; `None` = `buf_alloc / 4`.
+    pub credit_update_threshold: Option<u32>,
+    /// Largest payload per RW packet sent (not capped at the spec's 64 KiB, for tests).
+    pub max_payload: u32,
+    /// Default TX layout.
+    pub tx_layout: TxLayout,
+    /// Answer a SHUTDOWN with both flags with RST and close, as Linux does.
+    pub auto_rst_on_peer_shutdown: bool,
+    /// Answer packets for unknown streams (other than RST) with RST, as Linux does.
+    pub rst_unknown_packets: bool,
+    /// How many received packets to keep for [`VsockDriver::received_raw`] (0 = none).
+    pub raw_record_limit: usize,
+    /// Whether recorded packets keep their payload.
+    pub record_payloads: bool,
+    /// First local port handed out by [`VsockDriver::connect`].
+    pub first_ephemeral_port: u32,
+    /// `None`: [`VsockDriver::pump`] sleeps only on call eventfds, so a device that forgets to
+    /// signal makes waits time out. `Some(d)`: it also wakes up every `d` and polls.
+    pub poll_interval: Option<Duration>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            rx_queue_size: 256,
+            tx_queue_size: 256,
+            event_queue_size: 8,
+            rx_buffer_size: 4096,
+            rx_layout: RxLayout::Single,
+            rx_buffers: None,
+            event_buffers: None,
+            buf_alloc: 256 * 1024,
+            credit_update_threshold: None,
+            max_payload: 64 * 1024,
+            tx_layout: TxLayout::Single,
+            auto_rst_on_peer_shutdown: true,
+            rst_unknown_packets: true,
+            raw_record_limit: 4096,
+            record_payloads: false,
+            first_ephemeral_port: 1024,
+            poll_interval: None,
+        }
+    }
+}
+
+/// One packet as the device delivered it on the RX queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawPacket {
+    /// Arrival number (counts every RX used entry since the driver was created).
+    pub seq: u64,
+    /// The header (zero-padded if the device wrote less than 44 bytes).
+    pub header: PacketHeader,
+    /// The length the device put in the used ring.
+    pub used_len: u32,
+    /// The payload, if [`DriverConfig::record_payloads`] (and the packet is well-formed).
+    pub payload: Vec<u8>,
+    /// The used length is below 44, beyond the buffer, or shorter than `44 + header.len`.
+    pub malformed: bool,
+}
+
+impl RawPacket {
+    /// The op, if known.
+    pub fn op(&self) -> Option<Op> {
+        self.header.op()
+    }
+}
+
+/// Driver-wide counters.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Packets received (every RX used entry).
+    pub rx_packets: u64,
+    /// RW payload bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent, control and raw included.
+    pub tx_packets: u64,
+    /// Payload bytes sent.
+    pub tx_bytes: u64,
+    /// RX entries with a used length below 44, beyond the buffer, or short of `44 + len`.
+    pub rx_malformed: u64,
+    /// RX entries whose used length is not exactly `44 + len`.
+    pub rx_used_len_mismatch: u64,
+    /// RX used entries naming no posted buffer.
+    pub rx_unknown_used: u64,
+    /// Packets for another CID.
+    pub rx_wrong_cid: u64,
+    /// Packets with a type other than stream.
+    pub rx_bad_type: u64,
+    /// Packets with an unknown op.
+    pub rx_unknown_op: u64,
+    /// Packets for no known stream or listener.
+    pub rx_unknown_stream: u64,
+    /// RST packets received.
+    pub rst_received: u64,
+    /// RST packets sent.
+    pub rst_sent: u64,
+    /// Control packets that had to wait for TX room.
+    pub control_backlogged: u64,
+    /// Event-queue records received.
+    pub events: u64,
+    /// `TRANSPORT_RESET` events received.
+    pub transport_resets: u64,
+}
+
+#[derive(Debug)]
+struct RxBuf {
+    allocs: Vec<GuestRange>,
+    buffers: Vec<Buffer>,
+}
+
+type AddrKey = (u32, u64, u32);
+
+/// The guest-side vsock driver.
+#[derive(Debug)]
+pub struct VsockDriver {
+    ram: GuestRam,
+    cfg: DriverConfig,
+    guest_cid: u64,
+    rx: SplitQueue,
+    tx: SplitQueue,
+    event: SplitQueue,
+    started: bool,
+    rx_posted: HashMap<u16, RxBuf>,
+    tx_posted: HashMap<u16, Vec<GuestRange>>,
+    event_posted: HashMap<u16, GuestRange>,
+    backlog: VecDeque<PacketHeader>,
+    streams: BTreeMap<StreamId, Stream>,
+    by_addr: HashMap<AddrKey, StreamId>,
+    local_ports: HashMap<u32, usize>,
+    listeners: HashMap<u32, VecDeque<StreamId>>,
+    next_stream: u64,
+    next_port: u32,
+    raw: VecDeque<RawPacket>,
+    rx_seq: u64,
+    events: Vec<u32>,
+    stats: DriverStats,
+    kick_rx: bool,
+    kick_tx: bool,
+    kick_event: bool,
+}
+
+impl VsockDriver {
+    /// A driver for the guest with `guest_cid`, its queues allocated in `ram`. `event_idx` says
+    /// whether VIRTIO_RING_F_EVENT_IDX was negotiated. Nothing is posted until
+    /// [`VsockDriver::start`].
+    pub fn new(
+        ram: &GuestRam,
+        guest_cid: u64,
+        event_idx: bool,
+        cfg: DriverConfig,
+    ) -> Result<Self, DriverError> {
+        let rx = SplitQueue::new(ram, cfg.rx_queue_size, event_idx)?;
+        let tx = SplitQueue::new(ram, cfg.tx_queue_size, event_idx)?;
+        let event = SplitQueue::new(ram, cfg.event_queue_size, event_idx)?;
+        Ok(VsockDriver {
+            ram: ram.clone(),
+            next_port: cfg.first_ephemeral_port,
+            cfg,
+            guest_cid,
+            rx,
+            tx,
+            event,
+            started: false,
+            rx_posted: HashMap::new(),
+            tx_posted: HashMap::new(),
+            event_posted: HashMap::new(),
+            backlog: VecDeque::new(),
+            streams: BTreeMap::new(),
+            by_addr: HashMap::new(),
+            local_ports: HashMap::new(),
+            listeners: HashMap::new(),
+            next_stream: 1,
+            raw: VecDeque::new(),
+            rx_seq: 0,
+            events: Vec::new(),
+            stats: DriverStats::default(),
+            kick_rx: false,
+            kick_tx: false,
+            kick_event: false,
+        })
+    }
+
+    /// Posts the RX and event buffers and kicks: call once the device knows the rings.
+    pub fn start(&mut self) -> Result<(), DriverError> {
+        if self.started {
+            return Ok(());
+        }
+        let per_buf = match self.cfg.rx_layout {
+            RxLayout::Single => 1,
+            RxLayout::Split => 2,
+        };
+        let rx_count = self
+            .cfg
+            .rx_buffers
+            .unwrap_or(self.cfg.rx_queue_size / per_buf);
+        for _ in 0..rx_count {
+            let buf = self.alloc_rx_buffer()?;
+            self.post_rx(buf)?;
+        }
+        let ev_count = self.cfg.event_buffers.unwrap_or(self.cfg.event_queue_size);
+        for _ in 0..ev_count {
+            let range = self.ram.alloc_zeroed(u64::from(EVENT_SIZE), 4)?;
+            self.post_event(range)?;
+        }
+        self.started = true;
+        self.finish()?;
+        self.arm()?;
+        Ok(())
+    }
+
+    /// Drops everything the device was given, as a device reset does: the rings are zeroed,
+    /// posted buffers freed, live streams become [`StreamState::Reset`]. Listeners stay.
+    /// Call [`VsockDriver::start`] again once the device knows the (same) rings.
+    pub fn reset(&mut self) -> Result<(), DriverError> {
+        self.rx.reset()?;
+        self.tx.reset()?;
+        self.event.reset()?;
+        for (_, b) in self.rx_posted.drain() {
+            for a in b.allocs {
+                self.ram.free(a)?;
+            }
+        }
+        for (_, allocs) in self.tx_posted.drain() {
+            for a in allocs {
+                self.ram.free(a)?;
+            }
+        }
+        for (_, a) in self.event_posted.drain() {
+            self.ram.free(a)?;
+        }
+        self.backlog.clear();
+        self.reset_all_streams();
+        self.started = false;
+        self.kick_rx = false;
+        self.kick_tx = false;
+        self.kick_event = false;
+        Ok(())
+    }
+
+    fn reset_all_streams(&mut self) {
+        for s in self.streams.values_mut() {
+            if !s.state.is_terminal() {
+                s.state = StreamState::Reset;
+            }
+        }
+        self.by_addr.clear();
+        self.local_ports.clear();
+    }
+
+    /// The guest's CID (source of every packet the driver builds).
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// Changes the guest's CID (after a config change).
+    pub fn set_guest_cid(&mut self, cid: u64) {
+        self.guest_cid = cid;
+    }
+
+    /// Switches EVENT_IDX handling on all queues.
+    pub fn set_event_idx(&mut self, on: bool) {
+        self.rx.set_event_idx(on);
+        self.tx.set_event_idx(on);
+        self.event.set_event_idx(on);
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DriverConfig {
+        &self.cfg
+    }
+
+    /// Changes the default TX layout.
+    pub fn set_tx_layout(&mut self, layout: TxLayout) {
+        self.cfg.tx_layout = layout;
+    }
+
+    /// Changes the largest payload per RW packet.
+    pub fn set_max_payload(&mut self, max: u32) {
+        self.cfg.max_payload = max.max(1);
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The queues in device order: `[rx, tx, event]`.
+    pub fn queues(&self) -> [&SplitQueue; 3] {
+        [&self.rx, &self.tx, &self.event]
+    }
+
+    /// The RX queue, for raw operations.
+    pub fn rx_queue_mut(&mut self) -> &mut SplitQueue {
+        &mut self.rx
+    }
+
+    /// The TX queue, for raw operations (hostile chains: see [`SplitQueue`]). Chains added there
+    /// directly come back used with nothing for the driver to free.
+    pub fn tx_queue_mut(&mut self) -> &mut SplitQueue {
+        &mut self.tx
+    }
+
+    /// The event queue, for raw operations.
+    pub fn event_queue_mut(&mut self) -> &mut SplitQueue {
+        &mut self.event
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Control packets waiting for TX room.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// TX chains the device has not completed yet.
+    pub fn tx_in_flight(&self) -> usize {
+        self.tx.num_in_flight()
+    }
+
+    // ----- polling -------------------------------------------------------------------------
+
+    /// Processes everything the device completed, sends what waits for room, kicks and re-arms
+    /// interrupts. Never blocks. Returns the number of used entries processed.
+    pub fn poll(&mut self) -> Result<usize, DriverError> {
+        let mut work = 0;
+        loop {
+            self.rx.consume_call()?;
+            self.tx.consume_call()?;
+            self.event.consume_call()?;
+            work += self.process_used()?;
+            self.flush_backlog()?;
+            self.finish()?;
+            if !self.arm()? {
+                break;
+            }
+        }
+        Ok(work)
+    }
+
+    /// Like [`VsockDriver::poll`], but if nothing was pending waits up to `timeout` for the
+    /// device to signal a queue first. Returns the number of used entries processed.
+    pub fn pump(&mut self, timeout: Duration) -> Result<usize, DriverError> {
+        let n = self.poll()?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let wait = match self.cfg.poll_interval {
+            Some(p) => p.min(timeout),
+            None => timeout,
+        };
+        wait_for_calls(&mut [&mut self.rx, &mut self.tx, &mut self.event], wait)?;
+        self.poll()
+    }
+
+    /// Re-arms interrupts on all queues; returns whether used entries are already pending.
+    fn arm(&mut self) -> Result<bool, DriverError> {
+        let a = self.rx.enable_interrupts()?;
+        let b = self.tx.enable_interrupts()?;
+        let c = self.event.enable_interrupts()?;
+        Ok(a || b || c)
+    }
+
+    /// Kicks every queue that got new chains.
+    fn finish(&mut self) -> Result<(), DriverError> {
+        if std::mem::take(&mut self.kick_tx) {
+            self.tx.kick()?;
+        }
+        if std::mem::take(&mut self.kick_rx) {
+            self.rx.kick()?;
+        }
+        if std::mem::take(&mut self.kick_event) {
+            self.event.kick()?;
+        }
+        Ok(())
+    }
+
+    fn process_used(&mut self) -> Result<usize, DriverError> {
+        let mut work = self.reclaim_tx()?;
+        while let Some(used) = self.rx.pop_used()? {
+            work += 1;
+            self.on_rx_used(used)?;
+        }
+        while let Some(used) = self.event.pop_used()? {
+            work += 1;
+            self.on_event_used(used)?;
+        }
+        Ok(work)
+    }
+
+    fn reclaim_tx(&mut self) -> Result<usize, DriverError> {
+        let mut n = 0;
+        while let Some(used) = self.tx.pop_used()? {
+            n += 1;
+            let allocs = u16::try_from(used.id)
+                .ok()
+                .and_then(|h| self.tx_posted.remove(&h));
+            for a in allocs.into_iter().flatten() {
+                self.ram.free(a)?;
+            }
+        }
+        Ok(n)
+    }
+
+    // ----- RX ------------------------------------------------------------------------------
+
+    fn alloc_rx_buffer(&mut self) -> Result<RxBuf, DriverError> {
+        let size = self.cfg.rx_buffer_size;
+        let hdr = HEADER_SIZE as u32;
+        match self.cfg.rx_layout {
+            RxLayout::Single => {
+                let total = hdr + size;
+                let a = self.ram.alloc(u64::from(total), 8)?;
+                Ok(RxBuf {
+                    allocs: vec![a],
+                    buffers: vec![Buffer::writable(a.addr, total)],
+                })
+            }
+            RxLayout::Split => {
+                let h = self.ram.alloc(u64::from(hdr) + RX_GAP, 8)?;
+                let p = match self.ram.alloc(u64::from(size.max(1)), 8) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.ram.free(h)?;
+                        return Err(e.into());
+                    }
+                };
+                Ok(RxBuf {
+                    allocs: vec![h, p],
+                    buffers: vec![Buffer::writable(h.addr, hdr), Buffer::writable(p.addr, size)],
+                })
+            }
+        }
+    }
+
+    fn post_rx(&mut self, buf: RxBuf) -> Result<(), DriverError> {
+        match self.rx.add_chain(&buf.buffers) {
+            Ok(head) => {
+                self.rx_posted.insert(head, buf);
+                self.kick_rx = true;
+                Ok(())
+            }
+            Err(e) => {
+                for a in buf.allocs {
+                    self.ram.free(a)?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn on_rx_used(&mut self, used: UsedElem) -> Result<(), DriverError> {
+        self.stats.rx_packets += 1;
+        self.rx_seq += 1;
+        let posted = u16::try_from(used.id)
+            .ok()
+            .and_then(|h| self.rx_posted.remove(&h));
+        let Some(buf) = posted else {
+            self.stats.rx_unknown_used += 1;
+            return Ok(());
+        };
+        let capacity: u64 = buf.buffers.iter().map(|b| u64::from(b.len)).sum();
+        let readable = u64::from(used.len).min(capacity);
+        let readable = usize::try_from(readable).unwrap_or(usize::MAX);
+        let bytes = read_buffers(&self.ram, &buf.buffers, readable)?;
+        // The buffer goes straight back to the device.
+        self.post_rx(buf)?;
+
+        let mut header = PacketHeader::default();
+        let n = bytes.len().min(HEADER_SIZE);
+        header.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
+        let payload_len = header.len() as usize;
+        let malformed = (used.len as usize) < HEADER_SIZE
+            || u64::from(used.len) > capacity
+            || payload_len > bytes.len().saturating_sub(HEADER_SIZE);
+        if !malformed && used.len as usize != HEADER_SIZE + payload_len {
+            self.stats.rx_used_len_mismatch += 1;
+        }
+        let payload = if malformed {
+            self.stats.rx_malformed += 1;
+            Vec::new()
+        } else {
+            bytes[HEADER_SIZE..HEADER_SIZE + payload_len].to_vec()
+        };
+        if self.cfg.raw_record_limit > 0 {
+            if self.raw.len() >= self.cfg.raw_record_limit {
+                self.raw.pop_front();
+            }
+            self.raw.push_back(RawPacket {
+                seq: self.rx_seq,
+                header,
+                used_len: used.len,
+                payload: if self.cfg.record_payloads {
+                    payload.clone()
+                } else {
+                    Vec::new()
+                },
+                malformed,
+            });
+        }
+        if malformed {
+            return Ok(());
+        }
+        self.dispatch(header, &payload)
+    }
+
+    fn post_event(&mut self, range: GuestRange) -> Result<(), DriverError> {
+        match self.event.add_chain(&[Buffer::writable(range.addr, EVENT_SIZE)]) {
+            Ok(head) => {
+                self.event_posted.insert(head, range);
+                self.kick_event = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.ram.free(range)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn on_event_used(&mut self, used: UsedElem) -> Result<(), DriverError> {
+        let posted = u16::try_from(used.id)
+            .ok()
+            .and_then(|h| self.event_posted.remove(&h));
+        let Some(range) = posted else {
+            return Ok(());
+        };
+        let id: u32 = self.ram.read_obj::<u32>(range.addr)?;
+        let id = u32::from_le(id);
+        self.ram.fill(range, 0)?;
+        self.post_event(range)?;
+        self.stats.events += 1;
+        self.events.push(id);
+        if id == EVENT_TRANSPORT_RESET {
+            self.stats.transport_resets += 1;
+            self.backlog.clear();
+            self.reset_all_streams();
+        }
+        Ok(())
+    }
+
+    // ----- dispatch ------------------------------------------------------------------------
+
+    fn credit_threshold(&self, s: &Stream) -> u32 {
+        self.cfg
+            .credit_update_threshold
+            .unwrap_or(s.buf_alloc / 4)
+            .max(1)
+    }
+
+    fn dispatch(&mut self, hdr: PacketHeader, payload: &[u8]) -> Result<(), DriverError> {
+        if hdr.dst_cid() != self.guest_cid {
+            self.stats.rx_wrong_cid += 1;
+            return Ok(());
+        }
+        if hdr.type_() != TYPE_STREAM {
+            self.stats.rx_bad_type += 1;
+            return Ok(());
+        }
+        let Some(op) = hdr.op() else {
+            self.stats.rx_unknown_op += 1;
+            return Ok(());
+        };
+        if op == Op::Rst {
+            self.stats.rst_received += 1;
+        }
+        if op == Op::Rw {
+            self.stats.rx_bytes += payload.len() as u64;
+        }
+        let key = (hdr.dst_port(), hdr.src_cid(), hdr.src_port());
+        if let Some(&id) = self.by_addr.get(&key) {
+            return self.on_stream_packet(id, op, &hdr, payload);
+        }
+        if op == Op::Request && self.listeners.contains_key(&hdr.dst_port()) {
+            let id = self.new_stream(
+                hdr.dst_port(),
+                hdr.src_cid(),
+                hdr.src_port(),
+                StreamState::Connected,
+            );
+            let cid = self.guest_cid;
+            let reply = match self.streams.get_mut(&id) {
+                Some(s) => {
+                    s.update_peer_credit(&hdr);
+                    s.header(Op::Response, cid)
+                }
+                None => return Ok(()),
+            };
+            if let Some(q) = self.listeners.get_mut(&hdr.dst_port()) {
+                q.push_back(id);
+            }
+            return self.send_control(reply);
+        }
+        self.stats.rx_unknown_stream += 1;
+        if op != Op::Rst && self.cfg.rst_unknown_packets {
+            self.stats.rst_sent += 1;
+            self.send_control(hdr.reply(Op::Rst))?;
+        }
+        Ok(())
+    }
+
+    fn on_stream_packet(
+        &mut self,
+        id: StreamId,
+        op: Op,
+        hdr: &PacketHeader,
+        payload: &[u8],
+    ) -> Result<(), DriverError> {
+        let cid = self.guest_cid;
+        let auto_rst = self.cfg.auto_rst_on_peer_shutdown;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        s.update_peer_credit(hdr);
+        let mut reply = None;
+        let mut unbind = false;
+        match (s.state, op) {
+            (StreamState::Connecting, Op::Response) => s.state = StreamState::Connected,
+            (_, Op::Rst) => {
+                s.state = if s.state == StreamState::Closing {
+                    StreamState::Closed
+                } else {
+                    StreamState::Reset
+                };
+                unbind = true;
+            }
+            (StreamState::Connecting, _) => s.counters.unexpected_packets += 1,
+            (_, Op::Rw) => s.receive(payload),
+            (_, Op::CreditUpdate) => s.counters.credit_updates_received += 1,
+            (_, Op::CreditRequest) => {
+                s.counters.credit_requests_received += 1;
+                s.counters.credit_updates_sent += 1;
+                reply = Some(s.header(Op::CreditUpdate, cid));
+            }
+            (state, Op::Shutdown) => {
+                s.peer_shutdown |= hdr.flags() & SHUTDOWN_BOTH;
+                if matches!(state, StreamState::Connected | StreamState::PeerShutdown(_)) {
+                    s.state = StreamState::PeerShutdown(s.peer_shutdown);
+                }
+                if s.peer_shutdown == SHUTDOWN_BOTH && auto_rst {
+                    reply = Some(s.header(Op::Rst, cid));
+                    s.state = StreamState::Closed;
+                    unbind = true;
+                }
+            }
+            (_, Op::Request | Op::Response) => s.counters.unexpected_packets += 1,
+        }
+        let key = (s.local_port, s.peer_cid, s.peer_port);
+        if unbind {
+            self.unbind(key);
+        }
+        if let Some(r) = reply {
+            if r.op() == Some(Op::Rst) {
+                self.stats.rst_sent += 1;
+            }
+            self.send_control(r)?;
+        }
+        Ok(())
+    }
+
+    // ----- TX ------------------------------------------------------------------------------
+
+    /// Posts one packet, reclaiming completed TX chains first if there is no room.
+    fn post_packet(
+        &mut self,
+        hdr: &PacketHeader,
+        payload: &[u8],
+        layout: &TxLayout,
+    ) -> Result<u16, DriverError> {
+        let parts: [&[u8]; 2] = [hdr.as_slice(), payload];
+        let posted = match tx::post(&self.ram, &mut self.tx, &parts, layout) {
+            Err(e) if is_no_room(&e) => {
+                if self.reclaim_tx()? == 0 {
+                    if self.tx.num_in_flight() == 0 {
+                        return Err(DriverError::TooBig {
+                            bytes: HEADER_SIZE + payload.len(),
+                            descriptors: layout.plan(HEADER_SIZE + payload.len())?.0.len(),
+                        });
+                    }
+                    return Err(e);
+                }
+                tx::post(&self.ram, &mut self.tx, &parts, layout)?
+            }
+            other => other?,
+        };
+        self.tx_posted.insert(posted.head, posted.allocs);
+        self.kick_tx = true;
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += payload.len() as u64;
+        Ok(posted.head)
+    }
+
+    /// Sends a header-only packet now, or queues it until there is TX room.
+    fn send_control(&mut self, hdr: PacketHeader) -> Result<(), DriverError> {
+        if self.backlog.is_empty() {
+            let layout = self.cfg.tx_layout.clone();
+            match self.post_packet(&hdr, &[], &layout) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_no_room(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.stats.control_backlogged += 1;
+        self.backlog.push_back(hdr);
+        Ok(())
+    }
+
+    fn flush_backlog(&mut self) -> Result<(), DriverError> {
+        let layout = self.cfg.tx_layout.clone();
+        while let Some(hdr) = self.backlog.front().copied() {
+            match self.post_packet(&hdr, &[], &layout) {
+                Ok(_) => {
+                    self.backlog.pop_front();
+                }
+                Err(e) if is_no_room(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `header` and `payload` exactly as given (any CIDs, ports, op, type, `len`...),
+    /// outside any stream, in `layout`. Returns the head index of the chain.
+    pub fn send_raw(
+        &mut self,
+        header: &PacketHeader,
+        payload: &[u8],
+        layout: &TxLayout,
+    ) -> Result<u16, DriverError> {
+        self.send_raw_bytes(&[header.as_slice(), payload].concat(), layout)
+    }
+
+    /// Sends arbitrary bytes as one TX chain (e.g. a truncated header). Returns the head index.
+    pub fn send_raw_bytes(&mut self, bytes: &[u8], layout: &TxLayout) -> Result<u16, DriverError> {
+        let head = match tx::post(&self.ram, &mut self.tx, &[bytes], layout) {
+            Err(e) if is_no_room(&e) => {
+                self.reclaim_tx()?;
+                tx::post(&self.ram, &mut self.tx, &[bytes], layout)?
+            }
+            other => other?,
+        };
+        self.tx_posted.insert(head.head, head.allocs);
+        self.stats.tx_packets += 1;
+        self.kick_tx = true;
+        self.finish()?;
+        Ok(head.head)
+    }
+
+    /// Packets the device delivered, oldest first (at most [`DriverConfig::raw_record_limit`]).
+    pub fn received_raw(&self) -> &VecDeque<RawPacket> {
+        &self.raw
+    }
+
+    /// Takes the recorded packets.
+    pub fn take_received_raw(&mut self) -> Vec<RawPacket> {
+        self.raw.drain(..).collect()
+    }
+
+    /// Event ids received on the event queue, oldest first.
+    pub fn events(&self) -> &[u32] {
+        &self.events
+    }
+
+    /// Takes the received event ids.
+    pub fn take_events(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.events)
+    }
+
+    // ----- streams -------------------------------------------------------------------------
+
+    fn new_stream(&mut self, local_port: u32, peer_cid: u64, peer_port: u32, state: StreamState) -> StreamId {
+        let id = StreamId(self.next_stream);
+        self.next_stream += 1;
+        let s = Stream::new(id, local_port, peer_cid, peer_port, state, self.cfg.buf_alloc);
+        self.streams.insert(id, s);
+        self.by_addr.insert((local_port, peer_cid, peer_port), id);
+        *self.local_ports.entry(local_port).or_insert(0) += 1;
+        id
+    }
+
+    fn unbind(&mut self, key: AddrKey) {
+        if self.by_addr.remove(&key).is_some() {
+            if let Some(n) = self.local_ports.get_mut(&key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.local_ports.remove(&key.0);
+                }
+            }
+        }
+    }
+
+    fn stream(&self, id: StreamId) -> Result<&Stream, DriverError> {
+        self.streams.get(&id).ok_or(DriverError::UnknownStream(id))
+    }
+
+    fn stream_mut(&mut self, id: StreamId) -> Result<&mut Stream, DriverError> {
+        self.streams.get_mut(&id).ok_or(DriverError::UnknownStream(id))
+    }
+
+    fn alloc_port(&mut self) -> Result<u32, DriverError> {
+        for _ in 0..=u32::from(u16::MAX) {
+            let p = self.next_port;
+            self.next_port = p.checked_add(1).unwrap_or(self.cfg.first_ephemeral_port);
+            if !self.listeners.contains_key(&p) && !self.local_ports.contains_key(&p) {
+                return Ok(p);
+            }
+        }
+        Err(DriverError::NoPort)
+    }
+
+    /// Opens a stream to `dst_cid:dst_port` from a fresh local port: sends REQUEST and returns
+    /// at once (state [`StreamState::Connecting`]). See also `connect_blocking`.
+    pub fn connect(&mut self, dst_cid: u64, dst_port: u32) -> Result<StreamId, DriverError> {
+        let port = self.alloc_port()?;
+        self.connect_from(port, dst_cid, dst_port)
+    }
+
+    /// Like [`VsockDriver::connect`] from the given local port.
+    pub fn connect_from(
+        &mut self,
+        local_port: u32,
+        dst_cid: u64,
+        dst_port: u32,
+    ) -> Result<StreamId, DriverError> {
+        if self.by_addr.contains_key(&(local_port, dst_cid, dst_port)) {
+            return Err(DriverError::PortInUse(local_port));
+        }
+        let id = self.new_stream(local_port, dst_cid, dst_port, StreamState::Connecting);
+        let cid = self.guest_cid;
+        let hdr = self.stream_mut(id)?.header(Op::Request, cid);
+        self.send_control(hdr)?;
+        self.finish()?;
+        Ok(id)
+    }
+
+    /// Accepts connections to `port` from now on (each REQUEST is answered with RESPONSE).
+    pub fn listen(&mut self, port: u32) -> Result<(), DriverError> {
+        if self.listeners.contains_key(&port) {
+            return Err(DriverError::PortInUse(port));
+        }
+        self.listeners.insert(port, VecDeque::new());
+        Ok(())
+    }
+
+    /// Stops listening on `port`; connections not yet accepted stay open.
+    pub fn unlisten(&mut self, port: u32) -> Result<(), DriverError> {
+        self.listeners
+            .remove(&port)
+            .map(|_| ())
+            .ok_or(DriverError::NotListening(port))
+    }
+
+    /// The oldest connection to `port` not yet accepted, if any. Does not poll.
+    pub fn accept(&mut self, port: u32) -> Result<Option<StreamId>, DriverError> {
+        let q = self
+            .listeners
+            .get_mut(&port)
+            .ok_or(DriverError::NotListening(port))?;
+        Ok(q.pop_front())
+    }
+
+    /// Sends as much of `data` as the peer's credit, the TX queue and guest memory allow now, in
+    /// packets of at most [`DriverConfig::max_payload`] bytes with the default layout. Returns
+    /// the bytes sent (0 when out of credit or room).
+    pub fn send(&mut self, id: StreamId, data: &[u8]) -> Result<usize, DriverError> {
+        let layout = self.cfg.tx_layout.clone();
+        self.send_with_layout(id, data, &layout)
+    }
+
+    /// Like [`VsockDriver::send`] with the given layout.
+    pub fn send_with_layout(
+        &mut self,
+        id: StreamId,
+        data: &[u8],
+        layout: &TxLayout,
+    ) -> Result<usize, DriverError> {
+        let s = self.stream(id)?;
+        let writable = match s.state {
+            StreamState::Connected => true,
+            StreamState::PeerShutdown(f) => f & SHUTDOWN_RCV == 0,
+            _ => false,
+        };
+        if !writable || s.local_shutdown & SHUTDOWN_SEND != 0 {
+            return Err(DriverError::BadState {
+                id,
+                state: s.state,
+                op: "send",
+            });
+        }
+        self.reclaim_tx()?;
+        self.flush_backlog()?;
+        let mut sent = 0usize;
+        if self.backlog.is_empty() {
+            let cid = self.guest_cid;
+            let max = self.cfg.max_payload.max(1) as usize;
+            while sent < data.len() {
+                let credit = self.stream(id)?.credit() as usize;
+                let n = (data.len() - sent).min(credit).min(max);
+                if n == 0 {
+                    break;
+                }
+                let s = self.stream_mut(id)?;
+                let last_fwd = s.last_fwd_cnt_sent;
+                let mut hdr = s.header(Op::Rw, cid);
+                // n <= max_payload, which is a u32.
+                hdr.set_len(n as u32);
+                match self.post_packet(&hdr, &data[sent..sent + n], layout) {
+                    Ok(_) => {}
+                    Err(e) if is_no_room(&e) => {
+                        // Not sent: the peer was not told the new fwd_cnt.
+                        self.stream_mut(id)?.last_fwd_cnt_sent = last_fwd;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+                self.stream_mut(id)?.note_sent(n as u32);
+                sent += n;
+            }
+        }
+        self.finish()?;
+        Ok(sent)
+    }
+
+    /// Moves every buffered byte of stream `id` into `out`; returns how many. Sends a
+    /// CREDIT_UPDATE if enough was consumed since the peer last heard.
+    pub fn recv(&mut self, id: StreamId, out: &mut Vec<u8>) -> Result<usize, DriverError> {
+        self.recv_max(id, out, usize::MAX)
+    }
+
+    /// Like [`VsockDriver::recv`], taking at most `max` bytes.
+    pub fn recv_max(
+        &mut self,
+        id: StreamId,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<usize, DriverError> {
+        let n = self.stream_mut(id)?.consume(out, max);
+        if n > 0 {
+            let s = self.stream(id)?;
+            let due = s.state.is_established() && s.credit_update_due(self.credit_threshold(s));
+            if due {
+                self.send_credit_update(id)?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn send_credit_update(&mut self, id: StreamId) -> Result<(), DriverError> {
+        let cid = self.guest_cid;
+        let s = self.stream_mut(id)?;
+        s.counters.credit_updates_sent += 1;
+        let hdr = s.header(Op::CreditUpdate, cid);
+        self.send_control(hdr)?;
+        self.finish()
+    }
+
+    /// Sends a CREDIT_UPDATE for stream `id` now.
+    pub fn credit_update(&mut self, id: StreamId) -> Result<(), DriverError> {
+        self.send_credit_update(id)
+    }
+
+    /// Sends a CREDIT_REQUEST for stream `id`.
+    pub fn request_credit(&mut self, id: StreamId) -> Result<(), DriverError> {
+        let cid = self.guest_cid;
+        let s = self.stream_mut(id)?;
+        s.counters.credit_requests_sent += 1;
+        let hdr = s.header(Op::CreditRequest, cid);
+        self.send_control(hdr)?;
+        self.finish()
+    }
+
+    /// Changes the receive buffer size advertised for stream `id` and announces it.
+    pub fn set_buf_alloc(&mut self, id: StreamId, buf_alloc: u32) -> Result<(), DriverError> {
+        self.stream_mut(id)?.set_buf_alloc(buf_alloc);
+        self.send_credit_update(id)
+    }
+
+    /// Sends SHUTDOWN with `flags` ([`SHUTDOWN_RCV`], [`SHUTDOWN_SEND`]).
+    pub fn shutdown(&mut self, id: StreamId, flags: u32) -> Result<(), DriverError> {
+        let cid = self.guest_cid;
+        let s = self.stream_mut(id)?;
+        if !s.state.is_established() {
+            return Err(DriverError::BadState {
+                id,
+                state: s.state,
+                op: "shut down",
+            });
+        }
+        s.local_shutdown |= flags & SHUTDOWN_BOTH;
+        let mut hdr = s.header(Op::Shutdown, cid);
+        hdr.set_flags(flags);
+        self.send_control(hdr)?;
+        self.finish()
+    }
+
+    /// Closes like Linux `close()`: SHUTDOWN with both flags, then [`StreamState::Closing`] until
+    /// the peer's RST makes it [`StreamState::Closed`]. No-op on a finished stream.
+    pub fn close(&mut self, id: StreamId) -> Result<(), DriverError> {
+        let cid = self.guest_cid;
+        let s = self.stream_mut(id)?;
+        if s.state.is_terminal() || s.state == StreamState::Closing {
+            return Ok(());
+        }
+        s.local_shutdown = SHUTDOWN_BOTH;
+        s.state = StreamState::Closing;
+        let mut hdr = s.header(Op::Shutdown, cid);
+        hdr.set_flags(SHUTDOWN_BOTH);
+        self.send_control(hdr)?;
+        self.finish()
+    }
+
+    /// Sends RST and closes the stream at once. No-op on a finished stream.
+    pub fn reset_stream(&mut self, id: StreamId) -> Result<(), DriverError> {
+        let cid = self.guest_cid;
+        let s = self.stream_mut(id)?;
+        if s.state.is_terminal() {
+            return Ok(());
+        }
+        s.state = StreamState::Closed;
+        let key = (s.local_port, s.peer_cid, s.peer_port);
+        let hdr = s.header(Op::Rst, cid);
+        self.unbind(key);
+        self.stats.rst_sent += 1;
+        self.send_control(hdr)?;
+        self.finish()
+    }
+
+    /// Forgets stream `id` entirely (its counters too). A live stream is not told: later
+    /// packets for it count as unknown.
+    pub fn forget(&mut self, id: StreamId) -> Result<(), DriverError> {
+        let s = self.streams.remove(&id).ok_or(DriverError::UnknownStream(id))?;
+        let key = (s.local_port, s.peer_cid, s.peer_port);
+        if self.by_addr.get(&key) == Some(&id) {
+            self.unbind(key);
+        }
+        Ok(())
+    }
+
+    /// The state of stream `id`.
+    pub fn state(&self, id: StreamId) -> Result<StreamState, DriverError> {
+        Ok(self.stream(id)?.state)
+    }
+
+    /// A snapshot of stream `id`.
+    pub fn stream_info(&self, id: StreamId) -> Result<StreamInfo, DriverError> {
+        Ok(self.stream(id)?.info())
+    }
+
+    /// Every stream the driver remembers.
+    pub fn stream_ids(&self) -> Vec<StreamId> {
+        self.streams.keys().copied().collect()
+    }
+
+    /// Bytes received on stream `id` and not consumed yet.
+    pub fn buffered(&self, id: StreamId) -> Result<usize, DriverError> {
+        Ok(self.stream(id)?.rx.len())
+    }
+}
+
+impl Drop for VsockDriver {
+    fn drop(&mut self) {
+        let rx = self.rx_posted.drain().flat_map(|(_, b)| b.allocs);
+        let tx = self.tx_posted.drain().flat_map(|(_, a)| a);
+        let ev = self.event_posted.drain().map(|(_, a)| a);
+        for a in rx.chain(tx).chain(ev).collect::<Vec<_>>() {
+            let _ = self.ram.free(a);
+        }
+    }
+}
