@@ -59,7 +59,11 @@ impl VsockDriver {
     }
 
     /// Waits for a connection to the listening `port`.
-    pub fn accept_blocking(&mut self, port: u32, timeout: Duration) -> Result<StreamId, DriverError> {
+    pub fn accept_blocking(
+        &mut self,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<StreamId, DriverError> {
         self.wait_until(timeout, &format!("a connection on port {port}"), |d| {
             d.accept(port)
         })
@@ -131,8 +135,10 @@ impl VsockDriver {
         self.wait_until(timeout, &what, |d| {
             d.recv(id, &mut out)?;
             let info = d.stream_info(id)?;
-            Ok((info.rx_buffered == 0 && no_more_data(info.state, info.peer_shutdown))
-                .then_some(()))
+            Ok(
+                (info.rx_buffered == 0 && no_more_data(info.state, info.peer_shutdown))
+                    .then_some(()),
+            )
         })?;
         Ok(out)
     }
@@ -146,7 +152,11 @@ impl VsockDriver {
 
     /// Closes stream `id` (SHUTDOWN both) and waits for the peer's RST. On timeout sends RST
     /// itself, as Linux does after its close timeout, and fails.
-    pub fn close_blocking(&mut self, id: StreamId, timeout: Duration) -> Result<StreamState, DriverError> {
+    pub fn close_blocking(
+        &mut self,
+        id: StreamId,
+        timeout: Duration,
+    ) -> Result<StreamState, DriverError> {
         self.close(id)?;
         match self.wait_state(id, StreamState::is_terminal, timeout) {
             Err(DriverError::Timeout { what, timeout }) => {

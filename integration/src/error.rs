@@ -124,7 +124,9 @@ pub enum FrontendError {
         source: vhost::Error,
     },
     /// The backend does not offer a virtio feature the frontend needs.
-    #[error("backend does not offer required virtio feature bit(s) {missing:#x} (offered {offered:#x})")]
+    #[error(
+        "backend does not offer required virtio feature bit(s) {missing:#x} (offered {offered:#x})"
+    )]
     MissingFeature {
         /// Missing bits.
         missing: u64,
@@ -132,7 +134,9 @@ pub enum FrontendError {
         offered: u64,
     },
     /// The backend does not offer a protocol feature the frontend needs.
-    #[error("backend does not offer required protocol feature(s) {missing:#x} (offered {offered:#x})")]
+    #[error(
+        "backend does not offer required protocol feature(s) {missing:#x} (offered {offered:#x})"
+    )]
     MissingProtocolFeature {
         /// Missing bits.
         missing: u64,

@@ -12,9 +12,7 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_memory::{
-    ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::error::MemoryError;
 
@@ -160,7 +158,9 @@ impl GuestRam {
         for (i, &(addr, size)) in regions.iter().enumerate() {
             let size = size as u64;
             if size == 0 || size % PAGE_SIZE != 0 || addr.0 % PAGE_SIZE != 0 {
-                return Err(MemoryError::Layout("regions must be non-empty and page-aligned"));
+                return Err(MemoryError::Layout(
+                    "regions must be non-empty and page-aligned",
+                ));
             }
             if i > 0 && addr.0 < prev_end {
                 return Err(MemoryError::Layout("regions must be sorted and disjoint"));
@@ -188,7 +188,8 @@ impl GuestRam {
             ));
             offset += size as u64;
         }
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&ranges).map_err(MemoryError::Map)?;
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges_with_files(&ranges).map_err(MemoryError::Map)?;
 
         let mut alloc = FreeList::default();
         let mut list = Vec::with_capacity(regions.len());
@@ -407,8 +408,14 @@ mod tests {
     #[test]
     fn allocator_rejects_bad_requests() {
         let ram = GuestRam::new(64 * 1024).expect("ram");
-        assert!(matches!(ram.alloc(0, 8), Err(MemoryError::BadRequest { .. })));
-        assert!(matches!(ram.alloc(8, 3), Err(MemoryError::BadRequest { .. })));
+        assert!(matches!(
+            ram.alloc(0, 8),
+            Err(MemoryError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            ram.alloc(8, 3),
+            Err(MemoryError::BadRequest { .. })
+        ));
         assert!(ram.free(GuestRange::new(0x100_0000, 8)).is_err());
         // Part of an allocated range that overlaps a free block.
         let a = ram.alloc(64, 8).expect("a");
@@ -424,7 +431,8 @@ mod tests {
         .expect("ram");
         assert_eq!(ram.memory().num_regions(), 2);
         assert_eq!(ram.size(), 0x20000);
-        ram.write(GuestAddress(0x100010), b"x").expect("second region");
+        ram.write(GuestAddress(0x100010), b"x")
+            .expect("second region");
         assert!(ram.write(GuestAddress(0x20000), b"x").is_err());
         // An allocation never straddles the hole.
         let a = ram.alloc(0xf000, 1).expect("fills region 0");

@@ -33,6 +33,11 @@
 //! # }
 //! ```
 
+// This crate plays the guest on purpose, including a hostile one: it writes ring fields and
+// lengths of any width the tests ask for, so narrowing casts are intended here.
+#![allow(clippy::cast_possible_truncation)]
+#![warn(missing_docs)]
+
 pub mod blocking;
 pub mod error;
 pub mod guest_memory;
@@ -248,7 +253,10 @@ mod tests {
             .tx_headers
             .iter()
             .all(|h| h.src_cid() == 7 && h.dst_cid() == HOST_CID));
-        assert!(st.tx_headers.iter().any(|h| h.op_raw() == OP_RW && h.len() == 64 * 1024));
+        assert!(st
+            .tx_headers
+            .iter()
+            .any(|h| h.op_raw() == OP_RW && h.len() == 64 * 1024));
         assert_eq!(st.bad_chains, 0);
         let stats = vm.driver().stats();
         assert_eq!(stats.rx_malformed, 0);
@@ -301,6 +309,23 @@ mod tests {
         echo_round_trip(&mut vm, 2, b"two");
         drop(vm);
         daemon2.join().expect("clean disconnect");
+    }
+
+    #[test]
+    fn rings_run_without_protocol_features_acked() {
+        let daemon = TestDaemon::spawn(TestBackend::new(15));
+        let mut opts = options();
+        // No PROTOCOL_FEATURES in SET_FEATURES: no SET_VRING_ENABLE, the backend enables the
+        // rings itself. (Protocol features are still negotiated, since they are offered.)
+        opts.frontend.features = DEFAULT_FEATURES & !(1 << 30);
+        let mut vm = TestVm::connect(daemon.path(), opts).expect("vm");
+        assert_eq!(
+            daemon.backend().snapshot().acked_features,
+            1 << 32 | 1 << 29
+        );
+        echo_round_trip(&mut vm, 3, b"no enable messages");
+        vm.guest_reset().expect("reset");
+        echo_round_trip(&mut vm, 4, b"again");
     }
 
     #[test]

@@ -539,7 +539,12 @@ impl SplitQueue {
                 .to_bytes(),
             );
         }
-        let head = match self.ram.write(table.addr, &bytes).map_err(QueueError::from).and_then(|()| self.take_descriptors(1)) {
+        let head = match self
+            .ram
+            .write(table.addr, &bytes)
+            .map_err(QueueError::from)
+            .and_then(|()| self.take_descriptors(1))
+        {
             Ok(idx) => idx[0],
             Err(e) => {
                 self.ram.free(table)?;
@@ -784,7 +789,10 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> std::io::Result<bool> 
 
 /// Waits up to `timeout` until one of `queues` is signalled through its call eventfd, then
 /// consumes every pending signal; returns whether any queue was signalled.
-pub fn wait_for_calls(queues: &mut [&mut SplitQueue], timeout: Duration) -> Result<bool, QueueError> {
+pub fn wait_for_calls(
+    queues: &mut [&mut SplitQueue],
+    timeout: Duration,
+) -> Result<bool, QueueError> {
     let fds: Vec<RawFd> = queues.iter().map(|q| q.call.as_raw_fd()).collect();
     if !poll_readable(&fds, timeout).map_err(QueueError::EventFd)? {
         return Ok(false);
@@ -819,6 +827,7 @@ mod tests {
     }
 
     /// Pops one chain on the device side: (head, [(addr, len, write_only)]).
+    #[allow(clippy::type_complexity)]
     fn dev_pop(ram: &GuestRam, d: &mut Queue) -> Option<(u16, Vec<(u64, u32, bool)>)> {
         let chain = d.pop_descriptor_chain(ram.memory())?;
         let head = chain.head_index();
@@ -872,8 +881,14 @@ mod tests {
         ));
         assert!(matches!(q.add_chain(&[]), Err(QueueError::EmptyChain)));
         q.add_chain(&[b]).expect("last one");
-        assert!(matches!(SplitQueue::new(&ram, 6, false), Err(QueueError::InvalidSize(6))));
-        assert!(matches!(SplitQueue::new(&ram, 0, false), Err(QueueError::InvalidSize(0))));
+        assert!(matches!(
+            SplitQueue::new(&ram, 6, false),
+            Err(QueueError::InvalidSize(6))
+        ));
+        assert!(matches!(
+            SplitQueue::new(&ram, 0, false),
+            Err(QueueError::InvalidSize(0))
+        ));
     }
 
     #[test]
@@ -1014,9 +1029,12 @@ mod tests {
         assert!(q.release_descriptors(&idx).is_err());
         assert!(q.write_descriptor(8, da).is_err());
         // Jumping the available index ahead is visible to the device.
-        q.set_avail_idx(q.next_avail().wrapping_add(100)).expect("jump");
+        q.set_avail_idx(q.next_avail().wrapping_add(100))
+            .expect("jump");
         assert_eq!(
-            d.avail_idx(ram.memory(), Ordering::Acquire).expect("avail").0,
+            d.avail_idx(ram.memory(), Ordering::Acquire)
+                .expect("avail")
+                .0,
             q.next_avail()
         );
     }
@@ -1035,12 +1053,19 @@ mod tests {
         let head = q.add_indirect_chain(&bufs).expect("indirect");
         assert_eq!(q.num_free(), 7);
         assert_eq!(ram.allocated_bytes(), before + 48);
-        assert_eq!(q.read_descriptor(head).expect("desc").flags, DESC_F_INDIRECT);
+        assert_eq!(
+            q.read_descriptor(head).expect("desc").flags,
+            DESC_F_INDIRECT
+        );
         let (dh, descs) = dev_pop(&ram, &mut d).expect("pop");
         assert_eq!(dh, head);
         assert_eq!(
             descs,
-            vec![(0x8000, 44, false), (0x9000, 10, false), (0xa000, 20, false)]
+            vec![
+                (0x8000, 44, false),
+                (0x9000, 10, false),
+                (0xa000, 20, false)
+            ]
         );
         d.add_used(ram.memory(), dh, 0).expect("used");
         let u = q.pop_used().expect("pop").expect("entry");
@@ -1077,7 +1102,9 @@ mod tests {
         let allocated = ram.allocated_bytes();
         let dropped = q.reset().expect("reset");
         assert_eq!(dropped.len(), 2);
-        assert!(dropped.iter().any(|c| c.head == h1 && c.buffers == vec![b, b]));
+        assert!(dropped
+            .iter()
+            .any(|c| c.head == h1 && c.buffers == vec![b, b]));
         assert_eq!(ram.allocated_bytes(), allocated - 16);
         assert_eq!(q.num_free(), 8);
         assert_eq!(q.next_avail(), 0);

@@ -318,7 +318,10 @@ mod tests {
         let mut s = stream();
         let hdr = s.header(Op::Response, 3);
         assert_eq!((hdr.buf_alloc(), hdr.fwd_cnt()), (1000, 0));
-        assert_eq!((hdr.src_cid(), hdr.src_port(), hdr.dst_cid(), hdr.dst_port()), (3, 1024, 4, 80));
+        assert_eq!(
+            (hdr.src_cid(), hdr.src_port(), hdr.dst_cid(), hdr.dst_port()),
+            (3, 1024, 4, 80)
+        );
         s.receive(&[7u8; 600]);
         s.receive(&[8u8; 400]);
         assert_eq!(s.counters.credit_violations, 0);

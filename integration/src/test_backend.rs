@@ -21,6 +21,9 @@ use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT}
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 const ECHO_BUF_ALLOC: u32 = 1 << 20;
 
@@ -155,7 +158,9 @@ impl TestBackend {
                 match parse_tx_chain(chain) {
                     Ok(pkt) => {
                         let mut payload = vec![0u8; pkt.payload.len() as usize];
-                        pkt.payload.read_bytes(mem, 0, &mut payload).map_err(other)?;
+                        pkt.payload
+                            .read_bytes(mem, 0, &mut payload)
+                            .map_err(other)?;
                         st.snap.tx_headers.push(pkt.header);
                         self.echo(&mut st, &pkt.header, payload);
                     }
@@ -260,6 +265,11 @@ impl VhostUserBackend for TestBackend {
         Ok(())
     }
 
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Lets the daemon stop its worker thread when the connection ends.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
@@ -320,7 +330,9 @@ impl TestDaemon {
     /// Waits for the serving thread (it ends when the frontend disconnects).
     pub fn join(mut self) -> Result<(), String> {
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| "backend thread panicked".to_string())?,
+            Some(t) => t
+                .join()
+                .map_err(|_| "backend thread panicked".to_string())?,
             None => Ok(()),
         }
     }

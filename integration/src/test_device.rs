@@ -69,15 +69,26 @@ impl Port {
             cid: d.guest_cid(),
             mem: d.ram().memory().clone(),
             queues: [mk(0), mk(1), mk(2)],
-            kicks: [dup(qs[0].kick_fd()), dup(qs[1].kick_fd()), dup(qs[2].kick_fd())],
-            calls: [dup(qs[0].call_fd()), dup(qs[1].call_fd()), dup(qs[2].call_fd())],
+            kicks: [
+                dup(qs[0].kick_fd()),
+                dup(qs[1].kick_fd()),
+                dup(qs[2].kick_fd()),
+            ],
+            calls: [
+                dup(qs[0].call_fd()),
+                dup(qs[1].call_fd()),
+                dup(qs[2].call_fd()),
+            ],
             pending: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
 
     fn signal(&mut self, q: usize) {
-        if self.queues[q].needs_notification(&self.mem).expect("needs_notification") {
+        if self.queues[q]
+            .needs_notification(&self.mem)
+            .expect("needs_notification")
+        {
             self.calls[q].write(1).expect("call");
         }
     }
@@ -121,7 +132,10 @@ impl Switch {
                 };
                 let Some((descs, parsed, src)) = popped else {
                     let p = &mut self.ports[i];
-                    if p.queues[TX_QUEUE].enable_notification(&p.mem).expect("enable") {
+                    if p.queues[TX_QUEUE]
+                        .enable_notification(&p.mem)
+                        .expect("enable")
+                    {
                         continue;
                     }
                     break;
@@ -171,7 +185,9 @@ impl Switch {
                     let head = chain.head_index();
                     let Ok(buf) = parse_rx_chain(chain) else {
                         self.stats.lock().expect("stats").bad_rx_buffers += 1;
-                        p.queues[RX_QUEUE].add_used(&p.mem, head, 0).expect("add_used");
+                        p.queues[RX_QUEUE]
+                            .add_used(&p.mem, head, 0)
+                            .expect("add_used");
                         p.pending.push_front((hdr, payload));
                         continue;
                     };
@@ -192,7 +208,9 @@ impl Switch {
                     }
                 }
                 if p.pending.is_empty()
-                    || !p.queues[RX_QUEUE].enable_notification(&p.mem).expect("enable")
+                    || !p.queues[RX_QUEUE]
+                        .enable_notification(&p.mem)
+                        .expect("enable")
                 {
                     break;
                 }
@@ -214,7 +232,9 @@ impl Switch {
                 } else {
                     VsockEvent::default()
                 };
-                p.mem.write_slice(ev.as_slice(), desc.addr()).expect("event");
+                p.mem
+                    .write_slice(ev.as_slice(), desc.addr())
+                    .expect("event");
                 p.queues[EVENT_QUEUE]
                     .add_used(&p.mem, head, 4)
                     .expect("add_used");

@@ -75,7 +75,9 @@ fn split(total: u32, payload_descs: usize) -> Result<Vec<u32>, DriverError> {
         return Ok(vec![total]);
     }
     let payload = total - hdr;
-    let n = u32::try_from(payload_descs).unwrap_or(u32::MAX).min(payload);
+    let n = u32::try_from(payload_descs)
+        .unwrap_or(u32::MAX)
+        .min(payload);
     let (base, extra) = (payload / n, payload % n);
     let mut sizes = Vec::with_capacity(n as usize + 1);
     sizes.push(hdr);
@@ -235,14 +237,21 @@ mod tests {
 
     #[test]
     fn plans() {
-        assert_eq!(TxLayout::Single.plan(100).expect("plan"), (vec![100], false));
         assert_eq!(
-            TxLayout::Split { payload_descs: 3 }.plan(44 + 10).expect("plan"),
+            TxLayout::Single.plan(100).expect("plan"),
+            (vec![100], false)
+        );
+        assert_eq!(
+            TxLayout::Split { payload_descs: 3 }
+                .plan(44 + 10)
+                .expect("plan"),
             (vec![44, 4, 3, 3], false)
         );
         // Fewer payload bytes than descriptors: one byte each.
         assert_eq!(
-            TxLayout::Indirect { payload_descs: 5 }.plan(44 + 2).expect("plan"),
+            TxLayout::Indirect { payload_descs: 5 }
+                .plan(44 + 2)
+                .expect("plan"),
             (vec![44, 1, 1], true)
         );
         // Control packet: the header alone.
@@ -316,10 +325,20 @@ mod tests {
         )
         .expect_err("5 descriptors never fit 4");
         assert!(matches!(err, DriverError::TooBig { descriptors: 5, .. }));
-        post(&ram, &mut q, &[&[0u8; 100]], &TxLayout::Split { payload_descs: 2 })
-            .expect("3 fit");
-        let err = post(&ram, &mut q, &[&[0u8; 100]], &TxLayout::Split { payload_descs: 1 })
-            .expect_err("2 do not fit in the 1 left");
+        post(
+            &ram,
+            &mut q,
+            &[&[0u8; 100]],
+            &TxLayout::Split { payload_descs: 2 },
+        )
+        .expect("3 fit");
+        let err = post(
+            &ram,
+            &mut q,
+            &[&[0u8; 100]],
+            &TxLayout::Split { payload_descs: 1 },
+        )
+        .expect_err("2 do not fit in the 1 left");
         assert!(is_no_room(&err));
         assert_eq!(q.num_free(), 1);
         assert!(ram.allocated_bytes() > before);

@@ -92,7 +92,10 @@ pub struct VhostFrontend {
 impl fmt::Debug for VhostFrontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VhostFrontend")
-            .field("offered_features", &format_args!("{:#x}", self.offered_features))
+            .field(
+                "offered_features",
+                &format_args!("{:#x}", self.offered_features),
+            )
             .field("features", &format_args!("{:#x}", self.features))
             .field("offered_protocol", &self.offered_protocol)
             .field("acked_protocol", &self.acked_protocol)
@@ -151,10 +154,7 @@ impl VhostFrontend {
         let offered = inner.get_features().map_err(req("GET_FEATURES"))?;
         let missing = options.required_features & !offered;
         if missing != 0 {
-            return Err(FrontendError::MissingFeature {
-                missing,
-                offered,
-            });
+            return Err(FrontendError::MissingFeature { missing, offered });
         }
         let mut offered_protocol = VhostUserProtocolFeatures::empty();
         let mut acked_protocol = VhostUserProtocolFeatures::empty();
@@ -229,7 +229,7 @@ impl VhostFrontend {
         let buf = vec![0u8; size as usize];
         let (_, payload) = self
             .inner
-            .get_config(offset, size, VhostUserConfigFlags::WRITABLE, &buf)
+            .get_config(offset, size, VhostUserConfigFlags::empty(), &buf)
             .map_err(req("GET_CONFIG"))?;
         Ok(payload)
     }
@@ -254,7 +254,7 @@ impl VhostFrontend {
             .ram
             .memory()
             .iter()
-            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r))
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()
             .map_err(req("SET_MEM_TABLE"))?;
         self.inner
@@ -275,10 +275,18 @@ impl VhostFrontend {
         for (i, q) in queues.iter().enumerate() {
             self.setup_vring(i, &q.layout(), q.kick_fd(), q.call_fd())?;
         }
-        for i in 0..queues.len() {
-            self.enable_vring(i, true)?;
+        // Without PROTOCOL_FEATURES the backend enables rings on its own (and refuses
+        // SET_VRING_ENABLE), as QEMU knows.
+        if self.protocol_features_acked() {
+            for i in 0..queues.len() {
+                self.enable_vring(i, true)?;
+            }
         }
         Ok(())
+    }
+
+    fn protocol_features_acked(&self) -> bool {
+        self.features & (1 << F_VHOST_USER_PROTOCOL_FEATURES) != 0
     }
 
     /// Gives the backend one vring: SET_VRING_NUM, SET_VRING_BASE 0, SET_VRING_ADDR (addresses
@@ -334,10 +342,15 @@ impl VhostFrontend {
             .map_err(req("SET_VRING_ENABLE"))
     }
 
-    /// Stops one vring: SET_VRING_ENABLE 0, then GET_VRING_BASE, which returns the backend's
-    /// next available index.
+    /// Stops one vring: SET_VRING_ENABLE 0 (when PROTOCOL_FEATURES is acked), then
+    /// GET_VRING_BASE, which returns the backend's next available index.
     pub fn stop_vring(&mut self, index: usize) -> Result<u32, FrontendError> {
-        self.enable_vring(index, false)?;
+        if index >= NUM_QUEUES {
+            return Err(FrontendError::BadQueue(index));
+        }
+        if self.protocol_features_acked() {
+            self.enable_vring(index, false)?;
+        }
         let base = self
             .inner
             .get_vring_base(index)
@@ -370,10 +383,9 @@ impl VhostFrontend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_backend::{TestBackend, TestDaemon};
     use crate::split_queue::Buffer;
+    use crate::test_backend::{TestBackend, TestDaemon};
     use sockbypass_wire::consts::{OFFERED_FEATURES, RX_QUEUE, TX_QUEUE};
-    use vm_memory::GuestAddress;
 
     fn queues(ram: &GuestRam, event_idx: bool) -> Vec<SplitQueue> {
         (0..3)
@@ -385,8 +397,8 @@ mod tests {
     fn negotiates_like_qemu_and_reads_the_cid() {
         let daemon = TestDaemon::spawn(TestBackend::new(42));
         let ram = GuestRam::new(1 << 20).expect("ram");
-        let mut fe =
-            VhostFrontend::connect(daemon.path(), &ram, &FrontendOptions::default()).expect("connect");
+        let mut fe = VhostFrontend::connect(daemon.path(), &ram, &FrontendOptions::default())
+            .expect("connect");
         assert_eq!(fe.offered_features(), OFFERED_FEATURES);
         assert_eq!(fe.features(), DEFAULT_FEATURES);
         assert!(fe.event_idx());
@@ -399,7 +411,20 @@ mod tests {
         let qs = queues(&ram, fe.event_idx());
         let refs: Vec<&SplitQueue> = qs.iter().collect();
         fe.start(&refs).expect("start");
-        let st = daemon.backend().snapshot();
+        // A kick on each queue makes the backend look at its vrings.
+        for q in &qs {
+            q.kick_fd().write(1).expect("kick");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let st = loop {
+            let st = daemon.backend().snapshot();
+            let seen = st.vrings.iter().all(Option::is_some) && st.kicks.iter().all(|&k| k >= 1);
+            if seen || Instant::now() > deadline {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(st.kicks.iter().all(|&k| k >= 1));
         assert_eq!(st.acked_features, DEFAULT_FEATURES);
         assert_eq!(st.regions, vec![(0, 1 << 20)]);
         assert!(st.event_idx);
@@ -420,8 +445,8 @@ mod tests {
     fn kicks_reach_the_backend_and_get_vring_base_reports_progress() {
         let daemon = TestDaemon::spawn(TestBackend::new(3));
         let ram = GuestRam::new(1 << 20).expect("ram");
-        let mut fe =
-            VhostFrontend::connect(daemon.path(), &ram, &FrontendOptions::default()).expect("connect");
+        let mut fe = VhostFrontend::connect(daemon.path(), &ram, &FrontendOptions::default())
+            .expect("connect");
         let mut qs = queues(&ram, fe.event_idx());
         {
             let refs: Vec<&SplitQueue> = qs.iter().collect();
@@ -431,7 +456,8 @@ mod tests {
         let buf = ram.alloc_zeroed(64, 8).expect("buf");
         let tx = &mut qs[TX_QUEUE];
         for _ in 0..3 {
-            tx.add_chain(&[Buffer::readable(buf.addr, 64)]).expect("add");
+            tx.add_chain(&[Buffer::readable(buf.addr, 64)])
+                .expect("add");
         }
         assert!(tx.kick().expect("kick"));
         let mut done = 0;
@@ -447,7 +473,6 @@ mod tests {
         assert_eq!(bases[TX_QUEUE], 3);
         assert_eq!(bases[RX_QUEUE], 0);
         assert!(fe.notifiers(TX_QUEUE).is_none());
-        let _ = GuestAddress(0);
     }
 
     #[test]

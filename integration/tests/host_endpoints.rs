@@ -59,8 +59,16 @@ fn guest_connects_to_host_listener_and_1mib_each_way_is_byte_exact() {
         .expect("connect to host port 5000");
     guest_send(&mut vm, id, &to_host, 4);
     let back = vm.driver_mut().recv_exact(id, MIB, T).expect("1 MiB back");
-    assert_eq!(host.join().expect("host thread"), exp_host, "host got every byte in order");
-    assert_eq!(sha256(&back), sha256(&to_guest), "guest got every byte in order");
+    assert_eq!(
+        host.join().expect("host thread"),
+        exp_host,
+        "host got every byte in order"
+    );
+    assert_eq!(
+        sha256(&back),
+        sha256(&to_guest),
+        "guest got every byte in order"
+    );
     let c = h.counters("a");
     assert_eq!(c.malformed_total(), 0);
     assert!(c.tx_bytes >= MIB as u64 && c.rx_bytes >= MIB as u64);
@@ -82,7 +90,11 @@ fn host_connects_with_connect_line_and_1mib_each_way_is_byte_exact() {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
         while !line.ends_with(b"\n") {
-            assert_eq!(s.read(&mut b).expect("OK line"), 1, "stream ended before OK");
+            assert_eq!(
+                s.read(&mut b).expect("OK line"),
+                1,
+                "stream ended before OK"
+            );
             line.push(b[0]);
         }
         let text = String::from_utf8(line).expect("utf8");
@@ -94,20 +106,29 @@ fn host_connects_with_connect_line_and_1mib_each_way_is_byte_exact() {
         (port, sha256(&got))
     });
     let id = vm.driver_mut().accept_blocking(6000, T).expect("accept");
-    let got = vm.driver_mut().recv_exact(id, MIB, T).expect("1 MiB from host");
+    let got = vm
+        .driver_mut()
+        .recv_exact(id, MIB, T)
+        .expect("1 MiB from host");
     guest_send(&mut vm, id, &to_host, 8);
     let (port, host_sum) = host.join().expect("host thread");
     assert_eq!(sha256(&got), sha256(&to_guest));
     assert_eq!(host_sum, sha256(&to_host));
     let info = vm.driver().stream_info(id).expect("stream info");
-    assert_eq!(info.peer_port, port, "OK <host_port> names the stream's host port");
+    assert_eq!(
+        info.peer_port, port,
+        "OK <host_port> names the stream's host port"
+    );
 }
 
 #[test]
 fn connect_to_a_port_nobody_listens_on_gets_rst() {
     let h = Harness::start(&[VmSpec::new("a", 3)]);
     let mut vm = TestVm::connect(h.socket("a"), VmOptions::default()).expect("frontend");
-    let id = vm.driver_mut().connect(HOST_CID, 7777).expect("send REQUEST");
+    let id = vm
+        .driver_mut()
+        .connect(HOST_CID, 7777)
+        .expect("send REQUEST");
     let st = vm
         .driver_mut()
         .wait_state(id, |s| s != StreamState::Connecting, T)
@@ -167,7 +188,10 @@ fn host_to_guest_never_exceeds_guest_credit_and_resumes_on_credit_update() {
     }));
     let _ = vm.driver_mut().pump(Duration::from_millis(300));
     let buffered = vm.driver().buffered(id).expect("stream");
-    assert_eq!(buffered, CREDIT as usize, "the device fills exactly the credit, no more");
+    assert_eq!(
+        buffered, CREDIT as usize,
+        "the device fills exactly the credit, no more"
+    );
     // Read and announce the freed space: the rest arrives, never past the credit.
     let mut got = Vec::new();
     while got.len() < data.len() {
@@ -205,7 +229,7 @@ fn guest_to_host_credit_is_enforced_and_a_violation_resets() {
     let mut hdr = sockbypass_wire::PacketHeader::stream(Op::Rw, 3, info.local_port, HOST_CID, 5001);
     let big = vec![0u8; 64 * 1024];
     for _ in 0..8 {
-        hdr.set_len(big.len() as u32);
+        hdr.set_len(64 * 1024);
         vm.driver_mut()
             .send_raw(&hdr, &big, &Default::default())
             .expect("raw send");
@@ -219,7 +243,10 @@ fn guest_to_host_credit_is_enforced_and_a_violation_resets() {
     );
     let rst = vm
         .driver_mut()
-        .wait_for_packet(|p| p.op() == Some(Op::Rst) && p.header.dst_port() == info.local_port, T)
+        .wait_for_packet(
+            |p| p.op() == Some(Op::Rst) && p.header.dst_port() == info.local_port,
+            T,
+        )
         .expect("RST for the violating connection");
     assert_eq!(rst.header.src_cid(), HOST_CID);
 }

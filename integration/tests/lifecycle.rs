@@ -28,12 +28,17 @@ fn second_vm_is_unaffected_while_the_first_reconnects() {
         got
     });
     let mut b = TestVm::connect(h.socket("b"), VmOptions::default()).expect("vm b");
-    let id = b.driver_mut().connect_blocking(HOST_CID, 5000, T).expect("b connects");
+    let id = b
+        .driver_mut()
+        .connect_blocking(HOST_CID, 5000, T)
+        .expect("b connects");
 
     let mut a = TestVm::connect(h.socket("a"), VmOptions::default()).expect("vm a");
     let a_listener = h.host_listener("a", 6000);
     for (round, chunk) in data.chunks(512 * 1024).enumerate() {
-        b.driver_mut().send_all(id, chunk, T).expect("b keeps sending");
+        b.driver_mut()
+            .send_all(id, chunk, T)
+            .expect("b keeps sending");
         if round % 2 == 0 {
             a.disconnect();
             assert!(wait_until(T, || !h.is_attached("a")), "a detached");
@@ -42,7 +47,10 @@ fn second_vm_is_unaffected_while_the_first_reconnects() {
             a.guest_reset().expect("a resets its device");
         }
         // a works after each reattach.
-        let c = a.driver_mut().connect_blocking(HOST_CID, 6000, T).expect("a connects again");
+        let c = a
+            .driver_mut()
+            .connect_blocking(HOST_CID, 6000, T)
+            .expect("a connects again");
         let (mut s, _) = a_listener.accept().expect("host accepts a");
         a.driver_mut().send_all(c, b"ping", T).expect("a sends");
         let mut four = [0u8; 4];
@@ -74,7 +82,10 @@ fn host_streams_end_when_the_guest_goes_away() {
     let _id = a.driver_mut().accept_blocking(7000, T).expect("accept");
     a.disconnect();
     let got = host.join().expect("host");
-    assert!(got.starts_with(b"OK "), "host got OK before the end: {got:?}");
+    assert!(
+        got.starts_with(b"OK "),
+        "host got OK before the end: {got:?}"
+    );
     // While no guest is attached, a CONNECT is closed at once instead of hanging.
     assert!(wait_until(T, || !h.is_attached("a")));
     let mut s = std::os::unix::net::UnixStream::connect(h.uds("a")).expect("uds");

@@ -50,18 +50,26 @@ fn expect_returned_with_zero(vm: &mut TestVm, head: u16) {
     let end = std::time::Instant::now() + T;
     loop {
         if let Some(used) = q.pop_used().expect("used ring") {
-            assert_eq!(used.id, u32::from(head), "the malformed chain itself comes back");
+            assert_eq!(
+                used.id,
+                u32::from(head),
+                "the malformed chain itself comes back"
+            );
             assert_eq!(used.len, 0, "with used length 0");
             return;
         }
-        assert!(std::time::Instant::now() < end, "chain {head} never came back");
+        assert!(
+            std::time::Instant::now() < end,
+            "chain {head} never came back"
+        );
         let _ = q.wait_call(Duration::from_millis(20));
     }
 }
 
 /// The daemon still serves VM `a` (to the host) after the bad input.
 fn still_serves(s: &mut Setup) {
-    let listener = s.h.host_listener("a", 9000 + (s.h.counters("a").tx_packets % 1000) as u32);
+    let listener =
+        s.h.host_listener("a", 9000 + (s.h.counters("a").tx_packets % 1000) as u32);
     let port = listener
         .local_addr()
         .ok()
@@ -76,7 +84,9 @@ fn still_serves(s: &mut Setup) {
         c.write_all(&b).expect("echo");
     });
     let d = s.vm.driver_mut();
-    let id = d.connect_blocking(HOST_CID, port, T).expect("connect after bad input");
+    let id = d
+        .connect_blocking(HOST_CID, port, T)
+        .expect("connect after bad input");
     d.send_all(id, b"alive", T).expect("send");
     assert_eq!(d.recv_exact(id, 5, T).expect("echo"), b"alive");
     echo.join().expect("echo thread");
@@ -85,9 +95,17 @@ fn still_serves(s: &mut Setup) {
 fn check(chain: &[Buffer], counter: fn(&VmCountersSnapshot) -> u64) {
     let mut s = setup();
     let before = counter(&s.h.counters("a"));
-    let head = s.vm.driver_mut().tx_queue_mut().add_chain(chain).expect("add chain");
+    let head =
+        s.vm.driver_mut()
+            .tx_queue_mut()
+            .add_chain(chain)
+            .expect("add chain");
     expect_returned_with_zero(&mut s.vm, head);
-    assert_eq!(counter(&s.h.counters("a")), before + 1, "counted under its reason");
+    assert_eq!(
+        counter(&s.h.counters("a")),
+        before + 1,
+        "counted under its reason"
+    );
     still_serves(&mut s);
 }
 
@@ -101,7 +119,9 @@ fn chain_shorter_than_the_header() {
 
 #[test]
 fn zero_length_chain() {
-    check(&[Buffer::readable(GuestAddress(0x1000), 0)], |c| c.drop_short_chain);
+    check(&[Buffer::readable(GuestAddress(0x1000), 0)], |c| {
+        c.drop_short_chain
+    });
 }
 
 #[test]
@@ -109,7 +129,11 @@ fn len_larger_than_the_chain() {
     let mut s = setup();
     let a = guest_bytes(&s.vm, &header(5, 1, 100));
     let before = s.h.counters("a").drop_len_over_chain;
-    let head = s.vm.driver_mut().tx_queue_mut().add_chain(&[Buffer::readable(a, 44)]).expect("add");
+    let head =
+        s.vm.driver_mut()
+            .tx_queue_mut()
+            .add_chain(&[Buffer::readable(a, 44)])
+            .expect("add");
     expect_returned_with_zero(&mut s.vm, head);
     assert_eq!(s.h.counters("a").drop_len_over_chain, before + 1);
     still_serves(&mut s);
@@ -122,12 +146,11 @@ fn len_over_the_maximum_payload() {
     let mut bytes = header(5, 1, len);
     bytes.resize(44 + len as usize, 0xab);
     let a = guest_bytes(&s.vm, &bytes);
-    let head = s
-        .vm
-        .driver_mut()
-        .tx_queue_mut()
-        .add_chain(&[Buffer::readable(a, 44 + len)])
-        .expect("add");
+    let head =
+        s.vm.driver_mut()
+            .tx_queue_mut()
+            .add_chain(&[Buffer::readable(a, 44 + len)])
+            .expect("add");
     expect_returned_with_zero(&mut s.vm, head);
     assert_eq!(s.h.counters("a").drop_len_over_max, 1);
     still_serves(&mut s);
@@ -135,14 +158,20 @@ fn len_over_the_maximum_payload() {
 
 #[test]
 fn address_outside_guest_memory() {
-    check(&[Buffer::readable(GuestAddress(1 << 40), 44)], |c| c.drop_outside_memory);
+    check(&[Buffer::readable(GuestAddress(1 << 40), 44)], |c| {
+        c.drop_outside_memory
+    });
 }
 
 #[test]
 fn write_only_descriptor_in_tx() {
     let mut s = setup();
     let a = guest_bytes(&s.vm, &header(1, 1, 0));
-    let head = s.vm.driver_mut().tx_queue_mut().add_chain(&[Buffer::writable(a, 44)]).expect("add");
+    let head =
+        s.vm.driver_mut()
+            .tx_queue_mut()
+            .add_chain(&[Buffer::writable(a, 44)])
+            .expect("add");
     expect_returned_with_zero(&mut s.vm, head);
     assert_eq!(s.h.counters("a").drop_flag_mismatch, 1);
     still_serves(&mut s);
@@ -153,7 +182,11 @@ fn unknown_op_and_invalid_op() {
     let mut s = setup();
     for op in [0u16, 8, 99] {
         let a = guest_bytes(&s.vm, &header(op, 1, 0));
-        let head = s.vm.driver_mut().tx_queue_mut().add_chain(&[Buffer::readable(a, 44)]).expect("add");
+        let head =
+            s.vm.driver_mut()
+                .tx_queue_mut()
+                .add_chain(&[Buffer::readable(a, 44)])
+                .expect("add");
         expect_returned_with_zero(&mut s.vm, head);
     }
     assert_eq!(s.h.counters("a").drop_unknown_op, 3);
@@ -164,7 +197,11 @@ fn unknown_op_and_invalid_op() {
 fn unknown_socket_type() {
     let mut s = setup();
     let a = guest_bytes(&s.vm, &header(1, 2, 0));
-    let head = s.vm.driver_mut().tx_queue_mut().add_chain(&[Buffer::readable(a, 44)]).expect("add");
+    let head =
+        s.vm.driver_mut()
+            .tx_queue_mut()
+            .add_chain(&[Buffer::readable(a, 44)])
+            .expect("add");
     expect_returned_with_zero(&mut s.vm, head);
     assert_eq!(s.h.counters("a").drop_unknown_type, 1);
     still_serves(&mut s);
@@ -197,11 +234,10 @@ fn spoofed_source_cid_is_dropped_and_counted() {
     let mut s = setup();
     let mut h = PacketHeader::stream(Op::Request, 4, 1234, HOST_CID, 5000);
     h.set_credit(65536, 0);
-    let head = s
-        .vm
-        .driver_mut()
-        .send_raw(&h, &[], &Default::default())
-        .expect("raw send");
+    let head =
+        s.vm.driver_mut()
+            .send_raw(&h, &[], &Default::default())
+            .expect("raw send");
     let _ = head;
     assert!(common::wait_until(T, || {
         let _ = s.vm.driver_mut().poll();
@@ -233,10 +269,17 @@ fn a_bad_rx_chain_is_returned_and_counted() {
         if let Some(u) = q.pop_used().expect("used ring") {
             break u;
         }
-        assert!(std::time::Instant::now() < end, "bad RX chain never came back");
+        assert!(
+            std::time::Instant::now() < end,
+            "bad RX chain never came back"
+        );
         let _ = q.wait_call(Duration::from_millis(20));
     };
     assert_eq!((used.id, used.len), (u32::from(head), 0));
     assert_eq!(h.counters("a").rx_bad_chain, 1);
-    assert_eq!(h.counters("b").malformed_total(), 0, "other VMs see nothing");
+    assert_eq!(
+        h.counters("b").malformed_total(),
+        0,
+        "other VMs see nothing"
+    );
 }

@@ -259,9 +259,7 @@ where
     if len > available {
         return Err(ChainError::LenOverChain { len, available });
     }
-    let payload = segs
-        .window(HEADER_LEN, len)
-        .map_err(ChainError::Segments)?;
+    let payload = segs.window(HEADER_LEN, len).map_err(ChainError::Segments)?;
     Ok(TxPacket {
         head_index,
         header,

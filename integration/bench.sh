@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job. Until the VM benchmark lands (issue 4), it builds everything in release mode and
+# runs the device demo: sockbypassd in-process, one VM played by the test frontend, a guest->host
+# echo and a host->guest CONNECT, with every step printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> installing dependencies"
+ci/install-deps.sh
+echo "==> building (release)"
+cargo build --release --workspace --bins
+echo "==> running the demo"
+exec target/release/sockbypass-demo
