@@ -163,12 +163,3 @@ pub const RX: usize = RX_QUEUE;
 pub const TX: usize = TX_QUEUE;
 /// See [`RX`].
 pub const EVT: usize = EVENT_QUEUE;
-
-/// Whether this chain type can be queried for its head index without a queue.
-pub fn head_of(chain: &Chain) -> u16 {
-    chain.head_index()
-}
-
-// Keep `QueueT` in scope for `ready()` on the inner queue.
-#[allow(unused_imports)]
-use QueueT as _;
