@@ -38,6 +38,15 @@ counters!(
         rx_bytes,
         /// RSTs the device sent to this guest.
         rst_sent,
+        /// Packets of this guest fully delivered to a peer VM.
+        fwd_packets,
+        /// Payload bytes of this guest fully delivered to a peer VM.
+        fwd_bytes,
+        /// Extra RX packets this guest got because a peer's packet was larger than its RX
+        /// buffer (a packet split in three counts two).
+        rx_split,
+        /// Nanoseconds data for this guest waited with no RX buffer free.
+        rx_wait_ns,
         /// Connections opened with the host (either side started them).
         host_conns_opened,
         /// Guest packets dropped: chain shorter than the header.
@@ -64,6 +73,17 @@ counters!(
         drop_credit_violation,
         /// Guest packets that named no known connection (answered with RST where allowed).
         drop_no_connection,
+        /// REQUESTs to a peer VM that policy refused (no shared group, port not listed).
+        drop_policy,
+        /// REQUESTs to a peer VM refused because either VM is at `max_conns`.
+        drop_conn_limit,
+        /// Packets to a CID that is no attached VM (answered with RST).
+        drop_peer_unreachable,
+        /// Packets that contradict their VM-to-VM connection's state (a second REQUEST, a late
+        /// RESPONSE, RW after SHUTDOWN); the connection is reset.
+        drop_protocol,
+        /// RSTs for this guest dropped because its reply queue was at its hard limit.
+        drop_reply_overflow,
         /// RX chains the guest posted that were unusable (returned with used length 0).
         rx_bad_chain,
         /// Event-queue buffers used.

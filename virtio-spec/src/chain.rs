@@ -9,7 +9,7 @@ use std::ops::Deref;
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
-use crate::consts::{HEADER_LEN, HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
+use crate::consts::{EVENT_SIZE, HEADER_LEN, HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
 use crate::header::{Op, PacketHeader};
 use crate::segments::{SegmentError, Segments};
 
@@ -280,6 +280,25 @@ where
         return Err(ChainError::TooShort {
             len: space.len(),
             need: HEADER_SIZE,
+        });
+    }
+    Ok(RxBuffer { head_index, space })
+}
+
+/// Validates an event-queue chain: write-only descriptors inside guest memory with room for one
+/// [`EVENT_SIZE`]-byte event record.
+pub fn parse_event_chain<M>(chain: DescriptorChain<M>) -> Result<RxBuffer, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    let head_index = chain.head_index();
+    let mut chain = chain;
+    let space = collect(&mut chain, true)?;
+    if (space.len() as usize) < EVENT_SIZE {
+        return Err(ChainError::TooShort {
+            len: space.len(),
+            need: EVENT_SIZE,
         });
     }
     Ok(RxBuffer { head_index, space })

@@ -59,6 +59,10 @@ pub const SHUTDOWN_SEND: u32 = 2;
 /// Both SHUTDOWN flags.
 pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
 
+/// Size of an event-queue record (`struct virtio_vsock_event`).
+pub const EVENT_SIZE: usize = 4;
+/// [`EVENT_SIZE`] as the `u32` that used lengths take.
+pub const EVENT_LEN: u32 = 4;
 /// Event id: the transport was reset, all connections are gone.
 pub const EVENT_TRANSPORT_RESET: u32 = 0;
 

@@ -26,7 +26,9 @@ pub mod event;
 pub mod header;
 pub mod segments;
 
-pub use chain::{parse_rx_chain, parse_tx_chain, ChainError, RxBuffer, TxPacket};
+pub use chain::{
+    parse_event_chain, parse_rx_chain, parse_tx_chain, ChainError, RxBuffer, TxPacket,
+};
 pub use config_space::VsockConfigSpace;
 pub use header::{Op, PacketHeader};
 pub use segments::{copy_between, Segment, SegmentError, Segments};

@@ -114,7 +114,9 @@ impl VhostUserBackend for VsockDevice {
         match usize::from(device_event) {
             TX_QUEUE => self.switch.service(self.index),
             RX_QUEUE => self.switch.service_rx(self.index),
-            EVENT_QUEUE => {}
+            EVENT_QUEUE => {
+                self.switch.fill_events(self.index);
+            }
             other => tracing::debug!(event = other, "ignoring unknown device event"),
         }
         Ok(())

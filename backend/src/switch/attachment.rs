@@ -6,6 +6,8 @@
 //! every vring lock taken here is held only for one queue operation, so vring locks are always
 //! the innermost locks (see `switch/mod.rs` for the lock order).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
@@ -58,11 +60,15 @@ pub enum QueueError {
     },
 }
 
+/// Source of [`Attachment::generation`] numbers.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
 /// The rings and memory of one attached frontend.
 #[derive(Clone)]
 pub struct Attachment {
     mem: AtomicMem,
     vrings: [Vring; NUM_QUEUES],
+    generation: u64,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -80,6 +86,24 @@ impl Attachment {
         Some(Attachment {
             mem,
             vrings: [rx.clone(), tx.clone(), evt.clone()],
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// A number no other attachment of the daemon has: packets held for other VMs carry it, so
+    /// a chain is only ever returned to the rings it came from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the frontend handed over rings the driver had already used (a non-zero base on
+    /// the RX or TX queue): the guest driver kept running across a reconnect, and its old
+    /// connections are gone (SPEC.md §8.4).
+    pub fn rings_resumed(&self) -> bool {
+        [RX_QUEUE, TX_QUEUE].iter().any(|&q| {
+            let state: std::sync::RwLockReadGuard<'_, VringState<AtomicMem>> =
+                self.vring(q).get_ref();
+            state.get_queue().next_avail() != 0
         })
     }
 

@@ -7,27 +7,42 @@
 //! | `replies.rs` | bounded queue of refusals/RSTs owed to a guest |
 //! | `tx_path.rs` | [`Switch::process_tx`]: move the available work of one VM's TX queue |
 //! | `rx_path.rs` | [`Switch::fill_rx`]: deliver what is owed to one VM into its RX queue |
+//! | `policy.rs` | groups and port lists: who may connect to whom |
+//! | `peer_table.rs` | VM-to-VM connections: state, credit, limits, verdicts |
+//! | `peer_path.rs` | VM-to-VM delivery: one copy, splitting, holding for RX buffers |
+//! | `inbound.rs` | packets from peers held for a VM's RX buffers |
+//! | `events.rs` | the event queue (`TRANSPORT_RESET`) |
+//! | `lifecycle.rs` | attach and detach, and the clean-up a detach owes the other VMs |
 //!
 //! ## Threads and locks
 //! Any thread may drive any VM: the vhost-user worker of the VM (on kicks), the host I/O thread
-//! (on socket events), and later the poll threads. Per VM there are two locks, always taken in
-//! this order, and never two RX locks at once:
+//! (on socket events), and later the poll threads. Locks are taken in this order:
 //!
-//! 1. the TX lock (one walker of the TX queue at a time),
-//! 2. the RX lock (replies, host connections; one filler of the RX queue at a time),
-//! 3. vring locks, held only inside one `Attachment` call.
+//! 0. a VM's lifecycle lock (attach/detach only; one VM's at a time),
+//! 1. a VM's TX lock (one walker of its TX queue at a time; never two TX locks at once),
+//! 2. a VM's RX lock (replies, inbound packets, host connections; one filler at a time; never
+//!    two RX locks at once, but a walker of X's TX queue may take Y's RX lock to deliver),
+//! 3. the peer table, and vring locks, each held only for one call and never while taking
+//!    another lock.
 //!
 //! Nothing here blocks on I/O: host sockets are non-blocking, and a full RX queue or a full
-//! reply queue stops the work until a kick or an event resumes it.
+//! reply queue stops the work until a kick or an event resumes it. A packet for a peer with no
+//! RX buffer is held, so one stalled receiver never stops its sender's other traffic.
 
 pub mod attachment;
+pub mod events;
+pub mod inbound;
+pub mod lifecycle;
+pub mod peer_path;
+pub mod peer_table;
+pub mod policy;
 pub mod replies;
 pub mod rx_path;
 pub mod tx_path;
 pub mod vm_port;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
@@ -39,6 +54,9 @@ pub use attachment::{AtomicMem, Vring};
 pub use rx_path::RxReport;
 pub use tx_path::TxReport;
 pub use vm_port::VmPort;
+
+use peer_table::PeerTable;
+use policy::VmPolicy;
 
 /// Why a VM lost its attachment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +86,28 @@ pub enum SwitchError {
     },
 }
 
+/// What a VM holds right now (not monotonic, unlike the counters). Tests read these to check
+/// that state is freed and memory stays bounded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VmGauges {
+    /// VM-to-VM connections the VM takes part in.
+    pub peer_conns: usize,
+    /// The VM's TX chains held for peers that have no RX buffer free.
+    pub held_chains: usize,
+    /// Replies (RSTs) waiting for the VM's RX buffers.
+    pub queued_replies: usize,
+    /// Packets from peers waiting for the VM's RX buffers.
+    pub inbound_queued: usize,
+    /// Connections with host programs.
+    pub host_conns: usize,
+}
+
 /// All VMs of the daemon and the routing between them.
 #[derive(Debug)]
 pub struct Switch {
     vms: Vec<Arc<VmPort>>,
     by_cid: HashMap<u64, usize>,
+    peers: Mutex<PeerTable>,
 }
 
 impl Switch {
@@ -100,7 +135,27 @@ impl Switch {
             by_cid.insert(vm.cid, index);
             vms.push(Arc::new(VmPort::new(index, vm.clone(), host)));
         }
-        Ok(Switch { vms, by_cid })
+        let peers = PeerTable::new(
+            config
+                .vms
+                .iter()
+                .map(|vm| (VmPolicy::new(vm), vm.max_conns as usize)),
+        );
+        Ok(Switch {
+            vms,
+            by_cid,
+            peers: Mutex::new(peers),
+        })
+    }
+
+    /// The VM-to-VM connection table.
+    pub(crate) fn peers(&self) -> MutexGuard<'_, PeerTable> {
+        vm_port::lock(&self.peers)
+    }
+
+    /// The index of the VM owning `cid`.
+    pub fn index_of_cid(&self, cid: u64) -> Option<usize> {
+        self.by_cid.get(&cid).copied()
     }
 
     /// The VMs, in configuration order.
@@ -128,22 +183,18 @@ impl Switch {
         self.vm_by_name(name).map(|v| v.counters.snapshot())
     }
 
-    /// Binds the rings of VM `index` (called from the vhost-user worker with its vrings).
-    pub fn bind(&self, index: usize, vrings: &[Vring]) {
-        if let Some(vm) = self.vm(index) {
-            if vm.bind(vrings) {
-                tracing::info!(vm = %vm.config.name, cid = vm.cid(), "guest driver attached");
-            }
-        }
-    }
-
-    /// Detaches VM `index`: its rings are no longer used and every connection it had is gone.
-    pub fn detach(&self, index: usize, reason: DetachReason) {
-        if let Some(vm) = self.vm(index) {
-            if vm.unbind() {
-                tracing::info!(vm = %vm.config.name, ?reason, "guest driver detached");
-            }
-        }
+    /// What VM `name` holds right now.
+    pub fn gauges(&self, name: &str) -> Option<VmGauges> {
+        let vm = self.vm_by_name(name)?;
+        let peer_conns = self.peers().count(vm.index);
+        let rx = vm.rx();
+        Some(VmGauges {
+            peer_conns,
+            held_chains: vm.held.load(std::sync::atomic::Ordering::Relaxed),
+            queued_replies: rx.replies.len(),
+            inbound_queued: rx.inbound.len(),
+            host_conns: rx.host.connection_count(),
+        })
     }
 
     /// Moves all work of VM `index` that is ready: its TX queue, then its RX queue, again
@@ -165,7 +216,7 @@ impl Switch {
         };
         {
             let mut rx = vm.rx();
-            let vm_port::RxSide { replies, host } = &mut *rx;
+            let vm_port::RxSide { replies, host, .. } = &mut *rx;
             host.on_host_event(id, events, replies, &vm.counters);
         }
         self.service_rx(index);
@@ -180,12 +231,14 @@ impl Switch {
         }
     }
 
-    /// Expires timed-out host handshakes and connections of every VM.
+    /// Expires timed-out host handshakes and connections of every VM, and closed VM-to-VM
+    /// connections whose final RST never came.
     pub fn sweep(&self, now: Instant) {
+        self.peers().sweep(now);
         for vm in &self.vms {
             {
                 let mut rx = vm.rx();
-                let vm_port::RxSide { replies, host } = &mut *rx;
+                let vm_port::RxSide { replies, host, .. } = &mut *rx;
                 host.sweep(now, replies, &vm.counters);
             }
             self.service_rx(vm.index);

@@ -11,6 +11,9 @@ use sockbypass_wire::{Op, PacketHeader};
 
 /// Replies a VM may have waiting before its TX queue stalls.
 pub const REPLY_QUEUE_CAP: usize = 256;
+/// Replies a VM may have waiting at all, counting RSTs that other VMs' packets caused; past it
+/// such RSTs are dropped and counted (SPEC.md §11).
+pub const REPLY_QUEUE_HARD_CAP: usize = 4 * REPLY_QUEUE_CAP;
 
 /// A bounded FIFO of headers to send to one guest.
 #[derive(Debug, Default)]
@@ -36,6 +39,16 @@ impl ReplyQueue {
     /// which `max_conns` bounds.
     pub fn push(&mut self, hdr: PacketHeader) {
         self.queue.push_back(hdr);
+    }
+
+    /// Queues a header unless [`REPLY_QUEUE_HARD_CAP`] replies already wait. Returns whether it
+    /// was queued.
+    pub fn push_bounded(&mut self, hdr: PacketHeader) -> bool {
+        if self.queue.len() >= REPLY_QUEUE_HARD_CAP {
+            return false;
+        }
+        self.queue.push_back(hdr);
+        true
     }
 
     /// The next reply.

@@ -1,13 +1,18 @@
 //! The RX path: write what the device owes a guest into the guest's RX buffers.
 //!
-//! Sources, in order: the reply queue (refusals, RSTs), then host connections round-robin.
-//! A chain that cannot hold a packet is returned with used length 0 and counted.
+//! Sources, in order: the reply queue (refusals, RSTs) first, then packets from peer VMs and
+//! host connections, taking turns when both have data. A chain that cannot hold a packet is
+//! returned with used length 0 and counted.
 
 use std::sync::atomic::Ordering;
 
-use sockbypass_wire::{parse_rx_chain, PacketHeader, RxBuffer};
+use std::time::Instant;
 
-use super::attachment::{Attachment, RX};
+use sockbypass_wire::{parse_rx_chain, Op, PacketHeader, RxBuffer};
+
+use super::attachment::{Attachment, MemGuard, RX, TX};
+use super::peer_path::{count_forwarded, deliver, rst_towards_destination, Progress};
+use super::peer_table::OwedRst;
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
 use crate::warn_limited;
@@ -25,6 +30,13 @@ pub struct RxReport {
     pub notified: bool,
 }
 
+/// Which source gets the next RX buffer.
+enum Source {
+    Reply,
+    Peer,
+    Host,
+}
+
 impl Switch {
     /// Delivers what VM `index` is owed into its RX queue, as far as buffers allow.
     pub fn fill_rx(&self, index: usize) -> RxReport {
@@ -32,58 +44,215 @@ impl Switch {
         let Some(vm) = self.vm(index) else {
             return report;
         };
+        let mut owed: Vec<OwedRst> = Vec::new();
         let mut rx = vm.rx();
         let Some(att) = vm.attachment() else {
             return report;
         };
         let mem = att.memory();
+        let before = vm.counters.rx_packets.load(Ordering::Relaxed);
+        let mut host_idle = false;
         loop {
-            let RxSide { replies, host } = &mut *rx;
-            if replies.is_empty() && !host.has_work_for_guest() {
-                break;
-            }
-            let Some(buf) = next_buffer(vm, &att) else {
+            let source = {
+                let has_host = !host_idle && rx.host.has_work_for_guest();
+                let has_peer = !rx.inbound.is_empty();
+                if !rx.replies.is_empty() {
+                    Source::Reply
+                } else if has_peer && has_host {
+                    rx.host_turn = !rx.host_turn;
+                    if rx.host_turn {
+                        Source::Host
+                    } else {
+                        Source::Peer
+                    }
+                } else if has_peer {
+                    Source::Peer
+                } else if has_host {
+                    Source::Host
+                } else {
+                    break;
+                }
+            };
+            let progressed = match source {
+                Source::Reply => self.fill_reply(vm, &att, &mut rx, &mut report),
+                Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut report, &mut host_idle),
+                Source::Peer => self.fill_peer(vm, &att, &mem, &mut rx, &mut owed),
+            };
+            if !progressed {
                 report.out_of_buffers = true;
                 vm.counters.rx_buffer_stalls.fetch_add(1, Ordering::Relaxed);
+                rx.start_starving();
                 // Ask for a kick when buffers come; if some came meanwhile, go on.
                 match att.enable_kicks(RX) {
                     Ok(true) => continue,
                     _ => break,
                 }
-            };
-            if let Some(hdr) = replies.pop() {
-                if deliver(vm, &att, &buf, &hdr, 0) {
-                    report.packets += 1;
-                    report.replies_sent += 1;
-                }
-                continue;
-            }
-            match host.next_packet_for_guest(&mem, &buf, &vm.counters) {
-                Some((hdr, len)) => {
-                    if deliver(vm, &att, &buf, &hdr, len) {
-                        report.packets += 1;
-                    }
-                }
-                None => {
-                    att.unpop(RX);
-                    break;
-                }
             }
         }
+        let senders = std::mem::take(&mut rx.senders_done);
+        let delivered = vm.counters.rx_packets.load(Ordering::Relaxed) - before;
+        report.packets = u32::try_from(delivered).unwrap_or(u32::MAX);
+        drop(rx);
         if report.packets > 0 {
             report.notified = att.notify(RX).unwrap_or(false);
         }
+        self.notify_senders(index, senders);
+        if !owed.is_empty() {
+            self.pay_rsts(owed);
+        }
         report
+    }
+
+    /// Delivers the next reply. Returns `false` when no RX buffer was free.
+    fn fill_reply(
+        &self,
+        vm: &VmPort,
+        att: &Attachment,
+        rx: &mut RxSide,
+        report: &mut RxReport,
+    ) -> bool {
+        let Some(buf) = take_buffer(vm, att, &mut rx.starved_since) else {
+            return false;
+        };
+        if let Some(hdr) = rx.replies.pop() {
+            if deliver_header(vm, att, &buf, &hdr, 0) {
+                report.replies_sent += 1;
+            }
+        } else {
+            att.unpop(RX);
+        }
+        true
+    }
+
+    /// Delivers the packet at the front of the inbound queue (or as much of it as buffers
+    /// allow). Returns `false` when no RX buffer was free.
+    fn fill_peer(
+        &self,
+        vm: &VmPort,
+        att: &Attachment,
+        mem: &MemGuard,
+        rx: &mut RxSide,
+        owed: &mut Vec<OwedRst>,
+    ) -> bool {
+        let Some(front) = rx.inbound.front_mut() else {
+            return true;
+        };
+        let (sender_index, generation) = (front.sender, front.generation);
+        let Some(sender) = self.vm(sender_index) else {
+            rx.inbound.pop();
+            return true;
+        };
+        let satt = sender.attachment().filter(|a| a.generation() == generation);
+        let Some(satt) = satt else {
+            // The sender went away: its chain has no ring to go back to.
+            rx.inbound.pop();
+            sender.held_sub(1);
+            return true;
+        };
+        let smem = satt.memory();
+        let RxSide {
+            inbound,
+            starved_since,
+            ..
+        } = rx;
+        let Some(front) = inbound.front_mut() else {
+            return true;
+        };
+        let progress = deliver(
+            vm,
+            att,
+            mem,
+            starved_since,
+            &smem,
+            &front.packet,
+            &mut front.offset,
+        );
+        let head = front.packet.head_index;
+        let header = front.packet.header;
+        match progress {
+            Progress::NoBuffer => return false,
+            Progress::Complete => count_forwarded(sender, &header),
+            Progress::Failed => {
+                self.peers().forget(&header);
+                owed.push(OwedRst {
+                    vm: sender_index,
+                    header: header.reply(Op::Rst),
+                });
+                rx.replies.push(rst_towards_destination(&header));
+                vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        rx.inbound.pop();
+        sender.held_sub(1);
+        if let Err(e) = satt.add_used(TX, head, 0) {
+            warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
+        }
+        if !rx.senders_done.contains(&sender_index) {
+            rx.senders_done.push(sender_index);
+        }
+        true
+    }
+
+    /// Interrupts each sender whose TX chains a fill of VM `receiver` returned.
+    fn notify_senders(&self, receiver: usize, mut senders: Vec<usize>) {
+        for &s in &senders {
+            if let Some(att) = self.vm(s).and_then(|v| v.attachment()) {
+                let _ = att.notify(TX);
+            }
+        }
+        senders.clear();
+        // Give the allocation back for the next fill.
+        if let Some(vm) = self.vm(receiver) {
+            let mut rx = vm.rx();
+            if rx.senders_done.is_empty() {
+                rx.senders_done = senders;
+            }
+        }
     }
 }
 
-/// Pops the next usable RX buffer. Unusable chains go back with used length 0.
-fn next_buffer(vm: &VmPort, att: &Attachment) -> Option<RxBuffer> {
+/// Delivers the next host packet. Returns `false` when no RX buffer was free.
+fn fill_host(
+    vm: &VmPort,
+    att: &Attachment,
+    mem: &MemGuard,
+    rx: &mut RxSide,
+    _report: &mut RxReport,
+    host_idle: &mut bool,
+) -> bool {
+    let Some(buf) = take_buffer(vm, att, &mut rx.starved_since) else {
+        return false;
+    };
+    match rx.host.next_packet_for_guest(mem, &buf, &vm.counters) {
+        Some((hdr, len)) => {
+            deliver_header(vm, att, &buf, &hdr, len);
+        }
+        None => {
+            att.unpop(RX);
+            *host_idle = true;
+        }
+    }
+    true
+}
+
+/// Pops the next usable RX buffer, ending a wait for buffers if one was running. Unusable
+/// chains go back with used length 0.
+pub fn take_buffer(
+    vm: &VmPort,
+    att: &Attachment,
+    starved_since: &mut Option<Instant>,
+) -> Option<RxBuffer> {
     loop {
         let chain = att.pop(RX)?;
         let head = chain.head_index();
         match parse_rx_chain(chain) {
-            Ok(buf) => return Some(buf),
+            Ok(buf) => {
+                if let Some(since) = starved_since.take() {
+                    let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    vm.counters.rx_wait_ns.fetch_add(waited, Ordering::Relaxed);
+                }
+                return Some(buf);
+            }
             Err(e) => {
                 vm.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
                 vm.counters.count_malformed(&e);
@@ -97,7 +266,13 @@ fn next_buffer(vm: &VmPort, att: &Attachment) -> Option<RxBuffer> {
 }
 
 /// Writes `hdr` (its payload of `len` bytes is already in place) and returns the buffer.
-fn deliver(vm: &VmPort, att: &Attachment, buf: &RxBuffer, hdr: &PacketHeader, len: u32) -> bool {
+fn deliver_header(
+    vm: &VmPort,
+    att: &Attachment,
+    buf: &RxBuffer,
+    hdr: &PacketHeader,
+    len: u32,
+) -> bool {
     let mem = att.memory();
     let mut hdr = *hdr;
     hdr.set_len(len);

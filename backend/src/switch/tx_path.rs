@@ -1,14 +1,16 @@
 //! The TX path: take every available chain of one VM's TX queue, validate it, and route it.
 //!
 //! [`Switch::process_tx`] is the unit of work a poller calls: it never blocks, and reports what
-//! it did. Every chain it pops goes back to the used ring, valid or not.
+//! it did. Every chain it pops goes back to the used ring, valid or not: at once, or, for a
+//! packet held for a peer VM that has no RX buffer free, once its last byte is delivered.
 
 use std::sync::atomic::Ordering;
 
 use sockbypass_wire::consts::HOST_CID;
 use sockbypass_wire::{parse_tx_chain, Op, TxPacket};
 
-use super::attachment::{Attachment, MemGuard, TX};
+use super::attachment::{Attachment, MemGuard, RX, TX};
+use super::peer_path::Disposition;
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
 use crate::warn_limited;
@@ -22,6 +24,8 @@ pub struct TxReport {
     pub malformed: u32,
     /// The walk stopped early because the VM's reply queue was full.
     pub stalled_on_replies: bool,
+    /// Chains held for a peer VM that has no RX buffer yet (returned later).
+    pub held: u32,
     /// The guest was interrupted for the TX used ring.
     pub notified: bool,
 }
@@ -38,6 +42,7 @@ impl Switch {
         let Some(att) = vm.attachment() else {
             return report;
         };
+        let mut touched = std::mem::take(&mut tx.touched);
         'walk: loop {
             if let Err(e) = att.disable_kicks(TX) {
                 warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "TX queue unusable");
@@ -56,15 +61,20 @@ impl Switch {
                 let mem = att.memory();
                 report.chains += 1;
                 vm.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                match parse_tx_chain(chain) {
-                    Ok(pkt) => self.route(vm, &mem, &pkt),
+                let disposition = match parse_tx_chain(chain) {
+                    Ok(pkt) => self.route(vm, &att, &mem, &pkt, &mut touched),
                     Err(e) => {
                         report.malformed += 1;
                         vm.counters.count_malformed(&e);
                         warn_limited!(vm.warn, vm = %vm.config.name, reason = e.reason(), error = %e, "dropped malformed TX chain");
+                        Disposition::Done
                     }
+                };
+                if disposition == Disposition::Done {
+                    give_back(vm, &att, head);
+                } else {
+                    report.held += 1;
                 }
-                give_back(vm, &att, head);
             }
             match att.enable_kicks(TX) {
                 Ok(true) => continue,
@@ -75,14 +85,32 @@ impl Switch {
                 }
             }
         }
-        if report.chains > 0 {
+        if report.chains > report.held {
             report.notified = att.notify(TX).unwrap_or(false);
         }
+        // Interrupt each receiver once for the whole walk, and send what it was owed.
+        for &to in &touched {
+            let filled = self.fill_rx(to);
+            if !filled.notified {
+                if let Some(a) = self.vm(to).and_then(|v| v.attachment()) {
+                    let _ = a.notify(RX);
+                }
+            }
+        }
+        touched.clear();
+        tx.touched = touched;
         report
     }
 
-    /// Routes one valid packet from `vm`.
-    fn route(&self, vm: &VmPort, mem: &MemGuard, pkt: &TxPacket) {
+    /// Routes one valid packet from `vm`: to its host endpoint, to a peer VM, or back as RST.
+    fn route(
+        &self,
+        vm: &VmPort,
+        att: &Attachment,
+        mem: &MemGuard,
+        pkt: &TxPacket,
+        touched: &mut Vec<usize>,
+    ) -> Disposition {
         let h = &pkt.header;
         if pkt.op() == Op::Rw {
             vm.counters
@@ -92,18 +120,28 @@ impl Switch {
         if h.src_cid() != vm.cid() {
             vm.counters.drop_spoofed_src.fetch_add(1, Ordering::Relaxed);
             warn_limited!(vm.warn, vm = %vm.config.name, src_cid = h.src_cid(), "dropped packet with spoofed source CID");
-            return;
+            return Disposition::Done;
         }
-        let mut rx = vm.rx();
-        let RxSide { replies, host } = &mut *rx;
         if h.dst_cid() == HOST_CID {
+            let mut rx = vm.rx();
+            let RxSide { replies, host, .. } = &mut *rx;
             host.on_guest_packet(mem, pkt, replies, &vm.counters);
-        } else {
-            // Guest-to-guest switching is not wired yet: every other CID is unreachable.
-            if h.op() != Some(Op::Rst) {
-                vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+            return Disposition::Done;
+        }
+        match self.index_of_cid(h.dst_cid()) {
+            Some(to) if self.vm(to).is_some_and(|v| v.is_attached()) => {
+                self.route_to_peer(vm, att, mem, pkt, to, touched)
             }
-            replies.rst_for(h);
+            _ => {
+                // No such VM, or not attached: unreachable.
+                vm.counters
+                    .drop_peer_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                if h.op() != Some(Op::Rst) {
+                    self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+                }
+                Disposition::Done
+            }
         }
     }
 }

@@ -1,14 +1,17 @@
 //! Everything the switch keeps about one VM: its configuration, counters, the current
 //! attachment (rings and memory), and the locked state of its TX and RX sides.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use crate::config::VmConfig;
 use crate::host::HostEndpoint;
 use crate::logging::RateLimiter;
 use crate::metrics::VmCounters;
 
-use super::attachment::{AtomicMem, Attachment, Vring};
+use super::attachment::{AtomicMem, Attachment, Vring, RX, TX};
+use super::inbound::{Held, InboundQueue};
 use super::replies::ReplyQueue;
 
 /// State serialised by the TX lock: only one thread walks a VM's TX queue at a time.
@@ -16,6 +19,9 @@ use super::replies::ReplyQueue;
 pub struct TxSide {
     /// The last walk stopped because the reply queue was full.
     pub stalled_on_replies: bool,
+    /// VMs whose RX queues this walk wrote into (their interrupts are sent once, at the end).
+    /// Kept between walks so that its allocation is reused.
+    pub touched: Vec<usize>,
 }
 
 /// State serialised by the RX lock: everything that produces packets for this VM's RX queue.
@@ -25,6 +31,34 @@ pub struct RxSide {
     pub replies: ReplyQueue,
     /// Connections with host programs.
     pub host: HostEndpoint,
+    /// Packets from other VMs waiting for RX buffers.
+    pub inbound: InboundQueue,
+    /// Since when peer data has been waiting with no RX buffer free.
+    pub starved_since: Option<Instant>,
+    /// A `TRANSPORT_RESET` event is owed to the guest.
+    pub reset_event_owed: bool,
+    /// Senders whose TX chains a fill returned (their interrupts are sent once, at the end).
+    pub senders_done: Vec<usize>,
+    /// Alternates RX buffers between host connections and peer VMs when both have data.
+    pub host_turn: bool,
+}
+
+impl RxSide {
+    /// Marks the start of a wait for RX buffers (if not already waiting).
+    pub fn start_starving(&mut self) {
+        if self.starved_since.is_none() {
+            self.starved_since = Some(Instant::now());
+        }
+    }
+}
+
+/// What a detach took from a VM, for the switch to clean up elsewhere.
+#[derive(Debug)]
+pub struct Detached {
+    /// The generation of the attachment that ended.
+    pub generation: u64,
+    /// Packets other VMs had waiting for this VM; their chains go back to the senders.
+    pub inbound: Vec<Held>,
 }
 
 /// One VM as the switch sees it.
@@ -38,6 +72,9 @@ pub struct VmPort {
     pub counters: VmCounters,
     /// Limits per-packet warnings about this VM's guest.
     pub warn: RateLimiter,
+    /// This VM's TX chains held by other VMs' inbound queues.
+    pub held: AtomicUsize,
+    lifecycle: Mutex<()>,
     memory: Mutex<Option<AtomicMem>>,
     attachment: RwLock<Option<Attachment>>,
     tx: Mutex<TxSide>,
@@ -58,12 +95,19 @@ impl VmPort {
             config,
             counters: VmCounters::default(),
             warn: RateLimiter::per_packet(),
+            held: AtomicUsize::new(0),
+            lifecycle: Mutex::new(()),
             memory: Mutex::new(None),
             attachment: RwLock::new(None),
             tx: Mutex::new(TxSide::default()),
             rx: Mutex::new(RxSide {
                 replies: ReplyQueue::default(),
                 host,
+                inbound: InboundQueue::default(),
+                starved_since: None,
+                reset_event_owed: false,
+                senders_done: Vec::new(),
+                host_turn: false,
             }),
         }
     }
@@ -94,8 +138,13 @@ impl VmPort {
         *lock(&self.memory) = mem;
     }
 
+    /// Serialises attach and detach of this VM (taken before every other lock of the VM).
+    pub fn lifecycle(&self) -> MutexGuard<'_, ()> {
+        lock(&self.lifecycle)
+    }
+
     /// Binds the vrings of the current connection if none are bound. Returns `true` when this
-    /// call attached the VM.
+    /// call attached the VM. The caller holds [`VmPort::lifecycle`].
     pub fn bind(&self, vrings: &[Vring]) -> bool {
         if self.is_attached() {
             return false;
@@ -106,31 +155,58 @@ impl VmPort {
         let Some(att) = Attachment::new(mem, vrings) else {
             return false;
         };
+        if !(att.is_live(RX) && att.is_live(TX)) {
+            // Stopped or not yet enabled rings: a late kick after a detach must not re-attach.
+            return false;
+        }
         let _tx = lock(&self.tx);
         let mut rx = lock(&self.rx);
         let mut slot = self.attachment.write().unwrap_or_else(|p| p.into_inner());
         if slot.is_some() {
             return false;
         }
+        rx.reset_event_owed = att.rings_resumed();
         *slot = Some(att);
         rx.host.guest_attached();
         true
     }
 
-    /// Drops the attachment and every connection of this VM.
-    pub fn unbind(&self) -> bool {
+    /// Drops the attachment, every host connection and everything owed to this VM. Returns
+    /// what other VMs must clean up, or `None` if the VM was not attached. The caller holds
+    /// [`VmPort::lifecycle`].
+    pub fn unbind(&self) -> Option<Detached> {
         let mut tx = lock(&self.tx);
         let mut rx = lock(&self.rx);
-        let was = self
+        let att = self
             .attachment
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some();
+            .take();
         rx.host.guest_detached();
         rx.replies.clear();
+        rx.reset_event_owed = false;
+        rx.starved_since = None;
         tx.stalled_on_replies = false;
-        was
+        let inbound = rx.inbound.drain_all();
+        att.map(|a| Detached {
+            generation: a.generation(),
+            inbound,
+        })
+    }
+
+    /// Counts `n` more of this VM's chains held by other VMs.
+    pub fn held_add(&self, n: usize) {
+        self.held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` fewer of this VM's chains held by other VMs.
+    pub fn held_sub(&self, n: usize) {
+        // Never below zero, even if a detach and a delivery race on the count.
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
     }
 
     /// Locks the TX side.

@@ -1,0 +1,81 @@
+//! Attach and detach (SPEC.md §8.3): binding a frontend's rings, and everything a detach owes
+//! the other VMs — their held chains back, an RST for every connection with the VM that left,
+//! and no trace of its own held chains in their queues.
+
+use super::attachment::TX;
+use super::inbound::Held;
+use super::{DetachReason, Switch, Vring};
+use crate::warn_limited;
+
+impl Switch {
+    /// Binds the rings of VM `index` (called from the vhost-user worker with its vrings).
+    pub fn bind(&self, index: usize, vrings: &[Vring]) {
+        let Some(vm) = self.vm(index) else {
+            return;
+        };
+        if vm.is_attached() {
+            return;
+        }
+        let bound = {
+            let _life = vm.lifecycle();
+            vm.bind(vrings)
+        };
+        if bound {
+            tracing::info!(vm = %vm.config.name, cid = vm.cid(), "guest driver attached");
+            self.fill_events(index);
+        }
+    }
+
+    /// Detaches VM `index`: its rings are no longer used, every connection it had is gone, and
+    /// every peer it had a connection with gets an RST.
+    pub fn detach(&self, index: usize, reason: DetachReason) {
+        let Some(vm) = self.vm(index) else {
+            return;
+        };
+        let _life = vm.lifecycle();
+        let Some(gone) = vm.unbind() else {
+            return;
+        };
+        tracing::info!(vm = %vm.config.name, ?reason, "guest driver detached");
+        // Chains other VMs had waiting for this one go back to them, undelivered.
+        self.return_held(gone.inbound);
+        // This VM's own chains waiting in other VMs' queues belong to rings that are gone.
+        for other in self.vms() {
+            other.rx().inbound.remove_sender(index, gone.generation);
+        }
+        vm.held_sub(usize::MAX);
+        let owed = self.peers().detach(index);
+        if !owed.is_empty() {
+            tracing::info!(vm = %vm.config.name, peers = owed.len(), "reset the connections of peer VMs");
+        }
+        self.pay_rsts(owed);
+    }
+
+    /// Gives held chains back to their senders (with nothing delivered) and interrupts them.
+    fn return_held(&self, held: Vec<Held>) {
+        let mut senders: Vec<usize> = Vec::new();
+        for h in held {
+            let Some(sender) = self.vm(h.sender) else {
+                continue;
+            };
+            sender.held_sub(1);
+            let Some(att) = sender
+                .attachment()
+                .filter(|a| a.generation() == h.generation)
+            else {
+                continue;
+            };
+            if let Err(e) = att.add_used(TX, h.packet.head_index, 0) {
+                warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
+            }
+            if !senders.contains(&h.sender) {
+                senders.push(h.sender);
+            }
+        }
+        for s in senders {
+            if let Some(att) = self.vm(s).and_then(|v| v.attachment()) {
+                let _ = att.notify(TX);
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! VM-to-VM delivery (SPEC.md §4.2, §5.2, §5.3): check a packet against the connection table,
+//! then copy it from the sender's TX descriptors straight into the receiver's RX buffers,
+//! split over as many buffers as it needs. When the receiver has no buffer free, the packet is
+//! held (a reference, not a copy) in the receiver's inbound queue, and the sender's other
+//! destinations keep moving.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use sockbypass_wire::consts::HEADER_LEN;
+use sockbypass_wire::{copy_between, Op, PacketHeader, RxBuffer, SegmentError, TxPacket};
+
+use super::attachment::{Attachment, MemGuard, RX};
+use super::inbound::Held;
+use super::peer_table::{OwedRst, Refused, Verdict};
+use super::rx_path::take_buffer;
+use super::vm_port::{RxSide, VmPort};
+use super::Switch;
+use crate::metrics::VmCounters;
+use crate::warn_limited;
+
+/// What became of a TX chain the switch routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Finished with: the chain goes back to the sender now.
+    Done,
+    /// Held for the receiver: the chain goes back when its last byte is delivered.
+    Held,
+}
+
+/// How far [`deliver`] got with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Every byte (or the header of a control packet) is in the receiver's RX queue.
+    Complete,
+    /// The receiver ran out of RX buffers; the packet's offset says how far it got.
+    NoBuffer,
+    /// Guest memory could not be read or written (the memory map changed under the packet).
+    Failed,
+}
+
+/// Copies what is left of `packet` (from `*offset` on) from `src_mem` into the RX buffers of
+/// `dst`, one piece per buffer. Each piece is the packet's header with its own `len`.
+/// The caller holds `dst`'s RX lock (`rx`).
+pub fn deliver(
+    dst: &VmPort,
+    datt: &Attachment,
+    dmem: &MemGuard,
+    starved_since: &mut Option<Instant>,
+    src_mem: &MemGuard,
+    packet: &TxPacket,
+    offset: &mut u32,
+) -> Progress {
+    let len = packet.header.len();
+    loop {
+        let Some(buf) = take_buffer(dst, datt, starved_since) else {
+            return Progress::NoBuffer;
+        };
+        let remaining = len - *offset;
+        let n = remaining.min(buf.payload_capacity());
+        if n == 0 && remaining > 0 {
+            // Room for a header only: useless for data. Hand it back empty.
+            dst.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
+            return_rx(dst, datt, &buf, 0);
+            continue;
+        }
+        if let Err(e) = put_piece(src_mem, packet, *offset, n, dmem, &buf) {
+            warn_limited!(dst.warn, vm = %dst.config.name, error = %e, "cannot copy a packet between guests");
+            return_rx(dst, datt, &buf, 0);
+            return Progress::Failed;
+        }
+        return_rx(dst, datt, &buf, HEADER_LEN + n);
+        let c = &dst.counters;
+        c.rx_packets.fetch_add(1, Ordering::Relaxed);
+        c.rx_bytes.fetch_add(u64::from(n), Ordering::Relaxed);
+        if *offset > 0 {
+            c.rx_split.fetch_add(1, Ordering::Relaxed);
+        }
+        *offset += n;
+        if *offset >= len {
+            return Progress::Complete;
+        }
+    }
+}
+
+/// Writes one piece: `n` payload bytes from `offset` on, then the header saying `len = n`.
+fn put_piece(
+    src_mem: &MemGuard,
+    packet: &TxPacket,
+    offset: u32,
+    n: u32,
+    dmem: &MemGuard,
+    buf: &RxBuffer,
+) -> Result<(), SegmentError> {
+    if n > 0 {
+        copy_between(
+            &**src_mem,
+            &packet.payload,
+            offset,
+            &**dmem,
+            &buf.space,
+            HEADER_LEN,
+            n,
+        )?;
+    }
+    let mut hdr = packet.header;
+    hdr.set_len(n);
+    buf.write_header(&**dmem, &hdr)
+}
+
+fn return_rx(vm: &VmPort, att: &Attachment, buf: &RxBuffer, used: u32) {
+    if let Err(e) = att.add_used(RX, buf.head_index, used) {
+        warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
+    }
+}
+
+/// The RST that tells the receiver of `h` that its connection is gone.
+pub fn rst_towards_destination(h: &PacketHeader) -> PacketHeader {
+    let mut rst = PacketHeader::stream(
+        Op::Rst,
+        h.src_cid(),
+        h.src_port(),
+        h.dst_cid(),
+        h.dst_port(),
+    );
+    rst.set_type(h.type_());
+    rst
+}
+
+/// Counts a refusal on the sender under its reason.
+fn count_refusal(c: &VmCounters, why: Refused) {
+    let counter = match why {
+        Refused::Policy(_) => &c.drop_policy,
+        Refused::ConnLimit => &c.drop_conn_limit,
+        Refused::NoConnection => &c.drop_no_connection,
+        Refused::Protocol => &c.drop_protocol,
+        Refused::Credit => &c.drop_credit_violation,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Switch {
+    /// Routes one valid packet from `vm` (attachment `att`, memory `mem`) to the VM at index
+    /// `to`. `touched` collects the VMs whose RX queues changed, for the caller to signal.
+    pub(super) fn route_to_peer(
+        &self,
+        vm: &VmPort,
+        att: &Attachment,
+        mem: &MemGuard,
+        pkt: &TxPacket,
+        to: usize,
+        touched: &mut Vec<usize>,
+    ) -> Disposition {
+        let h = &pkt.header;
+        let verdict = self.peers().on_packet(vm.index, to, h, Instant::now);
+        match verdict {
+            Verdict::Forward => {}
+            Verdict::Ignore => {
+                vm.counters
+                    .drop_no_connection
+                    .fetch_add(1, Ordering::Relaxed);
+                return Disposition::Done;
+            }
+            Verdict::Refuse(why) => {
+                count_refusal(&vm.counters, why);
+                warn_limited!(vm.warn, vm = %vm.config.name, ?why, dst_cid = h.dst_cid(), dst_port = h.dst_port(), op = h.op_raw(), "refused a packet to a peer VM");
+                self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+                return Disposition::Done;
+            }
+            Verdict::ResetBoth(why) => {
+                count_refusal(&vm.counters, why);
+                warn_limited!(vm.warn, vm = %vm.config.name, ?why, dst_cid = h.dst_cid(), dst_port = h.dst_port(), op = h.op_raw(), "reset a connection between VMs");
+                self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+                self.owe_rst(to, rst_towards_destination(h), touched);
+                return Disposition::Done;
+            }
+        }
+        let Some(dst) = self.vm(to) else {
+            return Disposition::Done;
+        };
+        let mut rx = dst.rx();
+        let Some(datt) = dst.attachment() else {
+            // Detached after the check: the connection is gone.
+            drop(rx);
+            self.peers().forget(h);
+            vm.counters
+                .drop_peer_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+            return Disposition::Done;
+        };
+        mark(touched, to);
+        if !rx.inbound.is_empty() {
+            hold(vm, att, &mut rx, pkt, 0);
+            return Disposition::Held;
+        }
+        let dmem = datt.memory();
+        let mut offset = 0;
+        loop {
+            match deliver(
+                dst,
+                &datt,
+                &dmem,
+                &mut rx.starved_since,
+                mem,
+                pkt,
+                &mut offset,
+            ) {
+                Progress::Complete => {
+                    drop(rx);
+                    count_forwarded(vm, h);
+                    return Disposition::Done;
+                }
+                Progress::Failed => {
+                    drop(rx);
+                    self.peers().forget(h);
+                    self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+                    self.owe_rst(to, rst_towards_destination(h), touched);
+                    return Disposition::Done;
+                }
+                Progress::NoBuffer => {
+                    // Ask for a kick when buffers come; if some came meanwhile, go on.
+                    if let Ok(true) = datt.enable_kicks(RX) {
+                        continue;
+                    }
+                    rx.start_starving();
+                    dst.counters
+                        .rx_buffer_stalls
+                        .fetch_add(1, Ordering::Relaxed);
+                    hold(vm, att, &mut rx, pkt, offset);
+                    return Disposition::Held;
+                }
+            }
+        }
+    }
+
+    /// Queues an RST for VM `to` and counts it; `to` joins `touched`, whose RX queues the caller
+    /// fills at the end of its work. Past the reply queue's hard limit (a guest that posts no RX
+    /// buffers while a peer keeps provoking resets) the RST is dropped and counted.
+    pub(super) fn owe_rst(&self, to: usize, rst: PacketHeader, touched: &mut Vec<usize>) {
+        let Some(vm) = self.vm(to) else {
+            return;
+        };
+        if vm.rx().replies.push_bounded(rst) {
+            vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            vm.counters
+                .drop_reply_overflow
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        mark(touched, to);
+    }
+
+    /// Sends every RST in `owed` (at most one per connection a detach freed, so bounded by
+    /// `max_conns`) and fills the RX queues of those VMs.
+    pub(super) fn pay_rsts(&self, owed: Vec<OwedRst>) {
+        let mut touched = Vec::new();
+        for o in owed {
+            if let Some(vm) = self.vm(o.vm) {
+                vm.rx().replies.push(o.header);
+                vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+                mark(&mut touched, o.vm);
+            }
+        }
+        for vm in touched {
+            self.service_rx(vm);
+        }
+    }
+}
+
+/// Records that VM `index`'s RX queue needs attention at the end of a walk.
+pub fn mark(touched: &mut Vec<usize>, index: usize) {
+    if !touched.contains(&index) {
+        touched.push(index);
+    }
+}
+
+fn hold(sender: &VmPort, att: &Attachment, rx: &mut RxSide, pkt: &TxPacket, offset: u32) {
+    rx.inbound.push(Held {
+        sender: sender.index,
+        generation: att.generation(),
+        packet: pkt.clone(),
+        offset,
+    });
+    sender.held_add(1);
+}
+
+/// Counts a packet of `vm` as fully delivered to a peer.
+pub fn count_forwarded(vm: &VmPort, h: &PacketHeader) {
+    vm.counters.fwd_packets.fetch_add(1, Ordering::Relaxed);
+    vm.counters
+        .fwd_bytes
+        .fetch_add(u64::from(h.len()), Ordering::Relaxed);
+}

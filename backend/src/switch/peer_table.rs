@@ -1,0 +1,541 @@
+//! The table of VM-to-VM connections (SPEC.md §4.2, §5.2, §7, §10).
+//!
+//! Every packet between two VMs is checked here before it moves: policy on REQUEST, the
+//! connection's state for every other op, and the receiver's credit for RW. The table never
+//! touches a queue; it returns a [`Verdict`] and the switch acts on it. It is bounded: a VM takes
+//! part in at most `max_conns` connections, and a closed connection's entry is freed on its RST
+//! or [`CLOSING_TIMEOUT`] after both directions were shut.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sockbypass_wire::consts::{SHUTDOWN_RCV, SHUTDOWN_SEND};
+use sockbypass_wire::{Op, PacketHeader};
+
+use super::policy::{Refusal, VmPolicy};
+
+/// How long an entry whose both directions are shut waits for the RST that ends it. Longer than
+/// Linux's own close timeout (8 s), after which Linux sends that RST itself.
+pub const CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Addr {
+    cid: u64,
+    port: u32,
+}
+
+/// The two ends of a connection, lower address first, so both directions find one entry.
+type Key = (Addr, Addr);
+
+/// Why the switch refuses a packet between VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Policy refused a REQUEST (§7).
+    Policy(Refusal),
+    /// One of the two VMs is at its `max_conns`.
+    ConnLimit,
+    /// The packet names no connection.
+    NoConnection,
+    /// The packet contradicts the connection's state (a second REQUEST, a late RESPONSE, RW
+    /// after SHUTDOWN...).
+    Protocol,
+    /// RW beyond the receiver's credit.
+    Credit,
+}
+
+/// What to do with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver it to the destination VM.
+    Forward,
+    /// Do not deliver; answer the sender with RST.
+    Refuse(Refused),
+    /// Do not deliver; the connection is gone: RST to the sender and to the destination.
+    ResetBoth(Refused),
+    /// Do not deliver and do not answer (an RST for no known connection).
+    Ignore,
+}
+
+/// Receive credit of one side, as it advertised it, and what was sent to it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Credit {
+    buf_alloc: u32,
+    fwd_cnt: u32,
+    /// Payload bytes the switch accepted towards this side (wrapping, like the guests' counters).
+    rx_cnt: u32,
+}
+
+impl Credit {
+    /// Whether `len` more bytes fit in what this side granted.
+    fn admits(&self, len: u32) -> bool {
+        let in_flight = self.rx_cnt.wrapping_sub(self.fwd_cnt);
+        in_flight <= self.buf_alloc && len <= self.buf_alloc - in_flight
+    }
+}
+
+#[derive(Debug)]
+struct PeerConn {
+    vms: [usize; 2],
+    initiator: usize,
+    established: bool,
+    shut: [u32; 2],
+    closing_since: Option<Instant>,
+    credit: [Credit; 2],
+}
+
+impl PeerConn {
+    /// Whether no data can flow any more in either direction.
+    fn both_directions_shut(&self) -> bool {
+        let a_to_b = self.shut[0] & SHUTDOWN_SEND != 0 || self.shut[1] & SHUTDOWN_RCV != 0;
+        let b_to_a = self.shut[1] & SHUTDOWN_SEND != 0 || self.shut[0] & SHUTDOWN_RCV != 0;
+        a_to_b && b_to_a
+    }
+
+    /// Whether side `s` may still send data to the other side.
+    fn may_send(&self, s: usize) -> bool {
+        self.established
+            && self.closing_since.is_none()
+            && self.shut[s] & SHUTDOWN_SEND == 0
+            && self.shut[1 - s] & SHUTDOWN_RCV == 0
+    }
+}
+
+#[derive(Debug)]
+struct VmSlot {
+    policy: VmPolicy,
+    max_conns: usize,
+    conns: usize,
+}
+
+/// An RST the switch owes a VM because a connection ended without its say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwedRst {
+    /// The VM to send it to.
+    pub vm: usize,
+    /// The RST, addressed to that VM.
+    pub header: PacketHeader,
+}
+
+/// Every VM-to-VM connection of the daemon.
+#[derive(Debug)]
+pub struct PeerTable {
+    conns: HashMap<Key, PeerConn>,
+    vms: Vec<VmSlot>,
+}
+
+fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
+    if src <= dst {
+        ((src, dst), 0)
+    } else {
+        ((dst, src), 1)
+    }
+}
+
+impl PeerTable {
+    /// A table for VMs with these policies and `max_conns`, in switch order.
+    pub fn new(vms: impl IntoIterator<Item = (VmPolicy, usize)>) -> Self {
+        PeerTable {
+            conns: HashMap::new(),
+            vms: vms
+                .into_iter()
+                .map(|(policy, max_conns)| VmSlot {
+                    policy,
+                    max_conns,
+                    conns: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Connections VM `vm` takes part in (closing ones included).
+    pub fn count(&self, vm: usize) -> usize {
+        self.vms.get(vm).map_or(0, |s| s.conns)
+    }
+
+    /// Whether policy lets VM `from` reach VM `to` at all (a shared group).
+    pub fn shares_group(&self, from: usize, to: usize) -> bool {
+        match (self.vms.get(from), self.vms.get(to)) {
+            (Some(a), Some(b)) => a.policy.shares_group(&b.policy),
+            _ => false,
+        }
+    }
+
+    /// Checks one valid packet from VM `from` (whose CID the header's `src_cid` already matched)
+    /// to VM `to`, and updates the connection it names. `now` is read only when a connection
+    /// starts closing.
+    pub fn on_packet(
+        &mut self,
+        from: usize,
+        to: usize,
+        h: &PacketHeader,
+        now: impl FnOnce() -> Instant,
+    ) -> Verdict {
+        let src = Addr {
+            cid: h.src_cid(),
+            port: h.src_port(),
+        };
+        let dst = Addr {
+            cid: h.dst_cid(),
+            port: h.dst_port(),
+        };
+        let (key, side) = key_of(src, dst);
+        let Some(op) = h.op() else {
+            return Verdict::Ignore;
+        };
+        if op == Op::Request {
+            return self.on_request(from, to, key, side, h);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return if op == Op::Rst {
+                Verdict::Ignore
+            } else {
+                Verdict::Refuse(Refused::NoConnection)
+            };
+        };
+        if conn.vms[side] != from || conn.vms[1 - side] != to {
+            // The same addresses, but not the VMs that opened it: cannot happen while CIDs are
+            // unique and checked, but never let it cross connections.
+            return Verdict::Refuse(Refused::NoConnection);
+        }
+        conn.credit[side].buf_alloc = h.buf_alloc();
+        conn.credit[side].fwd_cnt = h.fwd_cnt();
+        match op {
+            Op::Request => Verdict::Ignore,
+            Op::Response => {
+                if conn.established || conn.initiator == side {
+                    self.remove(&key);
+                    Verdict::ResetBoth(Refused::Protocol)
+                } else {
+                    conn.established = true;
+                    Verdict::Forward
+                }
+            }
+            Op::Rw => {
+                if !conn.may_send(side) {
+                    self.remove(&key);
+                    return Verdict::ResetBoth(Refused::Protocol);
+                }
+                let receiver = &mut conn.credit[1 - side];
+                if !receiver.admits(h.len()) {
+                    self.remove(&key);
+                    return Verdict::ResetBoth(Refused::Credit);
+                }
+                receiver.rx_cnt = receiver.rx_cnt.wrapping_add(h.len());
+                Verdict::Forward
+            }
+            Op::CreditUpdate | Op::CreditRequest => Verdict::Forward,
+            Op::Shutdown => {
+                conn.shut[side] |= h.flags() & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                if conn.closing_since.is_none() && conn.both_directions_shut() {
+                    conn.closing_since = Some(now());
+                }
+                Verdict::Forward
+            }
+            Op::Rst => {
+                self.remove(&key);
+                Verdict::Forward
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        from: usize,
+        to: usize,
+        key: Key,
+        side: usize,
+        h: &PacketHeader,
+    ) -> Verdict {
+        if let Some(old) = self.conns.get(&key) {
+            if old.closing_since.is_none() {
+                self.remove(&key);
+                return Verdict::ResetBoth(Refused::Protocol);
+            }
+            // A port reused after a close whose final RST never came.
+            self.remove(&key);
+        }
+        let (Some(a), Some(b)) = (self.vms.get(from), self.vms.get(to)) else {
+            return Verdict::Refuse(Refused::NoConnection);
+        };
+        if let Err(r) = a.policy.may_connect(&b.policy, h.dst_port()) {
+            return Verdict::Refuse(Refused::Policy(r));
+        }
+        if a.conns >= a.max_conns || b.conns >= b.max_conns {
+            return Verdict::Refuse(Refused::ConnLimit);
+        }
+        let mut vms = [0; 2];
+        vms[side] = from;
+        vms[1 - side] = to;
+        let mut credit = [Credit::default(); 2];
+        credit[side].buf_alloc = h.buf_alloc();
+        credit[side].fwd_cnt = h.fwd_cnt();
+        self.conns.insert(
+            key,
+            PeerConn {
+                vms,
+                initiator: side,
+                established: false,
+                shut: [0; 2],
+                closing_since: None,
+                credit,
+            },
+        );
+        for vm in vms {
+            if let Some(slot) = self.vms.get_mut(vm) {
+                slot.conns += 1;
+            }
+        }
+        Verdict::Forward
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<PeerConn> {
+        let conn = self.conns.remove(key)?;
+        for vm in conn.vms {
+            if let Some(slot) = self.vms.get_mut(vm) {
+                slot.conns = slot.conns.saturating_sub(1);
+            }
+        }
+        Some(conn)
+    }
+
+    /// Forgets the connection `h` names, if any (its packet could not be delivered).
+    pub fn forget(&mut self, h: &PacketHeader) {
+        let src = Addr {
+            cid: h.src_cid(),
+            port: h.src_port(),
+        };
+        let dst = Addr {
+            cid: h.dst_cid(),
+            port: h.dst_port(),
+        };
+        self.remove(&key_of(src, dst).0);
+    }
+
+    /// Frees every connection of VM `vm` (it detached) and returns the RSTs owed to its peers.
+    pub fn detach(&mut self, vm: usize) -> Vec<OwedRst> {
+        let gone: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.vms.contains(&vm))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut owed = Vec::with_capacity(gone.len());
+        for key in gone {
+            let Some(conn) = self.remove(&key) else {
+                continue;
+            };
+            let addrs = [key.0, key.1];
+            for side in 0..2 {
+                let (me, peer) = (addrs[1 - side], addrs[side]);
+                if conn.vms[side] != vm && conn.vms[1 - side] == vm {
+                    owed.push(OwedRst {
+                        vm: conn.vms[side],
+                        header: PacketHeader::stream(Op::Rst, me.cid, me.port, peer.cid, peer.port),
+                    });
+                }
+            }
+        }
+        owed
+    }
+
+    /// Frees closed connections whose final RST did not come within [`CLOSING_TIMEOUT`].
+    pub fn sweep(&mut self, now: Instant) {
+        let expired: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.closing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= CLOSING_TIMEOUT)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VmConfig;
+    use sockbypass_wire::consts::SHUTDOWN_BOTH;
+
+    const A: u64 = 3;
+    const B: u64 = 4;
+
+    fn table(max: usize) -> PeerTable {
+        let vm = |groups: &[&str], ports: Option<Vec<u32>>| {
+            VmPolicy::new(&VmConfig {
+                name: "x".into(),
+                cid: 0,
+                socket: "/s".into(),
+                uds: None,
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                ports,
+                max_conns: 1,
+            })
+        };
+        PeerTable::new([
+            (vm(&["g"], None), max),
+            (vm(&["g"], Some(vec![80])), max),
+            (vm(&["other"], None), max),
+        ])
+    }
+
+    fn pkt(op: Op, src: (u64, u32), dst: (u64, u32)) -> PacketHeader {
+        let mut h = PacketHeader::stream(op, src.0, src.1, dst.0, dst.1);
+        h.set_credit(1000, 0);
+        h
+    }
+
+    fn open(t: &mut PeerTable, now: Instant) {
+        let req = pkt(Op::Request, (A, 1000), (B, 80));
+        assert_eq!(t.on_packet(0, 1, &req, || now), Verdict::Forward);
+        let resp = pkt(Op::Response, (B, 80), (A, 1000));
+        assert_eq!(t.on_packet(1, 0, &resp, || now), Verdict::Forward);
+    }
+
+    #[test]
+    fn request_response_rw_rst() {
+        let now = Instant::now();
+        let mut t = table(8);
+        open(&mut t, now);
+        assert_eq!((t.count(0), t.count(1)), (1, 1));
+        let mut rw = pkt(Op::Rw, (A, 1000), (B, 80));
+        rw.set_len(600);
+        assert_eq!(t.on_packet(0, 1, &rw, || now), Verdict::Forward);
+        let rst = pkt(Op::Rst, (B, 80), (A, 1000));
+        assert_eq!(t.on_packet(1, 0, &rst, || now), Verdict::Forward);
+        assert_eq!((t.count(0), t.count(1)), (0, 0));
+        assert_eq!(
+            t.on_packet(0, 1, &rw, || now),
+            Verdict::Refuse(Refused::NoConnection)
+        );
+        assert_eq!(t.on_packet(1, 0, &rst, || now), Verdict::Ignore);
+    }
+
+    #[test]
+    fn policy_and_limits() {
+        let now = Instant::now();
+        let mut t = table(1);
+        let wrong_port = pkt(Op::Request, (A, 1000), (B, 81));
+        assert_eq!(
+            t.on_packet(0, 1, &wrong_port, || now),
+            Verdict::Refuse(Refused::Policy(Refusal::PortNotListed))
+        );
+        let other_group = pkt(Op::Request, (A, 1000), (5, 80));
+        assert_eq!(
+            t.on_packet(0, 2, &other_group, || now),
+            Verdict::Refuse(Refused::Policy(Refusal::NoSharedGroup))
+        );
+        open(&mut t, now);
+        let second = pkt(Op::Request, (A, 1001), (B, 80));
+        assert_eq!(
+            t.on_packet(0, 1, &second, || now),
+            Verdict::Refuse(Refused::ConnLimit)
+        );
+    }
+
+    #[test]
+    fn credit_is_enforced_end_to_end() {
+        let now = Instant::now();
+        let mut t = table(8);
+        open(&mut t, now);
+        let mut rw = pkt(Op::Rw, (A, 1000), (B, 80));
+        rw.set_len(1000);
+        assert_eq!(t.on_packet(0, 1, &rw, || now), Verdict::Forward);
+        // B's application consumed 400 bytes: 400 more may come, not 401.
+        let mut cu = pkt(Op::CreditUpdate, (B, 80), (A, 1000));
+        cu.set_credit(1000, 400);
+        assert_eq!(t.on_packet(1, 0, &cu, || now), Verdict::Forward);
+        rw.set_len(400);
+        assert_eq!(t.on_packet(0, 1, &rw, || now), Verdict::Forward);
+        rw.set_len(1);
+        assert_eq!(
+            t.on_packet(0, 1, &rw, || now),
+            Verdict::ResetBoth(Refused::Credit)
+        );
+        assert_eq!(t.count(0), 0);
+    }
+
+    #[test]
+    fn half_close_then_close() {
+        let now = Instant::now();
+        let mut t = table(8);
+        open(&mut t, now);
+        let mut shut = pkt(Op::Shutdown, (A, 1000), (B, 80));
+        shut.set_flags(SHUTDOWN_SEND);
+        assert_eq!(t.on_packet(0, 1, &shut, || now), Verdict::Forward);
+        // A no longer sends, but B still does.
+        let mut back = pkt(Op::Rw, (B, 80), (A, 1000));
+        back.set_len(10);
+        assert_eq!(t.on_packet(1, 0, &back, || now), Verdict::Forward);
+        let mut rw = pkt(Op::Rw, (A, 1000), (B, 80));
+        rw.set_len(10);
+        assert_eq!(
+            t.on_packet(0, 1, &rw, || now),
+            Verdict::ResetBoth(Refused::Protocol)
+        );
+        // A fresh connection closes with SHUTDOWN(both), then lingers until its RST or timeout.
+        open(&mut t, now);
+        shut.set_flags(SHUTDOWN_BOTH);
+        assert_eq!(t.on_packet(0, 1, &shut, || now), Verdict::Forward);
+        assert_eq!(
+            t.on_packet(1, 0, &back, || now),
+            Verdict::ResetBoth(Refused::Protocol)
+        );
+        open(&mut t, now);
+        assert_eq!(t.on_packet(0, 1, &shut, || now), Verdict::Forward);
+        t.sweep(now + CLOSING_TIMEOUT / 2);
+        assert_eq!(t.count(0), 1);
+        t.sweep(now + CLOSING_TIMEOUT);
+        assert_eq!(t.count(0), 0);
+    }
+
+    #[test]
+    fn duplicate_request_and_late_response_reset() {
+        let now = Instant::now();
+        let mut t = table(8);
+        open(&mut t, now);
+        let req = pkt(Op::Request, (A, 1000), (B, 80));
+        assert_eq!(
+            t.on_packet(0, 1, &req, || now),
+            Verdict::ResetBoth(Refused::Protocol)
+        );
+        open(&mut t, now);
+        let resp = pkt(Op::Response, (B, 80), (A, 1000));
+        assert_eq!(
+            t.on_packet(1, 0, &resp, || now),
+            Verdict::ResetBoth(Refused::Protocol)
+        );
+        let req = pkt(Op::Request, (A, 1000), (B, 80));
+        assert_eq!(t.on_packet(0, 1, &req, || now), Verdict::Forward);
+        let own = pkt(Op::Response, (A, 1000), (B, 80));
+        assert_eq!(
+            t.on_packet(0, 1, &own, || now),
+            Verdict::ResetBoth(Refused::Protocol)
+        );
+    }
+
+    #[test]
+    fn detach_owes_rst_to_every_peer() {
+        let now = Instant::now();
+        let mut t = table(8);
+        open(&mut t, now);
+        let req = pkt(Op::Request, (B, 2000), (A, 7));
+        assert_eq!(t.on_packet(1, 0, &req, || now), Verdict::Forward);
+        let mut owed = t.detach(1);
+        owed.sort_by_key(|o| o.header.dst_port());
+        assert_eq!(owed.len(), 2);
+        for o in &owed {
+            assert_eq!(o.vm, 0);
+            assert_eq!(o.header.op(), Some(Op::Rst));
+            assert_eq!((o.header.src_cid(), o.header.dst_cid()), (B, A));
+        }
+        assert_eq!(owed[0].header.dst_port(), 7);
+        assert_eq!(owed[1].header.dst_port(), 1000);
+        assert_eq!((t.count(0), t.count(1)), (0, 0));
+    }
+}
