@@ -48,7 +48,9 @@ impl Switch {
         if !owed.is_empty() {
             tracing::info!(vm = %vm.config.name, peers = owed.len(), "reset the connections of peer VMs");
         }
-        self.pay_rsts(owed);
+        for peer in self.queue_owed_rsts(owed) {
+            self.service_rx(peer);
+        }
     }
 
     /// Gives held chains back to their senders (with nothing delivered) and interrupts them.

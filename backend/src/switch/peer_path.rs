@@ -251,9 +251,9 @@ impl Switch {
         mark(touched, to);
     }
 
-    /// Sends every RST in `owed` (at most one per connection a detach freed, so bounded by
-    /// `max_conns`) and fills the RX queues of those VMs.
-    pub(super) fn pay_rsts(&self, owed: Vec<OwedRst>) {
+    /// Queues every RST in `owed` (at most one per connection that ended without its peer's
+    /// say, so bounded by `max_conns`) and returns the VMs whose RX queues need filling.
+    pub(super) fn queue_owed_rsts(&self, owed: Vec<OwedRst>) -> Vec<usize> {
         let mut touched = Vec::new();
         for o in owed {
             if let Some(vm) = self.vm(o.vm) {
@@ -262,9 +262,7 @@ impl Switch {
                 mark(&mut touched, o.vm);
             }
         }
-        for vm in touched {
-            self.service_rx(vm);
-        }
+        touched
     }
 }
 

@@ -98,7 +98,10 @@ impl Switch {
         }
         self.notify_senders(index, senders);
         if !owed.is_empty() {
-            self.pay_rsts(owed);
+            // Only fills: the caller may hold a TX lock, and fills take none.
+            for vm in self.queue_owed_rsts(owed) {
+                self.fill_rx(vm);
+            }
         }
         report
     }
