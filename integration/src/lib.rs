@@ -211,13 +211,49 @@ impl TestVm {
         self.frontend = Some(frontend);
         self.start_device()
     }
+
+    /// Connects to the same socket again and hands the backend the rings the driver kept using,
+    /// as QEMU does after the backend restarted: SET_VRING_BASE is each queue's current used
+    /// index, and the driver is not reset (its streams, buffers and ring indices stay). The
+    /// backend is expected to answer with a TRANSPORT_RESET event. Returns the bases sent.
+    pub fn reconnect_keep_rings(&mut self) -> Result<Vec<u16>, VmError> {
+        self.disconnect();
+        let (mut frontend, cid) = Self::open(&self.socket_path, &self.ram, &self.options)?;
+        let bases = self
+            .driver
+            .queues()
+            .iter()
+            .map(|q| q.used_idx())
+            .collect::<Result<Vec<u16>, _>>()
+            .map_err(DriverError::from)?;
+        frontend.start_at(&self.driver.queues(), &bases)?;
+        self.driver.set_event_idx(frontend.event_idx());
+        self.driver.set_guest_cid(cid);
+        self.guest_cid = cid;
+        self.frontend = Some(frontend);
+        // QEMU's host notifiers start signalled, so the backend looks at every ring at once
+        // (and sees what the driver published while it was away).
+        self.driver
+            .rx_queue_mut()
+            .notify()
+            .map_err(DriverError::from)?;
+        self.driver
+            .tx_queue_mut()
+            .notify()
+            .map_err(DriverError::from)?;
+        self.driver
+            .event_queue_mut()
+            .notify()
+            .map_err(DriverError::from)?;
+        Ok(bases)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_backend::{TestBackend, TestDaemon};
-    use sockbypass_wire::consts::{HOST_CID, OP_RW, TX_QUEUE};
+    use sockbypass_wire::consts::{HOST_CID, OP_RW, RX_QUEUE, TX_QUEUE};
     use sockbypass_wire::{Op, PacketHeader};
     use std::time::Duration;
 
@@ -307,6 +343,33 @@ mod tests {
         vm.reconnect().expect("reconnect");
         assert_eq!(vm.guest_cid(), 12);
         echo_round_trip(&mut vm, 2, b"two");
+        drop(vm);
+        daemon2.join().expect("clean disconnect");
+    }
+
+    #[test]
+    fn reconnect_keep_rings_hands_over_the_used_indices() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("vm.sock");
+        let daemon = TestDaemon::spawn_at(TestBackend::new(11), &path);
+        let mut vm = TestVm::connect(&path, options()).expect("vm");
+        echo_round_trip(&mut vm, 1, b"one");
+        vm.driver_mut().flush_tx(T).expect("flush");
+        let (rx_used, tx_used) = (
+            vm.driver().queues()[RX_QUEUE].last_used(),
+            vm.driver().queues()[TX_QUEUE].last_used(),
+        );
+        vm.disconnect();
+        daemon.join().expect("clean disconnect");
+        let daemon2 = TestDaemon::spawn_at(TestBackend::new(11), &path);
+        let bases = vm.reconnect_keep_rings().expect("reconnect");
+        assert_eq!(bases, vec![rx_used, tx_used, 0]);
+        assert!(rx_used > 0 && tx_used > 0);
+        // The driver goes on where it was: the new backend sees only new packets.
+        echo_round_trip(&mut vm, 2, b"two");
+        let st = daemon2.backend().snapshot();
+        let first = st.tx_headers.first().expect("a packet");
+        assert_eq!((first.op(), first.dst_port()), (Some(Op::Request), 2));
         drop(vm);
         daemon2.join().expect("clean disconnect");
     }

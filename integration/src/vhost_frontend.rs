@@ -267,13 +267,21 @@ impl VhostFrontend {
     /// SET_MEM_TABLE, [`VhostFrontend::setup_vring`] for each queue (`queues[i]` is queue `i`),
     /// then SET_VRING_ENABLE 1 on each.
     pub fn start(&mut self, queues: &[&SplitQueue]) -> Result<(), FrontendError> {
+        self.start_at(queues, &[0; NUM_QUEUES])
+    }
+
+    /// Like [`VhostFrontend::start`], but SET_VRING_BASE gives queue `i` the base `bases[i]`
+    /// (missing entries are 0). QEMU does this when it reattaches rings the guest driver kept
+    /// using, e.g. after the backend restarted: the base is each queue's used index.
+    pub fn start_at(&mut self, queues: &[&SplitQueue], bases: &[u16]) -> Result<(), FrontendError> {
         if queues.len() > NUM_QUEUES {
             return Err(FrontendError::BadQueue(queues.len() - 1));
         }
         self.set_features(self.features)?;
         self.set_mem_table()?;
         for (i, q) in queues.iter().enumerate() {
-            self.setup_vring(i, &q.layout(), q.kick_fd(), q.call_fd())?;
+            let base = bases.get(i).copied().unwrap_or(0);
+            self.setup_vring_at(i, &q.layout(), q.kick_fd(), q.call_fd(), base)?;
         }
         // Without PROTOCOL_FEATURES the backend enables rings on its own (and refuses
         // SET_VRING_ENABLE), as QEMU knows.
@@ -299,6 +307,18 @@ impl VhostFrontend {
         kick: &EventFd,
         call: &EventFd,
     ) -> Result<(), FrontendError> {
+        self.setup_vring_at(index, layout, kick, call, 0)
+    }
+
+    /// Like [`VhostFrontend::setup_vring`] with SET_VRING_BASE `base`.
+    pub fn setup_vring_at(
+        &mut self,
+        index: usize,
+        layout: &QueueLayout,
+        kick: &EventFd,
+        call: &EventFd,
+        base: u16,
+    ) -> Result<(), FrontendError> {
         if index >= NUM_QUEUES {
             return Err(FrontendError::BadQueue(index));
         }
@@ -306,7 +326,7 @@ impl VhostFrontend {
             .set_vring_num(index, layout.size)
             .map_err(req("SET_VRING_NUM"))?;
         self.inner
-            .set_vring_base(index, 0)
+            .set_vring_base(index, base)
             .map_err(req("SET_VRING_BASE"))?;
         let config = VringConfigData {
             queue_max_size: layout.size,

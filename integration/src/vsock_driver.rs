@@ -200,6 +200,7 @@ pub struct VsockDriver {
     rx_seq: u64,
     events: Vec<u32>,
     stats: DriverStats,
+    rx_refill: bool,
     kick_rx: bool,
     kick_tx: bool,
     kick_event: bool,
@@ -240,6 +241,7 @@ impl VsockDriver {
             rx_seq: 0,
             events: Vec::new(),
             stats: DriverStats::default(),
+            rx_refill: true,
             kick_rx: false,
             kick_tx: false,
             kick_event: false,
@@ -272,6 +274,29 @@ impl VsockDriver {
         self.finish()?;
         self.arm()?;
         Ok(())
+    }
+
+    /// Posts `n` more RX buffers (in the configured size and layout) and kicks. With
+    /// [`DriverConfig::rx_buffers`] `Some(0)` and [`VsockDriver::set_rx_refill`] off, this is
+    /// how a test decides exactly when the device gets room.
+    pub fn post_rx_buffers(&mut self, n: u16) -> Result<(), DriverError> {
+        for _ in 0..n {
+            let buf = self.alloc_rx_buffer()?;
+            self.post_rx(buf)?;
+        }
+        self.finish()
+    }
+
+    /// Whether a used RX buffer goes straight back to the device (the default, as in Linux).
+    /// Off, used buffers are freed, and the device gets no room until
+    /// [`VsockDriver::post_rx_buffers`].
+    pub fn set_rx_refill(&mut self, on: bool) {
+        self.rx_refill = on;
+    }
+
+    /// RX buffers currently posted to the device.
+    pub fn rx_posted(&self) -> usize {
+        self.rx_posted.len()
     }
 
     /// Drops everything the device was given, as a device reset does: the rings are zeroed,
@@ -534,8 +559,14 @@ impl VsockDriver {
         let readable = u64::from(used.len).min(capacity);
         let readable = usize::try_from(readable).unwrap_or(usize::MAX);
         let bytes = read_buffers(&self.ram, &buf.buffers, readable)?;
-        // The buffer goes straight back to the device.
-        self.post_rx(buf)?;
+        // The buffer goes straight back to the device, unless refilling is off.
+        if self.rx_refill {
+            self.post_rx(buf)?;
+        } else {
+            for a in buf.allocs {
+                self.ram.free(a)?;
+            }
+        }
 
         let mut header = PacketHeader::default();
         let n = bytes.len().min(HEADER_SIZE);
@@ -1544,6 +1575,31 @@ mod tests {
             assert_eq!(d.state(id).expect("state"), StreamState::Reset);
         }
         assert_eq!(ram.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn rx_buffers_are_posted_on_demand_when_refill_is_off() {
+        let none = DriverConfig {
+            rx_buffers: Some(0),
+            ..DriverConfig::default()
+        };
+        let mut p = pair_with(DriverConfig::default(), none, true);
+        assert_eq!(p.b.rx_posted(), 0);
+        p.b.set_rx_refill(false);
+        p.b.post_rx_buffers(2).expect("post");
+        assert_eq!(p.b.rx_posted(), 2);
+        // The REQUEST uses one buffer, which is not given back.
+        let (_, idb) = connect(&mut p, 30);
+        assert_eq!(p.b.rx_posted(), 1);
+        assert!(p.b.state(idb).expect("state").is_established());
+        // Refill on again: used buffers go back.
+        p.b.set_rx_refill(true);
+        p.a.request_credit(p.a.stream_ids()[0])
+            .expect("credit request");
+        drive(&mut p, "the credit request", |p| {
+            p.b.stats().rx_packets == 2
+        });
+        assert_eq!(p.b.rx_posted(), 1);
     }
 
     #[test]

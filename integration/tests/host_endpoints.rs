@@ -52,6 +52,7 @@ fn guest_connects_to_host_listener_and_1mib_each_way_is_byte_exact() {
     });
 
     let mut vm = TestVm::connect(h.socket("a"), VmOptions::default()).expect("frontend");
+    h.wait_attached("a");
     assert_eq!(vm.guest_cid(), 3, "guest_cid comes from GET_CONFIG");
     let id = vm
         .driver_mut()
@@ -78,6 +79,7 @@ fn guest_connects_to_host_listener_and_1mib_each_way_is_byte_exact() {
 fn host_connects_with_connect_line_and_1mib_each_way_is_byte_exact() {
     let h = Harness::start(&[VmSpec::new("a", 3)]);
     let mut vm = TestVm::connect(h.socket("a"), VmOptions::default()).expect("frontend");
+    h.wait_attached("a");
     vm.driver_mut().listen(6000).expect("listen");
     let to_guest = random_bytes(MIB, 5);
     let to_host = random_bytes(MIB, 6);
@@ -125,6 +127,7 @@ fn host_connects_with_connect_line_and_1mib_each_way_is_byte_exact() {
 fn connect_to_a_port_nobody_listens_on_gets_rst() {
     let h = Harness::start(&[VmSpec::new("a", 3)]);
     let mut vm = TestVm::connect(h.socket("a"), VmOptions::default()).expect("frontend");
+    h.wait_attached("a");
     let id = vm
         .driver_mut()
         .connect(HOST_CID, 7777)
@@ -150,6 +153,7 @@ fn vm_without_uds_refuses_host_ports() {
     spec.uds = false;
     let h = Harness::start(&[spec]);
     let mut vm = TestVm::connect(h.socket("a"), VmOptions::default()).expect("frontend");
+    h.wait_attached("a");
     let id = vm.driver_mut().connect(HOST_CID, 5000).expect("REQUEST");
     let st = vm
         .driver_mut()
@@ -167,6 +171,7 @@ fn host_to_guest_never_exceeds_guest_credit_and_resumes_on_credit_update() {
     // The guest announces freed space only when the test says so.
     opts.driver.credit_update_threshold = Some(u32::MAX);
     let mut vm = TestVm::connect(h.socket("a"), opts).expect("frontend");
+    h.wait_attached("a");
     vm.driver_mut().listen(6000).expect("listen");
     let uds = h.uds("a");
     let data = random_bytes(100 * 1024, 9);
@@ -216,6 +221,7 @@ fn guest_to_host_credit_is_enforced_and_a_violation_resets() {
     let h = Harness::start(&[VmSpec::new("a", 3)]);
     let listener = h.host_listener("a", 5001);
     let mut vm = TestVm::connect(h.socket("a"), VmOptions::default()).expect("frontend");
+    h.wait_attached("a");
     let id = vm
         .driver_mut()
         .connect_blocking(HOST_CID, 5001, T)

@@ -28,12 +28,14 @@ fn second_vm_is_unaffected_while_the_first_reconnects() {
         got
     });
     let mut b = TestVm::connect(h.socket("b"), VmOptions::default()).expect("vm b");
+    h.wait_attached("b");
     let id = b
         .driver_mut()
         .connect_blocking(HOST_CID, 5000, T)
         .expect("b connects");
 
     let mut a = TestVm::connect(h.socket("a"), VmOptions::default()).expect("vm a");
+    h.wait_attached("a");
     let a_listener = h.host_listener("a", 6000);
     for (round, chunk) in data.chunks(512 * 1024).enumerate() {
         b.driver_mut()
@@ -68,6 +70,7 @@ fn second_vm_is_unaffected_while_the_first_reconnects() {
 fn host_streams_end_when_the_guest_goes_away() {
     let h = Harness::start(&[VmSpec::new("a", 3)]);
     let mut a = TestVm::connect(h.socket("a"), VmOptions::default()).expect("vm");
+    h.wait_attached("a");
     a.driver_mut().listen(7000).expect("listen");
     let uds = h.uds("a");
     let host = thread::spawn(move || {

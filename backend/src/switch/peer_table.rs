@@ -124,6 +124,12 @@ pub struct PeerTable {
     vms: Vec<VmSlot>,
 }
 
+/// The VMs of a connection, each once (a VM may connect to itself: it counts once).
+fn distinct(vms: [usize; 2]) -> impl Iterator<Item = usize> {
+    let second = (vms[1] != vms[0]).then_some(vms[1]);
+    std::iter::once(vms[0]).chain(second)
+}
+
 fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
     if src <= dst {
         ((src, dst), 0)
@@ -281,7 +287,7 @@ impl PeerTable {
                 credit,
             },
         );
-        for vm in vms {
+        for vm in distinct(vms) {
             if let Some(slot) = self.vms.get_mut(vm) {
                 slot.conns += 1;
             }
@@ -291,7 +297,7 @@ impl PeerTable {
 
     fn remove(&mut self, key: &Key) -> Option<PeerConn> {
         let conn = self.conns.remove(key)?;
-        for vm in conn.vms {
+        for vm in distinct(conn.vms) {
             if let Some(slot) = self.vms.get_mut(vm) {
                 slot.conns = slot.conns.saturating_sub(1);
             }
@@ -517,6 +523,17 @@ mod tests {
             t.on_packet(0, 1, &own, || now),
             Verdict::ResetBoth(Refused::Protocol)
         );
+    }
+
+    #[test]
+    fn a_connection_to_itself_counts_once() {
+        let now = Instant::now();
+        let mut t = table(1);
+        let req = pkt(Op::Request, (A, 1000), (A, 2000));
+        assert_eq!(t.on_packet(0, 0, &req, || now), Verdict::Forward);
+        assert_eq!(t.count(0), 1);
+        assert!(t.detach(0).is_empty(), "no peer is owed an RST");
+        assert_eq!(t.count(0), 0);
     }
 
     #[test]

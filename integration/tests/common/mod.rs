@@ -1,7 +1,16 @@
 //! Shared set-up for device tests: an in-process `sockbypassd` with sockets in a temporary
 //! directory, host-side helpers, and polling waits (no fixed sleeps).
+//!
+//! | module | job |
+//! |---|---|
+//! | this file | [`Harness`], [`VmSpec`], waits, random data, checksums |
+//! | [`peers`] | driving several guest drivers from one thread: connect two VMs, pump, compare |
+//! | [`transfer`] | full-duplex stream jobs with random write sizes, run by one driver |
 
 #![allow(dead_code)]
+
+pub mod peers;
+pub mod transfer;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,26 +19,53 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
+use sockbypass_integration::{DriverConfig, TestVm, VmOptions};
 use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_MAX_CONNS};
 use sockbypassd::daemon::{self, DaemonHandle};
 use sockbypassd::metrics::VmCountersSnapshot;
+use sockbypassd::switch::VmGauges;
 
-/// A VM to configure: name, CID, whether it gets a `uds`.
+/// A VM to configure: name, CID, whether it gets a `uds`, its limit and its policy.
 pub struct VmSpec {
     pub name: &'static str,
     pub cid: u64,
     pub uds: bool,
     pub max_conns: u32,
+    /// Groups (`groups=`); VMs reach each other only within a shared group.
+    pub groups: Vec<&'static str>,
+    /// Ports peers may connect to (`ports=`); `None` means any.
+    pub ports: Option<Vec<u32>>,
 }
 
 impl VmSpec {
+    /// A VM with a `uds`, the default `max_conns`, in group `test`, open on every port.
     pub fn new(name: &'static str, cid: u64) -> Self {
         VmSpec {
             name,
             cid,
             uds: true,
             max_conns: DEFAULT_MAX_CONNS,
+            groups: vec!["test"],
+            ports: None,
         }
+    }
+
+    /// Replaces the groups.
+    pub fn groups(mut self, groups: &[&'static str]) -> Self {
+        self.groups = groups.to_vec();
+        self
+    }
+
+    /// Restricts the ports peers may connect to.
+    pub fn ports(mut self, ports: &[u32]) -> Self {
+        self.ports = Some(ports.to_vec());
+        self
+    }
+
+    /// Sets the connection limit.
+    pub fn max_conns(mut self, n: u32) -> Self {
+        self.max_conns = n;
+        self
     }
 }
 
@@ -54,8 +90,8 @@ impl Harness {
                     cid: v.cid,
                     socket: dir.path().join(format!("{}.sock", v.name)),
                     uds: v.uds.then(|| dir.path().join(format!("{}.vsock", v.name))),
-                    groups: vec!["test".into()],
-                    ports: None,
+                    groups: v.groups.iter().map(|g| g.to_string()).collect(),
+                    ports: v.ports.clone(),
                     max_conns: v.max_conns,
                 })
                 .collect(),
@@ -114,6 +150,40 @@ impl Harness {
             .as_ref()
             .and_then(|d| d.switch().counters(name))
             .expect("known VM")
+    }
+
+    /// The switch's gauges of VM `name` (live state, not counters).
+    pub fn gauges(&self, name: &str) -> VmGauges {
+        self.daemon
+            .as_ref()
+            .and_then(|d| d.switch().gauges(name))
+            .expect("known VM")
+    }
+
+    /// A frontend and guest driver attached to VM `name`, default options.
+    pub fn vm(&self, name: &str) -> TestVm {
+        self.vm_with(name, DriverConfig::default())
+    }
+
+    /// A frontend attached to VM `name` whose guest driver uses `driver`.
+    pub fn vm_with(&self, name: &str, driver: DriverConfig) -> TestVm {
+        let options = VmOptions {
+            driver,
+            ..VmOptions::default()
+        };
+        let vm = TestVm::connect(self.socket(name), options).expect("test VM connects");
+        self.wait_attached(name);
+        vm
+    }
+
+    /// Waits until the daemon has bound VM `name`'s rings. A frontend's connect returns before
+    /// that (the daemon binds on the first ring event), and until then peers' REQUESTs to it
+    /// are refused, as for any detached VM.
+    pub fn wait_attached(&self, name: &str) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.is_attached(name)),
+            "VM {name} never attached"
+        );
     }
 
     pub fn is_attached(&self, name: &str) -> bool {
