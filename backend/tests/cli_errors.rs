@@ -157,3 +157,15 @@ fn no_vms() {
         "sockbypassd: no VMs configured: give --vm or --config"
     );
 }
+
+#[test]
+fn invalid_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(&[
+        "--vm",
+        &spec(dir.path(), "web", 3),
+        "--log-level",
+        "sockbypassd=loud",
+    ]);
+    assert_mentions(&line, "invalid log level `sockbypassd=loud`");
+}

@@ -245,6 +245,15 @@ pub enum ConfigError {
         /// The bad limit.
         max_conns: u32,
     },
+    /// `--log-level` or `log_level` is not a valid `tracing` filter.
+    #[error("invalid log level `{level}`: expected a tracing filter such as `info` or `sockbypassd=debug`")]
+    InvalidLogLevel {
+        /// The filter as given.
+        level: String,
+        /// Why `tracing` rejected it.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
     /// A group name is empty or contains a comma.
     #[error(
         "VM `{vm}`: invalid group name `{group}`: group names must be non-empty and contain no `,`"

@@ -85,9 +85,18 @@ impl DaemonConfig {
         Ok(config)
     }
 
-    /// Checks the VMs: at least one; valid names, CIDs, groups, ports and `max_conns`; unique
-    /// names, CIDs, socket and uds paths; existing socket directories.
+    /// Checks the log level (a valid `tracing` filter) and the VMs: at least one; valid names,
+    /// CIDs, groups, ports and `max_conns`; unique names, CIDs, socket and uds paths; existing
+    /// socket directories.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(level) = &self.log_level {
+            tracing_subscriber::EnvFilter::try_new(level).map_err(|source| {
+                ConfigError::InvalidLogLevel {
+                    level: level.clone(),
+                    source,
+                }
+            })?;
+        }
         validate::validate(&self.vms)
     }
 }
