@@ -319,3 +319,64 @@ fn sixty_four_concurrent_connections_carry_distinct_data_without_cross_talk() {
         h.gauges("b")
     );
 }
+
+#[test]
+fn control_packets_pass_through_with_their_fields_intact() {
+    let h = three_vms();
+    let (mut a, mut b) = (h.vm("a"), h.vm("b"));
+    let (ia, ib) = connect_peers(&mut a, &mut b, 5000, T);
+    let a_port = a.driver().stream_info(ia).expect("info").local_port;
+    b.driver_mut().take_received_raw();
+    a.driver_mut().take_received_raw();
+
+    // a asks for credit; b sees a CREDIT_REQUEST carrying a's credit fields, and its answer
+    // (a CREDIT_UPDATE with b's fields) reaches a.
+    a.driver_mut()
+        .set_buf_alloc(ia, 123_456)
+        .expect("a changes its buf_alloc");
+    a.driver_mut().request_credit(ia).expect("credit request");
+    drive(&mut [&mut a, &mut b], T, "the credit round trip", |vms| {
+        vms[0]
+            .driver()
+            .received_raw()
+            .iter()
+            .any(|p| p.op() == Some(Op::CreditUpdate))
+    });
+    let seen_by_b: Vec<_> = b
+        .driver_mut()
+        .take_received_raw()
+        .into_iter()
+        .filter(|p| p.op() == Some(Op::CreditRequest))
+        .collect();
+    assert_eq!(seen_by_b.len(), 1, "b got exactly one CREDIT_REQUEST");
+    let req = seen_by_b[0].header;
+    assert_eq!(
+        (req.src_cid(), req.src_port(), req.dst_cid(), req.dst_port()),
+        (3, a_port, 4, 5000)
+    );
+    assert_eq!(
+        req.buf_alloc(),
+        123_456,
+        "buf_alloc passed through untouched"
+    );
+    assert_eq!(req.len(), 0);
+    let update = a
+        .driver()
+        .received_raw()
+        .iter()
+        .find(|p| p.op() == Some(Op::CreditUpdate))
+        .expect("update")
+        .header;
+    assert_eq!(
+        (update.src_cid(), update.dst_cid(), update.dst_port()),
+        (4, 3, a_port)
+    );
+    assert_eq!(
+        update.buf_alloc(),
+        b.driver().config().buf_alloc,
+        "b's buf_alloc passed through untouched"
+    );
+    assert_clean_driver(a.driver(), &[ia], "a");
+    assert_clean_driver(b.driver(), &[ib], "b");
+    assert_eq!(h.gauges("a").peer_conns, 1);
+}
