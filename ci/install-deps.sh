@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, idempotently. Safe to run again and again.
 #
-# Today that is only the Rust toolchain's fmt and clippy (checked, not fetched: rustup's servers
-# are not reachable from every machine) and a few Debian packages used by the scripts.
+# That is the Rust toolchain's fmt and clippy (checked, not fetched: rustup's servers are not
+# reachable from every machine) and the Debian packages for real guests: QEMU, the pieces of the
+# guest image (busybox, cpio) and iproute2 for the virtio-net baseline's namespace. The guest
+# kernel itself is fetched by integration/guest/build-image.sh.
 set -euo pipefail
 
 say() { printf '[install] %s\n' "$*"; }
@@ -23,7 +25,8 @@ for comp in fmt clippy; do
 done
 
 # Debian packages the scripts use. Installed only when missing.
-APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-})
+# shellcheck disable=SC2206 # word splitting of the override is intended
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The main job. Until the VM benchmark lands (issue 4), it builds everything in release mode and
-# runs the device demo: sockbypassd in-process, three VMs played by the test frontend, a
-# guest->host echo, a host->guest CONNECT, a 16 MiB VM-to-VM stream and a connect refused by
-# policy, with every step printed.
+# The main job: the bypass vs virtio-net benchmark in one run.
+#
+# Installs what it needs (apt packages, the guest kernel, a static build of the guest tools),
+# builds sockbypass with --release, boots two guests under QEMU that have both paths, measures
+# RTT and bulk throughput over each, interleaved over several repetitions, and prints the
+# comparison. Results go to results/bench-<UTC>.json, results/latest.json and
+# results/latest.png; serial logs to results/logs/.
+#
+# Options are passed to sockbypass-bench (try --help): --reps N, --rtt-count N,
+# --bulk-seconds S, --out DIR. SOCKBYPASS_ACCEL=kvm|tcg forces the accelerator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> installing dependencies"
-ci/install-deps.sh
+SOCKBYPASS_EXTRA_APT_PACKAGES="gnuplot-nox ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}" ci/install-deps.sh
 echo "==> building (release)"
 cargo build --release --workspace --bins
-echo "==> running the demo"
-exec target/release/sockbypass-demo
+echo "==> building the guest image"
+bash integration/guest/build-image.sh
+echo "==> running the benchmark"
+exec target/release/sockbypass-bench "$@"

@@ -9,8 +9,10 @@
 //! | [`stream`] | stream ids, states, credit accounting and counters ([`StreamId`], [`StreamState`]) |
 //! | [`tx`] | how a TX packet is cut into descriptors ([`TxLayout`]) |
 //! | [`vsock_driver`] | the guest driver ([`VsockDriver`]): RX/TX/event queues, streams, raw packets |
+//! | [`bench`] | the bypass-vs-virtio-net benchmark: plan, aggregation, report |
 //! | [`blocking`] | blocking helpers with timeouts on the driver (`connect_blocking`, `recv_exact`...) |
 //! | [`error`] | one error enum per module |
+//! | [`guests`] | real guests under QEMU: image, accelerator, network namespace, serial results |
 //!
 //! [`TestVm`] puts the three together: guest RAM, a frontend connected to the daemon's socket,
 //! and a started driver.
@@ -38,9 +40,11 @@
 #![allow(clippy::cast_possible_truncation)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod blocking;
 pub mod error;
 pub mod guest_memory;
+pub mod guests;
 pub mod split_queue;
 pub mod stream;
 pub mod tx;

@@ -1,0 +1,207 @@
+//! Output of the benchmark: a table on stdout, `results/bench-<UTC>.json` with a copy as
+//! `results/latest.json`, and `results/latest.png` drawn with gnuplot.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use super::aggregate::Figures;
+use crate::guests::{run, GuestError};
+
+/// Where and on what the benchmark ran.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// `"tcg"` or `"kvm"`.
+    pub accel: String,
+    /// Why that accelerator.
+    pub accel_reason: String,
+    /// CPU model, cores and memory of the host.
+    pub machine: String,
+    /// `git describe`-like commit id, `-dirty` when the tree had changes.
+    pub commit: String,
+    /// UTC time of the run, `YYYYMMDDTHHMMSSZ`.
+    pub timestamp: String,
+    /// Whether virtio-net used vhost-net.
+    pub vhost_net: bool,
+    /// The plan's parameters, as JSON.
+    pub plan: Value,
+}
+
+/// The CPU model, core count and memory of this host.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| (kib + (1 << 19)) >> 20);
+    format!("{model}, {cores} cores, {mem_gib} GiB")
+}
+
+/// The current commit, with `-dirty` if the work tree has changes.
+pub fn commit() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let Some(id) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() => format!("{id}-dirty"),
+        _ => id,
+    }
+}
+
+/// The current UTC time as `YYYYMMDDTHHMMSSZ`.
+pub fn utc_timestamp() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y%m%dT%H%M%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-time".into())
+}
+
+/// The comparison table.
+pub fn table(f: &Figures, info: &RunInfo) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "sockbypass vs virtio-net ({}, {}, commit {})",
+        info.accel.to_uppercase(),
+        info.machine,
+        info.commit
+    );
+    let _ = writeln!(
+        t,
+        "{:<16}{:>12}{:>14}{:>10}",
+        "", "bypass", "virtio-net", "ratio"
+    );
+    let rows = [
+        ("RTT p50 (µs)", f.bypass.rtt_p50, f.virtio_net.rtt_p50),
+        ("RTT p99 (µs)", f.bypass.rtt_p99, f.virtio_net.rtt_p99),
+        ("RTT mean (µs)", f.bypass.rtt_mean, f.virtio_net.rtt_mean),
+        ("bulk (Gb/s)", f.bypass.gbps, f.virtio_net.gbps),
+    ];
+    for (name, b, v) in rows {
+        let _ = writeln!(t, "{name:<16}{b:>12.2}{v:>14.2}{:>10.3}", b / v);
+    }
+    let _ = writeln!(
+        t,
+        "milestone (RTT p50 ratio ≤ 0.25 and throughput ratio ≥ 2): {}",
+        if f.milestone_met() { "met" } else { "not met" }
+    );
+    if info.accel == "tcg" {
+        let _ = writeln!(
+            t,
+            "TCG: the guest CPUs are emulated, so absolute figures are far below real hardware; only the ratios carry over."
+        );
+    }
+    t
+}
+
+/// The full JSON document.
+pub fn document(f: &Figures, info: &RunInfo) -> Value {
+    let mut doc = json!({
+        "accel": info.accel,
+        "accel_reason": info.accel_reason,
+        "machine": info.machine,
+        "commit": info.commit,
+        "timestamp": info.timestamp,
+        "virtio_net_vhost": info.vhost_net,
+        "plan": info.plan,
+    });
+    if let (Some(d), Value::Object(figs)) = (doc.as_object_mut(), f.to_json()) {
+        d.extend(figs);
+    }
+    doc
+}
+
+fn write(path: &Path, text: &str) -> Result<(), GuestError> {
+    std::fs::write(path, text).map_err(|source| GuestError::Io {
+        what: "cannot write",
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes `bench-<timestamp>.json` and `latest.json` into `dir`; returns their paths.
+pub fn write_json(dir: &Path, doc: &Value, timestamp: &str) -> Result<[PathBuf; 2], GuestError> {
+    std::fs::create_dir_all(dir).map_err(|source| GuestError::Io {
+        what: "cannot create",
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let text = serde_json::to_string_pretty(doc).unwrap_or_default() + "\n";
+    let stamped = dir.join(format!("bench-{timestamp}.json"));
+    let latest = dir.join("latest.json");
+    write(&stamped, &text)?;
+    write(&latest, &text)?;
+    Ok([stamped, latest])
+}
+
+/// Draws `latest.png` in `dir` with gnuplot: RTT and throughput bars per path, the
+/// accelerator and the commit in the title.
+pub fn plot(dir: &Path, f: &Figures, info: &RunInfo) -> Result<PathBuf, GuestError> {
+    let data = dir.join("latest.dat");
+    let script = dir.join("latest.gnuplot");
+    let png = dir.join("latest.png");
+    write(
+        &data,
+        &format!(
+            "path rtt_p50 rtt_p99 gbps\nbypass {} {} {}\nvirtio-net {} {} {}\n",
+            f.bypass.rtt_p50,
+            f.bypass.rtt_p99,
+            f.bypass.gbps,
+            f.virtio_net.rtt_p50,
+            f.virtio_net.rtt_p99,
+            f.virtio_net.gbps
+        ),
+    )?;
+    write(
+        &script,
+        &format!(
+            r#"set terminal pngcairo size 1100,480 noenhanced
+set output '{png}'
+set multiplot layout 1,2 title "sockbypass vs virtio-net ({accel}, commit {commit})"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set grid ytics
+set key top left
+set yrange [0:*]
+set title "64 B round trip (µs, lower is better)"
+plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99'
+set title "bulk throughput (Gb/s, higher is better)"
+plot '{data}' using 4:xtic(1) title 'Gb/s'
+unset multiplot
+"#,
+            png = png.display(),
+            data = data.display(),
+            accel = info.accel.to_uppercase(),
+            commit = info.commit,
+        ),
+    )?;
+    run(Command::new("gnuplot").arg(&script))?;
+    Ok(png)
+}

@@ -1,0 +1,223 @@
+//! `sockbypass-bench`: the main job. Boots two guests that have both paths (a
+//! `vhost-user-vsock-pci` device on `sockbypassd`, and a virtio-net NIC on a tap and a bridge in
+//! a private network namespace), measures RTT and bulk throughput over each path, interleaved
+//! over several repetitions, and prints and saves the comparison (`results/`).
+//!
+//! `integration/bench.sh` installs what this needs, builds it with `--release` and runs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+
+use sockbypass_integration::bench::aggregate::aggregate;
+use sockbypass_integration::bench::plan::Plan;
+use sockbypass_integration::bench::report::{self, RunInfo};
+use sockbypass_integration::guests::image::GuestImage;
+use sockbypass_integration::guests::netns::NetNs;
+use sockbypass_integration::guests::qemu::{vhost_net_available, GuestSpec, Nic, QemuGuest};
+use sockbypass_integration::guests::results::{results, RESULT};
+use sockbypass_integration::guests::{accel, interrupt};
+use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_MAX_CONNS};
+
+/// Bypass vs virtio-net between two guests on this host.
+#[derive(Debug, Parser)]
+#[command(name = "sockbypass-bench")]
+struct Args {
+    /// Repetitions; each measures both paths, in alternating order.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Round trips per RTT measurement.
+    #[arg(long, default_value_t = 2000)]
+    rtt_count: u32,
+    /// Seconds per bulk measurement.
+    #[arg(long, default_value_t = 10)]
+    bulk_seconds: u32,
+    /// Directory for the JSON results and the plot.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+const BOOT: Duration = Duration::from_secs(300);
+
+fn main() -> ExitCode {
+    interrupt::install();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockbypass-bench: {}", sockbypassd::error_chain(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    println!("==> guest image");
+    let image = GuestImage::ensure()?;
+    let cache = image.kernel.parent().map(PathBuf::from).unwrap_or_default();
+    let (acc, why) = accel::choose(&image, &cache)?;
+    println!("==> accelerator: {why}");
+
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let vm = |name: &str, cid: u64| VmConfig {
+        name: name.into(),
+        cid,
+        socket: dir.join(format!("{name}.sock")),
+        uds: None,
+        groups: vec!["bench".into()],
+        ports: None,
+        max_conns: DEFAULT_MAX_CONNS,
+    };
+    let config = DaemonConfig {
+        vms: vec![vm("server", 3), vm("client", 4)],
+        log_level: None,
+    };
+    config.validate()?;
+    sockbypassd::logging::init(Some("warn"));
+    let daemon = sockbypassd::daemon::start(config)?;
+    println!("==> sockbypassd serving CID 3 (server) and CID 4 (client)");
+
+    let netns = NetNs::create()?;
+    netns.add_tap("sbptap0")?;
+    netns.add_tap("sbptap1")?;
+    let vhost = vhost_net_available();
+    println!(
+        "==> network namespace {} with bridge and taps (virtio-net {})",
+        netns.name(),
+        if vhost {
+            "with vhost-net"
+        } else {
+            "in QEMU userspace: /dev/vhost-net is absent"
+        }
+    );
+
+    let plan = Plan {
+        reps: args.reps,
+        rtt_count: args.rtt_count,
+        rtt_size: 64,
+        bulk_seconds: args.bulk_seconds,
+        bulk_write: 65536,
+        bypass_addr: "vsock:3:5000".into(),
+        tcp_addr: "tcp:10.99.0.3:5001".into(),
+    };
+    let guest = |name: &str, n: u8, command: String| GuestSpec {
+        name: name.into(),
+        memory_mib: 512,
+        vsock_socket: Some(dir.join(format!("{name}.sock"))),
+        nic: Some(Nic {
+            tap: format!("sbptap{}", n - 3),
+            mac: format!("52:54:00:5b:00:{n:02x}"),
+            ip: format!("10.99.0.{n}/24"),
+            vhost,
+        }),
+        command,
+        serial_log: logs.join(format!("{name}.serial.log")),
+    };
+    println!("==> booting the server guest");
+    let mut server = QemuGuest::spawn(
+        &guest(
+            "server",
+            3,
+            "sbtool serve --vsock-port 5000 --tcp-port 5001".into(),
+        ),
+        &image,
+        acc,
+        Some(&netns),
+    )?;
+    let t = server.wait_ready(BOOT)?;
+    println!("    booted in {:.1} s", t.as_secs_f64());
+    println!("==> booting the client guest");
+    let mut client = QemuGuest::spawn(
+        &guest("client", 4, plan.client_script()),
+        &image,
+        acc,
+        Some(&netns),
+    )?;
+    let t = client.wait_ready(BOOT)?;
+    println!("    booted in {:.1} s", t.as_secs_f64());
+
+    // Follow the client's results as they come.
+    let per_result = Duration::from_secs(u64::from(args.bulk_seconds) + 300);
+    let mut seen = 0;
+    while seen < plan.expected_results() {
+        let log = client.wait_for("the next measurement", per_result, |l| {
+            results(l).len() > seen || l.contains("SB-EXIT")
+        })?;
+        let all = results(&log);
+        for r in &all[seen..] {
+            let path = r["addr"].as_str().and_then(|a| plan.path_of(a));
+            let label = path.map_or("?", |p| p.key());
+            match r["mode"].as_str() {
+                Some("rtt") => println!(
+                    "    [{}/{}] RTT {label}: p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs",
+                    seen + 1,
+                    plan.expected_results(),
+                    r["p50_us"].as_f64().unwrap_or(f64::NAN),
+                    r["p99_us"].as_f64().unwrap_or(f64::NAN),
+                    r["mean_us"].as_f64().unwrap_or(f64::NAN)
+                ),
+                Some("bulk") => println!(
+                    "    [{}/{}] bulk {label}: {:.3} Gb/s, verified: {}",
+                    seen + 1,
+                    plan.expected_results(),
+                    r["gbps"].as_f64().unwrap_or(f64::NAN),
+                    r["verified"]
+                ),
+                _ => println!("    {RESULT}{r}"),
+            }
+            seen += 1;
+        }
+        if all.len() == seen && log.contains("SB-EXIT") && seen < plan.expected_results() {
+            return Err(format!(
+                "the client guest stopped after {seen} results (serial log: {})",
+                client.log_path().display()
+            )
+            .into());
+        }
+    }
+    let figures = aggregate(&plan, &results(&client.log()))?;
+    let counters = daemon.switch().counters("client");
+    drop(client);
+    drop(server);
+    drop(netns);
+    daemon.shutdown();
+
+    let info = RunInfo {
+        accel: acc.qemu_name().into(),
+        accel_reason: why,
+        machine: report::machine(),
+        commit: report::commit(),
+        timestamp: report::utc_timestamp(),
+        vhost_net: vhost,
+        plan: json!({
+            "reps": plan.reps, "rtt_count": plan.rtt_count, "rtt_size": plan.rtt_size,
+            "bulk_seconds": plan.bulk_seconds, "bulk_write": plan.bulk_write,
+            "guest_vcpus": 1, "guest_memory_mib": 512,
+        }),
+    };
+    println!();
+    print!("{}", report::table(&figures, &info));
+    if let Some(c) = counters {
+        println!(
+            "sockbypassd, client VM: {} packets / {} bytes forwarded, {} RSTs, {} malformed",
+            c.fwd_packets,
+            c.fwd_bytes,
+            c.rst_sent,
+            c.malformed_total()
+        );
+    }
+    let doc = report::document(&figures, &info);
+    let [stamped, latest] = report::write_json(&args.out, &doc, &info.timestamp)?;
+    println!("==> wrote {} and {}", stamped.display(), latest.display());
+    match report::plot(&args.out, &figures, &info) {
+        Ok(png) => println!("==> plotted {}", png.display()),
+        Err(e) => println!("==> no plot: {e}"),
+    }
+    Ok(())
+}
