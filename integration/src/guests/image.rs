@@ -9,7 +9,8 @@ use super::{run, GuestError};
 /// Kernel and initramfs of the guest.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
-    /// The kernel (`vmlinuz`).
+    /// The kernel: the uncompressed `vmlinux` when there is one (QEMU boots it directly as a
+    /// PVH kernel, which halves a TCG boot), else `vmlinuz`.
     pub kernel: PathBuf,
     /// The initramfs.
     pub initrd: PathBuf,
@@ -47,9 +48,13 @@ impl GuestImage {
         GuestImage::in_dir(&dir)
     }
 
-    /// The image in `dir`, if complete.
+    /// The image in `dir`, if complete. The kernel's directory is the image cache.
     pub fn in_dir(dir: &Path) -> Result<GuestImage, GuestError> {
-        let kernel = dir.join("vmlinuz");
+        let kernel = ["vmlinux", "vmlinuz"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| dir.join("vmlinuz"));
         let initrd = ["initramfs.cpio.gz", "initramfs.cpio.zst", "initramfs.cpio"]
             .iter()
             .map(|n| dir.join(n))

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-
 use super::accel::Accel;
 use super::image::GuestImage;
 use super::netns::NetNs;
@@ -60,7 +58,13 @@ pub struct QemuGuest {
     started: Instant,
 }
 
-/// The QEMU command line for `spec` (without any namespace prefix).
+/// Where the guest's command is written for QEMU's fw_cfg.
+pub fn script_path(spec: &GuestSpec) -> PathBuf {
+    spec.serial_log.with_extension("cmd.sh")
+}
+
+/// The QEMU command line for `spec` (without any namespace prefix). The command itself is in
+/// the file [`script_path`], which [`QemuGuest::spawn`] writes.
 pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<String> {
     let mut append = vec![
         "console=ttyS0".to_owned(),
@@ -70,10 +74,6 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
     if let Some(nic) = &spec.nic {
         append.push(format!("sb.ip={}", nic.ip));
     }
-    append.push(format!(
-        "sb.cmd={}",
-        base64::engine::general_purpose::STANDARD.encode(spec.command.as_bytes())
-    ));
     let mut args: Vec<String> = vec![
         "qemu-system-x86_64".into(),
         "-machine".into(),
@@ -102,6 +102,10 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
         "-no-reboot".into(),
         "-serial".into(),
         format!("file:{}", spec.serial_log.display()),
+        // The command goes through fw_cfg, not the kernel command line: a command line over
+        // 2048 bytes hangs the Debian kernel before it prints anything.
+        "-fw_cfg".into(),
+        format!("name=opt/sockbypass/cmd,file={}", script_path(spec).display()),
     ];
     if let Some(sock) = &spec.vsock_socket {
         args.extend([
@@ -143,6 +147,12 @@ impl QemuGuest {
         let stderr = File::create(&stderr_path).map_err(|source| GuestError::Io {
             what: "cannot create",
             path: stderr_path.display().to_string(),
+            source,
+        })?;
+        let script = script_path(spec);
+        std::fs::write(&script, &spec.command).map_err(|source| GuestError::Io {
+            what: "cannot write",
+            path: script.display().to_string(),
             source,
         })?;
         // An empty log now, so that waiting never reads a previous run's.
