@@ -130,8 +130,9 @@ fn stock_af_vsock_between_guests_to_the_host_and_across_groups() {
     assert_eq!(status, 0, "b's script succeeded:\n{log}");
     echo.join().expect("echo thread");
     let kb = s.h.counters("b");
+    // 8 MiB of verify and 64 × 64 KiB of many went from b to a through the switch.
     assert!(
-        kb.fwd_bytes >= 2 * 8_388_608,
+        kb.fwd_bytes >= 8_388_608 + 64 * 65_536,
         "b's bytes went through the switch: {kb:?}"
     );
 
@@ -182,10 +183,10 @@ fn a_guest_killed_mid_stream_and_a_new_vm_on_the_same_socket() {
         .expect("b's stream ends, it does not hang");
     let bulk = only(&log, "bulk");
     assert_eq!(bulk["ok"], false, "the stream failed: {bulk}");
-    assert_eq!(
-        bulk["errno"].as_i64(),
-        Some(i64::from(libc::ECONNRESET)),
-        "with ECONNRESET: {bulk}"
+    let errno = bulk["errno"].as_i64().unwrap_or(0);
+    assert!(
+        errno == i64::from(libc::ECONNRESET) || errno == i64::from(libc::EPIPE),
+        "with ECONNRESET (or EPIPE on a write after the RST): {bulk}"
     );
 
     // A new VM on the same socket serves b again.

@@ -105,7 +105,10 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
         // The command goes through fw_cfg, not the kernel command line: a command line over
         // 2048 bytes hangs the Debian kernel before it prints anything.
         "-fw_cfg".into(),
-        format!("name=opt/sockbypass/cmd,file={}", script_path(spec).display()),
+        format!(
+            "name=opt/sockbypass/cmd,file={}",
+            script_path(spec).display()
+        ),
     ];
     if let Some(sock) = &spec.vsock_socket {
         args.extend([

@@ -1,0 +1,270 @@
+//! `sbtool`: the guest side of sockbypass's end-to-end tests and benchmark.
+//!
+//! It runs inside small Linux guests (busybox initramfs) and speaks AF_VSOCK or TCP:
+//! `sbtool serve` offers an echo and a sink service; the clients `rtt`, `bulk`, `verify`,
+//! `many` and `connect` measure or check a path to such a server. Addresses are
+//! `vsock:CID:PORT` or `tcp:IPV4:PORT`.
+//!
+//! Every command prints exactly one result line on stdout, `SBRESULT {json}`, so a host can
+//! grep it out of a serial console log; anything else goes to stderr. A failed command prints
+//! `SBRESULT {"mode":..,"ok":false,"error":"..","errno":N|null}` and exits with status 1
+//! (`errno` is the raw OS errno, e.g. 104 for ECONNRESET). Usage errors exit with status 2.
+//!
+//! # Static build (for the guests)
+//!
+//! From the workspace root:
+//!
+//! ```sh
+//! RUSTFLAGS="-C target-feature=+crt-static" \
+//!   cargo build --release -p sockbypass-guest-tools --target x86_64-unknown-linux-gnu
+//! ```
+//!
+//! gives a statically linked (static-pie) `target/x86_64-unknown-linux-gnu/release/sbtool`.
+//! `integration/guest-tools/build.sh` runs exactly this, checks that the result has no
+//! program interpreter, and prints on its last line the path of a stripped copy for the
+//! guests, `target/x86_64-unknown-linux-gnu/release/guest/sbtool` (about 2 MB instead of
+//! 12 MB: the workspace's release profile keeps debug info).
+
+mod addr;
+mod bulk;
+mod checksum;
+mod client;
+mod connect;
+mod error;
+mod many;
+mod net;
+mod outcome;
+mod pattern;
+mod report;
+mod rtt;
+mod server;
+mod stats;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::addr::Addr;
+use crate::client::ClientOpts;
+use crate::error::{Error, Result};
+use crate::outcome::Outcome;
+
+/// Largest message or write: keeps allocations sane whatever the command line says.
+const MAX_BUF: u64 = 64 << 20;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sbtool",
+    version,
+    about = "sockbypass guest tools: echo/sink server and measuring clients over AF_VSOCK or TCP",
+    after_help = "Addresses: vsock:CID:PORT or tcp:IPV4:PORT. Each command prints one \
+                  `SBRESULT {json}` line on stdout; exit status 0 on success, 1 on failure."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve echo ('E') and sink ('S') connections until killed.
+    Serve {
+        /// Listen on this vsock port (any CID).
+        #[arg(long)]
+        vsock_port: Option<u32>,
+        /// Listen on this TCP port of 0.0.0.0 (0: any free port; the result line tells which).
+        #[arg(long)]
+        tcp_port: Option<u16>,
+    },
+    /// Round-trip latency over one echo connection.
+    Rtt {
+        /// vsock:CID:PORT or tcp:IPV4:PORT.
+        addr: String,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF))]
+        size: u64,
+        /// Timed round trips.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        count: u64,
+        /// Untimed round trips first.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+        warmup: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Throughput to a sink, verified by the receiver's byte count and checksum.
+    Bulk {
+        /// vsock:CID:PORT or tcp:IPV4:PORT.
+        addr: String,
+        /// How long to write, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Bytes per write.
+        #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=MAX_BUF))]
+        write_size: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Send seeded data over an echo connection and compare the echo byte for byte.
+    Verify {
+        /// vsock:CID:PORT or tcp:IPV4:PORT.
+        addr: String,
+        /// Bytes to send.
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: u64,
+        /// Seed of the data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Many echo connections at once, each with its own data.
+    Many {
+        /// vsock:CID:PORT or tcp:IPV4:PORT.
+        addr: String,
+        /// Connections (all connected before any data moves).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        conns: u64,
+        /// Bytes per connection.
+        #[arg(long, default_value_t = 65536)]
+        bytes: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Only connect; exit 0 if connected, 1 if not.
+    Connect {
+        /// vsock:CID:PORT or tcp:IPV4:PORT.
+        addr: String,
+        /// Give up after this many ms (0: the kernel's own limit).
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+}
+
+/// Converts an already range-checked count to usize.
+fn to_usize(v: u64, what: &str) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::Usage(format!("{what} {v} is too large")))
+}
+
+impl Command {
+    fn mode(&self) -> &'static str {
+        match self {
+            Command::Serve { .. } => "serve",
+            Command::Rtt { .. } => "rtt",
+            Command::Bulk { .. } => "bulk",
+            Command::Verify { .. } => "verify",
+            Command::Many { .. } => "many",
+            Command::Connect { .. } => "connect",
+        }
+    }
+
+    fn addr(&self) -> Option<&str> {
+        match self {
+            Command::Serve { .. } => None,
+            Command::Rtt { addr, .. }
+            | Command::Bulk { addr, .. }
+            | Command::Verify { addr, .. }
+            | Command::Many { addr, .. }
+            | Command::Connect { addr, .. } => Some(addr),
+        }
+    }
+
+    fn run(&self) -> Result<Outcome> {
+        let target = self.addr().map(Addr::parse).transpose()?;
+        match (self, &target) {
+            (
+                Command::Serve {
+                    vsock_port,
+                    tcp_port,
+                },
+                _,
+            ) => match server::run(*vsock_port, *tcp_port)? {},
+            (
+                Command::Rtt {
+                    addr,
+                    size,
+                    count,
+                    warmup,
+                    opts,
+                },
+                Some(a),
+            ) => {
+                let p = rtt::Params {
+                    size: to_usize(*size, "--size")?,
+                    count: to_usize(*count, "--count")?,
+                    warmup: to_usize(*warmup, "--warmup")?,
+                };
+                rtt::run(addr, a, p, opts)
+            }
+            (
+                Command::Bulk {
+                    addr,
+                    seconds,
+                    write_size,
+                    opts,
+                },
+                Some(a),
+            ) => {
+                let p = bulk::Params {
+                    seconds: *seconds,
+                    write_size: to_usize(*write_size, "--write-size")?,
+                };
+                bulk::run(addr, a, p, opts)
+            }
+            (
+                Command::Verify {
+                    addr,
+                    bytes,
+                    seed,
+                    opts,
+                },
+                Some(a),
+            ) => {
+                let p = verify::Params {
+                    bytes: *bytes,
+                    seed: *seed,
+                };
+                verify::run(addr, a, p, opts)
+            }
+            (
+                Command::Many {
+                    addr,
+                    conns,
+                    bytes,
+                    opts,
+                },
+                Some(a),
+            ) => {
+                let p = many::Params {
+                    conns: to_usize(*conns, "--conns")?,
+                    bytes: *bytes,
+                };
+                many::run(addr, a, p, opts)
+            }
+            (Command::Connect { addr, timeout_ms }, Some(a)) => {
+                Ok(connect::run(addr, a, *timeout_ms))
+            }
+            (_, None) => Err(Error::Usage("missing address".into())),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cmd = &cli.command;
+    match cmd.run() {
+        Ok(o) => {
+            report::emit(&o.value);
+            if o.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            report::emit(&report::failure(cmd.mode(), cmd.addr(), &e));
+            ExitCode::FAILURE
+        }
+    }
+}
