@@ -168,7 +168,7 @@ pub fn plot(dir: &Path, f: &Figures, info: &RunInfo) -> Result<PathBuf, GuestErr
     write(
         &data,
         &format!(
-            "path rtt_p50 rtt_p99 gbps\nbypass {} {} {}\nvirtio-net {} {} {}\n",
+            "# path rtt_p50 rtt_p99 gbps\nbypass {} {} {}\nvirtio-net {} {} {}\n",
             f.bypass.rtt_p50,
             f.bypass.rtt_p99,
             f.bypass.gbps,
@@ -190,12 +190,14 @@ set boxwidth 0.9
 set grid ytics
 set key top left
 set yrange [0:*]
-set title "64 B round trip (µs, lower is better)"
+set title "64 B round trip (µs, lower is better); p50 ratio {rtt_ratio:.2}"
 plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99'
-set title "bulk throughput (Gb/s, higher is better)"
-plot '{data}' using 4:xtic(1) title 'Gb/s'
+set title "bulk throughput (Gb/s, higher is better); ratio {gbps_ratio:.2}"
+plot '{data}' using 4:xtic(1) notitle
 unset multiplot
 "#,
+            rtt_ratio = f.rtt_ratio(),
+            gbps_ratio = f.gbps_ratio(),
             png = png.display(),
             data = data.display(),
             accel = info.accel.to_uppercase(),
