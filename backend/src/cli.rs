@@ -25,6 +25,7 @@ EXAMPLE:
 
 CONFIG FILE (--config):
   log_level = \"info\"
+  poll_mode = \"adaptive\"      # poll_threads, poll_budget_us, poll_cpus = \"2-3\" too
 
   [[vm]]
   name = \"web\"
@@ -63,6 +64,22 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `sockbypassd=debug` (default: `log_level` of --config, else RUST_LOG)
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// How the switch finds work: poll (always spin), event (only kicks), adaptive (spin, then sleep when idle) [default: adaptive]
+    #[arg(long = "poll-mode", value_name = "MODE")]
+    pub poll_mode: Option<String>,
+
+    /// Poll threads; VMs are spread over them [default: 1]
+    #[arg(long = "poll-threads", value_name = "N")]
+    pub poll_threads: Option<String>,
+
+    /// Idle microseconds before an adaptive poll thread sleeps until a kick [default: 50]
+    #[arg(long = "poll-budget-us", value_name = "US")]
+    pub poll_budget_us: Option<String>,
+
+    /// CPUs to pin poll threads to, e.g. `2,3` or `2-5` [default: no pinning]
+    #[arg(long = "poll-cpus", value_name = "LIST")]
+    pub poll_cpus: Option<String>,
 }
 
 #[cfg(test)]
@@ -98,6 +115,7 @@ mod tests {
                 ],
                 config: Some(PathBuf::from("/etc/sockbypass.toml")),
                 log_level: Some("sockbypassd=debug".to_owned()),
+                ..Cli::default()
             }
         );
     }

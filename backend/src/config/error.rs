@@ -245,6 +245,48 @@ pub enum ConfigError {
         /// The bad limit.
         max_conns: u32,
     },
+    /// A numeric flag that is not a number.
+    #[error("{key}: `{value}` is not a number")]
+    InvalidNumber {
+        /// The flag.
+        key: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// `--poll-mode` / `poll_mode` is not a known mode.
+    #[error("invalid poll mode `{value}`: expected poll, event or adaptive")]
+    InvalidPollMode {
+        /// The value given.
+        value: String,
+    },
+    /// `--poll-threads` / `poll_threads` is 0.
+    #[error("poll threads must be at least 1, got {threads}")]
+    InvalidPollThreads {
+        /// The value given.
+        threads: u32,
+    },
+    /// `--poll-budget-us` / `poll_budget_us` out of range.
+    #[error("poll budget must be 1..={max} µs, got {budget_us}")]
+    InvalidPollBudget {
+        /// The value given.
+        budget_us: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// `--poll-cpus` / `poll_cpus` does not parse.
+    #[error("invalid CPU list `{value}`: expected numbers and ranges such as `0,2-3`")]
+    InvalidCpuList {
+        /// The value given.
+        value: String,
+    },
+    /// A CPU in `--poll-cpus` does not exist here.
+    #[error("CPU {cpu} in the poll CPU list does not exist (this host has CPUs 0..{online})")]
+    CpuNotAvailable {
+        /// The CPU.
+        cpu: usize,
+        /// CPUs online.
+        online: usize,
+    },
     /// `--log-level` or `log_level` is not a valid `tracing` filter.
     #[error("invalid log level `{level}`: expected a tracing filter such as `info` or `sockbypassd=debug`")]
     InvalidLogLevel {

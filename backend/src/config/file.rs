@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::poll::{parse_cpu_list, PollConfig};
 use super::{ConfigError, VmConfig, DEFAULT_MAX_CONNS};
 
 /// The contents of a config file, before the checks of [`super::validate`].
@@ -15,6 +16,8 @@ pub struct FileConfig {
     pub vms: Vec<VmConfig>,
     /// Top-level `log_level`, if present.
     pub log_level: Option<String>,
+    /// Top-level `poll_*` keys over the defaults.
+    pub poll: PollConfig,
 }
 
 /// The top level of the file.
@@ -24,6 +27,10 @@ struct RawFile {
     #[serde(default)]
     vm: Vec<RawVm>,
     log_level: Option<String>,
+    poll_mode: Option<String>,
+    poll_threads: Option<u32>,
+    poll_budget_us: Option<u64>,
+    poll_cpus: Option<String>,
 }
 
 /// One `[[vm]]` table.
@@ -66,9 +73,23 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
 /// Parses config file contents; `path` is only used in error messages.
 pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
+    let mut poll = PollConfig::default();
+    if let Some(mode) = &raw.poll_mode {
+        poll.mode = mode.parse()?;
+    }
+    if let Some(n) = raw.poll_threads {
+        poll.threads = n;
+    }
+    if let Some(us) = raw.poll_budget_us {
+        poll.budget_us = us;
+    }
+    if let Some(list) = &raw.poll_cpus {
+        poll.cpus = Some(parse_cpu_list(list)?);
+    }
     Ok(FileConfig {
         vms: raw.vm.into_iter().map(VmConfig::from).collect(),
         log_level: raw.log_level,
+        poll,
     })
 }
 
@@ -182,6 +203,7 @@ socket = "/run/sb/db.sock"
                     },
                 ],
                 log_level: Some("sockbypassd=debug".to_owned()),
+                poll: PollConfig::default(),
             }
         );
     }

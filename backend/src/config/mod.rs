@@ -10,6 +10,7 @@
 
 mod error;
 mod file;
+mod poll;
 mod validate;
 mod vm_spec;
 
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::Cli;
 
 pub use error::ConfigError;
+pub use poll::{parse_cpu_list, PollConfig, PollMode, DEFAULT_POLL_BUDGET_US};
 
 /// `max_conns` of a VM that does not set it.
 pub const DEFAULT_MAX_CONNS: u32 = 1024;
@@ -30,6 +32,8 @@ pub struct DaemonConfig {
     /// The `tracing` filter from `--log-level`, else from the file's `log_level`; `None` means
     /// the logger falls back to `RUST_LOG`.
     pub log_level: Option<String>,
+    /// The poll engine: each `--poll-*` flag, else the file's `poll_*` key, else the default.
+    pub poll: PollConfig,
 }
 
 /// One VM: its vsock identity and the sockets that serve it.
@@ -55,19 +59,37 @@ impl DaemonConfig {
     /// Builds the configuration from the command line: reads `--config` (if any), parses every
     /// `--vm`, merges the VMs of both and checks them together.
     pub fn from_cli(cli: &Cli) -> Result<DaemonConfig, ConfigError> {
-        let (mut vms, file_log_level) = match &cli.config {
-            Some(path) => {
-                let file = file::load(path)?;
-                (file.vms, file.log_level)
-            }
-            None => (Vec::new(), None),
+        let file = match &cli.config {
+            Some(path) => file::load(path)?,
+            None => file::FileConfig::default(),
         };
+        let mut vms = file.vms;
         for spec in &cli.vm {
             vms.push(VmConfig::from_spec(spec)?);
         }
+        let mut poll = file.poll;
+        if let Some(mode) = &cli.poll_mode {
+            poll.mode = mode.parse()?;
+        }
+        if let Some(n) = &cli.poll_threads {
+            poll.threads = n.parse().map_err(|_| ConfigError::InvalidNumber {
+                key: "--poll-threads",
+                value: n.clone(),
+            })?;
+        }
+        if let Some(us) = &cli.poll_budget_us {
+            poll.budget_us = us.parse().map_err(|_| ConfigError::InvalidNumber {
+                key: "--poll-budget-us",
+                value: us.clone(),
+            })?;
+        }
+        if let Some(list) = &cli.poll_cpus {
+            poll.cpus = Some(parse_cpu_list(list)?);
+        }
         let config = DaemonConfig {
             vms,
-            log_level: cli.log_level.clone().or(file_log_level),
+            log_level: cli.log_level.clone().or(file.log_level),
+            poll,
         };
         config.validate()?;
         Ok(config)
@@ -80,6 +102,7 @@ impl DaemonConfig {
         let config = DaemonConfig {
             vms: parsed.vms,
             log_level: parsed.log_level,
+            poll: parsed.poll,
         };
         config.validate()?;
         Ok(config)
@@ -89,6 +112,7 @@ impl DaemonConfig {
     /// CIDs, groups, ports and `max_conns`; unique names, CIDs, socket and uds paths; existing
     /// socket directories.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.poll.validate()?;
         if let Some(level) = &self.log_level {
             tracing_subscriber::EnvFilter::try_new(level).map_err(|source| {
                 ConfigError::InvalidLogLevel {
@@ -118,7 +142,7 @@ mod tests {
         std::fs::write(
             &toml,
             format!(
-                "log_level = \"warn\"\n[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{d}/web.sock\"\ngroups = [\"prod\"]\nports = [22]\n"
+                "log_level = \"warn\"\npoll_mode = \"event\"\npoll_budget_us = 200\n[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{d}/web.sock\"\ngroups = [\"prod\"]\nports = [22]\n"
             ),
         )
         .unwrap();
@@ -128,6 +152,8 @@ mod tests {
             toml.to_str().unwrap(),
             "--vm",
             &db_spec,
+            "--poll-budget-us",
+            "75",
         ]))
         .unwrap();
         assert_eq!(
@@ -154,6 +180,11 @@ mod tests {
                     },
                 ],
                 log_level: Some("warn".to_owned()),
+                poll: PollConfig {
+                    mode: PollMode::Event,
+                    budget_us: 75,
+                    ..PollConfig::default()
+                },
             }
         );
     }

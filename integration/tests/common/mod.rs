@@ -96,6 +96,7 @@ impl Harness {
                 })
                 .collect(),
             log_level: None,
+            poll: sockbypassd::config::PollConfig::default(),
         };
         config.validate().expect("test config is valid");
         let daemon = daemon::start(config).expect("daemon starts");
