@@ -21,6 +21,14 @@ step "cargo test --workspace"
 export SOCKBYPASS_HOSTILE_CHAINS="${SOCKBYPASS_HOSTILE_CHAINS:-10000}"
 cargo test --workspace 2>&1 | tee target/test-output.log
 
+# The device tests ran with the default poll mode (adaptive); run them again in the two others.
+: > target/test-modes.log
+for mode in poll event; do
+    step "device tests in --poll-mode $mode"
+    SOCKBYPASS_TEST_POLL_MODE=$mode cargo test -p sockbypass-integration --tests 2>&1 \
+        | tee -a target/test-modes.log
+done
+
 # End-to-end tests boot real guests under QEMU; `cargo test` skips them (#[ignore]). They run
 # here when the guest image can be built, else they count as skipped, with the reason.
 step "end-to-end tests with real guests (QEMU)"
@@ -35,6 +43,11 @@ fi
 
 # Sum the per-binary results into one closing line. The e2e run re-runs tests the first run
 # counted as ignored, so those count once, as passed or failed.
-awk '/^test result:/ { if (FILENAME ~ /e2e/) { p += $4; f += $6; r += $4 + $6 } else { p += $4; f += $6; i += $8 } }
+# The per-mode runs count their passes and failures, not their ignored e2e tests again.
+awk '/^test result:/ {
+         p += $4; f += $6
+         if (FILENAME ~ /e2e/) r += $4 + $6
+         else if (FILENAME !~ /modes/) i += $8
+     }
      END { printf "\n%d passed, %d failed, %d skipped\n", p, f, i - r }' \
-    target/test-output.log target/e2e-output.log
+    target/test-output.log target/test-modes.log target/e2e-output.log

@@ -12,6 +12,7 @@ use crate::config::DaemonConfig;
 use crate::device::server::{self, ServerControl, ServerError};
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
+use crate::poll::{PollCountersSnapshot, PollEngine};
 use crate::switch::{Switch, SwitchError};
 
 /// How often the host I/O thread expires handshakes and stale connections.
@@ -52,12 +53,21 @@ pub struct DaemonHandle {
     stop: Arc<AtomicBool>,
     controls: Vec<ServerControl>,
     threads: Vec<JoinHandle<()>>,
+    engine: Option<PollEngine>,
 }
 
 impl DaemonHandle {
     /// The switch, for counters and state.
     pub fn switch(&self) -> &Arc<Switch> {
         &self.switch
+    }
+
+    /// Counters of every poll thread (empty in event mode).
+    pub fn poll_counters(&self) -> Vec<PollCountersSnapshot> {
+        self.engine
+            .as_ref()
+            .map(PollEngine::counters)
+            .unwrap_or_default()
     }
 
     /// Stops everything and waits for the threads.
@@ -67,6 +77,9 @@ impl DaemonHandle {
 
     fn stop_all(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(mut engine) = self.engine.take() {
+            engine.stop();
+        }
         for (control, vm) in self.controls.iter().zip(&self.config.vms) {
             control.stop(&vm.socket);
         }
@@ -105,7 +118,15 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         stop: stop.clone(),
         controls: Vec::new(),
         threads: Vec::new(),
+        engine: None,
     };
+    handle.engine =
+        Some(
+            PollEngine::start(&switch, &config.poll).map_err(|source| DaemonError::Thread {
+                name: "sb-poll".into(),
+                source,
+            })?,
+        );
     for (index, listener) in listeners.into_iter().enumerate() {
         let control = ServerControl::default();
         let name = format!("vm-{}", config.vms[index].name);

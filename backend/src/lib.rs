@@ -11,6 +11,7 @@
 //! | [`switch`] | TX and RX paths, routing, per-VM state and locks |
 //! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention |
 //! | [`metrics`] | per-VM counters, one per drop reason |
+//! | [`poll`] | the poll engine: poll threads that drive the switch (see `DESIGN-poller.md`) |
 //! | [`signals`] | waiting for SIGINT/SIGTERM |
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
@@ -22,6 +23,7 @@ pub mod device;
 pub mod host;
 pub mod logging;
 pub mod metrics;
+pub mod poll;
 pub mod signals;
 pub mod switch;
 

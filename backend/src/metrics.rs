@@ -90,6 +90,10 @@ counters!(
         events_sent,
         /// Times the device found no free RX buffer while it had something to deliver.
         rx_buffer_stalls,
+        /// Kicks (queue notifications) the guest sent.
+        kicks_received,
+        /// Interrupts (used-ring notifications) the device sent the guest.
+        interrupts_sent,
     }
 );
 

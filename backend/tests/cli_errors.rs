@@ -169,3 +169,19 @@ fn invalid_log_level() {
     ]);
     assert_mentions(&line, "invalid log level `sockbypassd=loud`");
 }
+
+#[test]
+fn invalid_poll_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = spec(dir.path(), "web", 3);
+    let line = fails(&["--vm", &vm, "--poll-mode", "spin"]);
+    assert_mentions(&line, "invalid poll mode `spin`");
+    let line = fails(&["--vm", &vm, "--poll-threads", "0"]);
+    assert_mentions(&line, "poll threads must be at least 1");
+    let line = fails(&["--vm", &vm, "--poll-threads", "many"]);
+    assert_mentions(&line, "--poll-threads: `many` is not a number");
+    let line = fails(&["--vm", &vm, "--poll-cpus", "4-2"]);
+    assert_mentions(&line, "invalid CPU list `4-2`");
+    let line = fails(&["--vm", &vm, "--poll-cpus", "4096"]);
+    assert_mentions(&line, "CPU 4096");
+}

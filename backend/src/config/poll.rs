@@ -124,7 +124,10 @@ mod tests {
     fn modes_parse_and_unknown_ones_are_named() {
         assert_eq!("poll".parse::<PollMode>().ok(), Some(PollMode::Poll));
         assert_eq!("event".parse::<PollMode>().ok(), Some(PollMode::Event));
-        assert_eq!("adaptive".parse::<PollMode>().ok(), Some(PollMode::Adaptive));
+        assert_eq!(
+            "adaptive".parse::<PollMode>().ok(),
+            Some(PollMode::Adaptive)
+        );
         let e = "spin".parse::<PollMode>().err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("`spin`")));
     }

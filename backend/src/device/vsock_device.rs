@@ -111,9 +111,15 @@ impl VhostUserBackend for VsockDevice {
         _thread_id: usize,
     ) -> io::Result<()> {
         self.switch.bind(self.index, vrings);
+        if usize::from(device_event) < NUM_QUEUES && self.switch.on_kick(self.index) {
+            // A poll thread owns this VM: it was told, and does the work.
+            return Ok(());
+        }
         match usize::from(device_event) {
             TX_QUEUE => self.switch.service(self.index),
-            RX_QUEUE => self.switch.service_rx(self.index),
+            RX_QUEUE => {
+                self.switch.service_rx(self.index);
+            }
             EVENT_QUEUE => {
                 self.switch.fill_events(self.index);
             }

@@ -7,12 +7,15 @@
 //! the innermost locks (see `switch/mod.rs` for the lock order).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 
 use sockbypass_wire::consts::{EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+
+use crate::metrics::VmCounters;
 
 /// Guest memory as the vhost-user layer maps it.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -69,6 +72,7 @@ pub struct Attachment {
     mem: AtomicMem,
     vrings: [Vring; NUM_QUEUES],
     generation: u64,
+    counters: Arc<VmCounters>,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -79,7 +83,7 @@ impl std::fmt::Debug for Attachment {
 
 impl Attachment {
     /// Binds the vrings the vhost-user layer handed over. `None` unless there are exactly three.
-    pub fn new(mem: AtomicMem, vrings: &[Vring]) -> Option<Self> {
+    pub fn new(mem: AtomicMem, vrings: &[Vring], counters: Arc<VmCounters>) -> Option<Self> {
         let [rx, tx, evt] = vrings else {
             return None;
         };
@@ -87,6 +91,7 @@ impl Attachment {
             mem,
             vrings: [rx.clone(), tx.clone(), evt.clone()],
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            counters,
         })
     }
 
@@ -161,6 +166,9 @@ impl Attachment {
             vring
                 .signal_used_queue()
                 .map_err(|source| QueueError::Signal { queue, source })?;
+            self.counters
+                .interrupts_sent
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(needed)
     }

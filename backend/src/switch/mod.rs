@@ -42,7 +42,7 @@ pub mod tx_path;
 pub mod vm_port;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
@@ -50,6 +50,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::DaemonConfig;
 use crate::host::{HostEndpoint, HostPoller};
 use crate::metrics::VmCountersSnapshot;
+use crate::poll::Waker;
 pub use attachment::{AtomicMem, Vring};
 pub use rx_path::RxReport;
 pub use tx_path::TxReport;
@@ -108,6 +109,7 @@ pub struct Switch {
     vms: Vec<Arc<VmPort>>,
     by_cid: HashMap<u64, usize>,
     peers: Mutex<PeerTable>,
+    poll_owners: OnceLock<Vec<Arc<Waker>>>,
 }
 
 impl Switch {
@@ -145,6 +147,7 @@ impl Switch {
             vms,
             by_cid,
             peers: Mutex::new(peers),
+            poll_owners: OnceLock::new(),
         })
     }
 
@@ -223,12 +226,37 @@ impl Switch {
     }
 
     /// Fills VM `index`'s RX queue, and resumes its TX queue if that was waiting for replies.
-    pub fn service_rx(&self, index: usize) {
+    pub fn service_rx(&self, index: usize) -> RxReport {
         let rx = self.fill_rx(index);
         let stalled = self.vm(index).is_some_and(|vm| vm.tx().stalled_on_replies);
         if stalled && rx.replies_sent > 0 {
             self.service(index);
         }
+        rx
+    }
+
+    /// Hands the VMs to poll threads: VM *i* to `wakers[i % wakers.len()]`. Called once, by the
+    /// poll engine; until then (and in event mode) kicks are served where they arrive.
+    pub fn set_poll_owners(&self, wakers: Vec<Arc<Waker>>) {
+        let _ = self.poll_owners.set(wakers);
+    }
+
+    /// A kick of VM `index` arrived (from its vhost-user worker). Counts it; when a poll thread
+    /// owns the VM, flags the VM, wakes that thread if it sleeps, and returns `true`: the
+    /// caller must not do the work itself.
+    pub fn on_kick(&self, index: usize) -> bool {
+        let Some(vm) = self.vm(index) else {
+            return false;
+        };
+        vm.counters
+            .kicks_received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(owners) = self.poll_owners.get().filter(|o| !o.is_empty()) else {
+            return false;
+        };
+        vm.kicked.store(true, std::sync::atomic::Ordering::Release);
+        owners[index % owners.len()].wake();
+        true
     }
 
     /// Expires timed-out host handshakes and connections of every VM, and closed VM-to-VM

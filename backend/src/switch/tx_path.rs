@@ -31,8 +31,19 @@ pub struct TxReport {
 }
 
 impl Switch {
-    /// Moves the available work of VM `index`'s TX queue.
+    /// Moves the available work of VM `index`'s TX queue, then asks the guest for a kick when
+    /// more comes (re-checking the ring, so that no kick is lost).
     pub fn process_tx(&self, index: usize) -> TxReport {
+        self.walk_tx(index, true)
+    }
+
+    /// Like [`Switch::process_tx`], but leaves the guest's kicks off: for a poll thread that
+    /// will look at the ring again anyway.
+    pub fn process_tx_polled(&self, index: usize) -> TxReport {
+        self.walk_tx(index, false)
+    }
+
+    fn walk_tx(&self, index: usize, rearm: bool) -> TxReport {
         let mut report = TxReport::default();
         let Some(vm) = self.vm(index) else {
             return report;
@@ -75,6 +86,9 @@ impl Switch {
                 } else {
                     report.held += 1;
                 }
+            }
+            if !rearm {
+                break;
             }
             match att.enable_kicks(TX) {
                 Ok(true) => continue,

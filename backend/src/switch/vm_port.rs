@@ -1,8 +1,8 @@
 //! Everything the switch keeps about one VM: its configuration, counters, the current
 //! attachment (rings and memory), and the locked state of its TX and RX sides.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use crate::config::VmConfig;
@@ -69,7 +69,9 @@ pub struct VmPort {
     /// The VM's configuration.
     pub config: VmConfig,
     /// Counters, readable at any time.
-    pub counters: VmCounters,
+    pub counters: Arc<VmCounters>,
+    /// A kick arrived that the poll thread owning this VM has not looked at yet.
+    pub kicked: AtomicBool,
     /// Limits per-packet warnings about this VM's guest.
     pub warn: RateLimiter,
     /// This VM's TX chains held by other VMs' inbound queues.
@@ -93,7 +95,8 @@ impl VmPort {
         VmPort {
             index,
             config,
-            counters: VmCounters::default(),
+            counters: Arc::new(VmCounters::default()),
+            kicked: AtomicBool::new(false),
             warn: RateLimiter::per_packet(),
             held: AtomicUsize::new(0),
             lifecycle: Mutex::new(()),
@@ -152,7 +155,7 @@ impl VmPort {
         let Some(mem) = lock(&self.memory).clone() else {
             return false;
         };
-        let Some(att) = Attachment::new(mem, vrings) else {
+        let Some(att) = Attachment::new(mem, vrings, self.counters.clone()) else {
             return false;
         };
         if !(att.is_live(RX) && att.is_live(TX)) {

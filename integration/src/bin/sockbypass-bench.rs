@@ -77,7 +77,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = DaemonConfig {
         vms: vec![vm("server", 3), vm("client", 4)],
         log_level: None,
-            poll: sockbypassd::config::PollConfig::default(),
+        poll: sockbypassd::config::PollConfig::default(),
     };
     config.validate()?;
     sockbypassd::logging::init(Some("warn"));

@@ -47,7 +47,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             vm_config("vm5", 5, "other"),
         ],
         log_level: None,
-            poll: sockbypassd::config::PollConfig::default(),
+        poll: sockbypassd::config::PollConfig::default(),
     };
     config.validate()?;
     let daemon = sockbypassd::daemon::start(config)?;

@@ -78,6 +78,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(vms: &[VmSpec]) -> Harness {
+        Harness::start_with_poll(vms, test_poll_config())
+    }
+
+    /// Like [`Harness::start`] with explicit poll engine settings.
+    pub fn start_with_poll(vms: &[VmSpec], poll: sockbypassd::config::PollConfig) -> Harness {
         sockbypassd::logging::init(Some(
             &std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
         ));
@@ -96,7 +101,7 @@ impl Harness {
                 })
                 .collect(),
             log_level: None,
-            poll: sockbypassd::config::PollConfig::default(),
+            poll,
         };
         config.validate().expect("test config is valid");
         let daemon = daemon::start(config).expect("daemon starts");
@@ -187,6 +192,13 @@ impl Harness {
         );
     }
 
+    pub fn poll_counters(&self) -> Vec<sockbypassd::poll::PollCountersSnapshot> {
+        self.daemon
+            .as_ref()
+            .map(|d| d.poll_counters())
+            .unwrap_or_default()
+    }
+
     pub fn is_attached(&self, name: &str) -> bool {
         self.daemon
             .as_ref()
@@ -201,6 +213,18 @@ impl Drop for Harness {
             d.shutdown();
         }
     }
+}
+
+/// The poll engine settings for test daemons: the default (adaptive), or the mode in
+/// `SOCKBYPASS_TEST_POLL_MODE` (`ci/test.sh` runs the device tests once per mode).
+pub fn test_poll_config() -> sockbypassd::config::PollConfig {
+    let mut poll = sockbypassd::config::PollConfig::default();
+    if let Ok(mode) = std::env::var("SOCKBYPASS_TEST_POLL_MODE") {
+        poll.mode = mode
+            .parse()
+            .expect("SOCKBYPASS_TEST_POLL_MODE is poll, event or adaptive");
+    }
+    poll
 }
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes.

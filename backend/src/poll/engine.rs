@@ -1,0 +1,224 @@
+//! Poll threads. Thread *k* of *N* owns the VMs whose index is *k* mod *N*. Each loop walks the
+//! owned VMs' TX queues with kicks left off, and serves the VMs that kicked (RX buffers posted,
+//! an event buffer, or a TX kick while the thread slept). Adaptive threads that found nothing
+//! for the budget re-enable kicks, re-check every ring, and sleep on their [`Waker`] until the
+//! vhost-user worker of a VM forwards a kick (`Switch::on_kick`).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::waker::Waker;
+use crate::config::{PollConfig, PollMode};
+use crate::switch::Switch;
+
+macro_rules! poll_counters {
+    ($($(#[$m:meta])* $field:ident),* $(,)?) => {
+        /// Counters of one poll thread.
+        #[derive(Debug, Default)]
+        pub struct PollCounters { $($(#[$m])* pub $field: AtomicU64,)* }
+
+        /// A copy of [`PollCounters`] at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct PollCountersSnapshot { $($(#[$m])* pub $field: u64,)* }
+
+        impl PollCounters {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> PollCountersSnapshot {
+                PollCountersSnapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+poll_counters!(
+    /// Loops over the owned VMs.
+    loops,
+    /// Loops that moved at least one chain.
+    useful_loops,
+    /// Chains moved (TX chains taken plus RX packets written by kicked fills).
+    packets,
+    /// Times the thread slept (adaptive mode).
+    sleeps,
+    /// Times a sleeping thread was woken by a kick.
+    wakeups,
+);
+
+/// The running poll threads; none in event mode.
+#[derive(Debug)]
+pub struct PollEngine {
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    counters: Vec<Arc<PollCounters>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl PollEngine {
+    /// Starts the poll threads of `config` over the VMs of `switch`.
+    pub fn start(switch: &Arc<Switch>, config: &PollConfig) -> io::Result<PollEngine> {
+        let mut engine = PollEngine {
+            stop: Arc::new(AtomicBool::new(false)),
+            wakers: Vec::new(),
+            counters: Vec::new(),
+            threads: Vec::new(),
+        };
+        if config.mode == PollMode::Event || switch.vms().is_empty() {
+            return Ok(engine);
+        }
+        let n = (config.threads as usize).min(switch.vms().len()).max(1);
+        for _ in 0..n {
+            engine.wakers.push(Arc::new(Waker::new()?));
+            engine.counters.push(Arc::new(PollCounters::default()));
+        }
+        switch.set_poll_owners(engine.wakers.clone());
+        for k in 0..n {
+            let owned: Vec<usize> = (0..switch.vms().len()).filter(|i| i % n == k).collect();
+            let cpu = config
+                .cpus
+                .as_ref()
+                .and_then(|c| c.get(k % c.len()).copied());
+            let ctx = ThreadCtx {
+                switch: switch.clone(),
+                owned,
+                mode: config.mode,
+                budget: Duration::from_micros(config.budget_us),
+                waker: engine.wakers[k].clone(),
+                counters: engine.counters[k].clone(),
+                stop: engine.stop.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("sb-poll-{k}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu);
+                    }
+                    ctx.run();
+                })?;
+            engine.threads.push(handle);
+        }
+        tracing::info!(mode = ?config.mode, threads = n, budget_us = config.budget_us, "poll engine started");
+        Ok(engine)
+    }
+
+    /// Counters of every poll thread.
+    pub fn counters(&self) -> Vec<PollCountersSnapshot> {
+        self.counters.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Stops and joins every poll thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            let _ = w.fd().write(1);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PollEngine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Pins the calling thread to `cpu`; a failure is logged, not fatal.
+fn pin_to(cpu: usize) {
+    // SAFETY: `set` is a plain bitmask on the stack; CPU_ZERO/CPU_SET only write inside it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        tracing::warn!(cpu, error = %io::Error::last_os_error(), "cannot pin poll thread");
+    }
+}
+
+struct ThreadCtx {
+    switch: Arc<Switch>,
+    owned: Vec<usize>,
+    mode: PollMode,
+    budget: Duration,
+    waker: Arc<Waker>,
+    counters: Arc<PollCounters>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ThreadCtx {
+    fn run(&self) {
+        let mut idle_since = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.counters.loops.fetch_add(1, Ordering::Relaxed);
+            let moved = self.one_pass();
+            if moved > 0 {
+                self.counters.useful_loops.fetch_add(1, Ordering::Relaxed);
+                self.counters.packets.fetch_add(moved, Ordering::Relaxed);
+                idle_since = Instant::now();
+                continue;
+            }
+            match self.mode {
+                PollMode::Adaptive if idle_since.elapsed() >= self.budget => {
+                    self.sleep();
+                    idle_since = Instant::now();
+                }
+                // Give the guests' vCPU threads the core when nothing moves.
+                _ => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// One walk over the owned VMs; returns the chains moved.
+    fn one_pass(&self) -> u64 {
+        let mut moved = 0u64;
+        for &vm in &self.owned {
+            let kicked = self
+                .switch
+                .vm(vm)
+                .is_some_and(|v| v.kicked.swap(false, Ordering::AcqRel));
+            moved += u64::from(self.switch.process_tx_polled(vm).chains);
+            if kicked {
+                moved += u64::from(self.switch.service_rx(vm).packets);
+                self.switch.fill_events(vm);
+            }
+        }
+        moved
+    }
+
+    /// Re-enables kicks, re-checks every ring, and sleeps until a kick unless work came.
+    fn sleep(&self) {
+        self.waker.going_to_sleep();
+        let mut found = 0u64;
+        for &vm in &self.owned {
+            // With kicks re-armed: a chain that arrived before re-arming is taken here.
+            found += u64::from(self.switch.process_tx(vm).chains);
+            if self
+                .switch
+                .vm(vm)
+                .is_some_and(|v| v.kicked.load(Ordering::Acquire))
+            {
+                found += 1;
+            }
+        }
+        if found == 0 && !self.stop.load(Ordering::Relaxed) {
+            self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            let mut pfd = libc::pollfd {
+                fd: self.waker.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call, and nfds is 1.
+            let _ = unsafe { libc::poll(&mut pfd, 1, -1) };
+        }
+        let before = self.waker.wakeups.load(Ordering::Relaxed);
+        self.waker.awake();
+        if self.waker.wakeups.load(Ordering::Relaxed) > before {
+            self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
