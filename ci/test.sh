@@ -34,8 +34,12 @@ done
 step "end-to-end tests with real guests (QEMU)"
 : > target/e2e-output.log
 if image_log=$(bash integration/guest/build-image.sh 2>&1); then
-    cargo test -p sockbypass-integration --test e2e_guests -- --ignored --test-threads=1 2>&1 \
-        | tee target/e2e-output.log
+    for mode in adaptive poll event; do
+        step "end-to-end tests, --poll-mode $mode"
+        SOCKBYPASS_TEST_POLL_MODE=$mode \
+            cargo test -p sockbypass-integration --test e2e_guests -- --ignored --test-threads=1 2>&1 \
+            | tee -a target/e2e-output.log
+    done
 else
     printf '%s\n' "$image_log" | tail -5
     echo "SKIPPED: end-to-end tests: the guest image could not be built (see above)"

@@ -35,6 +35,9 @@ struct Args {
     /// Seconds per bulk measurement.
     #[arg(long, default_value_t = 10)]
     bulk_seconds: u32,
+    /// sockbypassd's poll mode: poll, event or adaptive.
+    #[arg(long, default_value = "adaptive")]
+    poll_mode: String,
     /// Directory for the JSON results and the plot.
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -77,12 +80,18 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = DaemonConfig {
         vms: vec![vm("server", 3), vm("client", 4)],
         log_level: None,
-        poll: sockbypassd::config::PollConfig::default(),
+        poll: sockbypassd::config::PollConfig {
+            mode: args.poll_mode.parse()?,
+            ..sockbypassd::config::PollConfig::default()
+        },
     };
     config.validate()?;
     sockbypassd::logging::init(Some("warn"));
     let daemon = sockbypassd::daemon::start(config)?;
-    println!("==> sockbypassd serving CID 3 (server) and CID 4 (client)");
+    println!(
+        "==> sockbypassd serving CID 3 (server) and CID 4 (client), --poll-mode {}",
+        args.poll_mode
+    );
 
     let netns = NetNs::create()?;
     netns.add_tap("sbptap0")?;
@@ -199,7 +208,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         plan: json!({
             "reps": plan.reps, "rtt_count": plan.rtt_count, "rtt_size": plan.rtt_size,
             "bulk_seconds": plan.bulk_seconds, "bulk_write": plan.bulk_write,
-            "guest_vcpus": 1, "guest_memory_mib": 512,
+            "guest_vcpus": 1, "guest_memory_mib": 512, "poll_mode": args.poll_mode,
         }),
     };
     println!();
