@@ -69,10 +69,13 @@ fn adaptive_mode_sleeps_when_idle_and_wakes_on_a_kick() {
     );
     let asleep = h.poll_counters()[0];
     // A new stream needs the sleeping thread: a kick must wake it.
-    let (packets, _) = stream(&h, 1 << 20, 3);
+    stream(&h, 1 << 20, 3);
     let after = h.poll_counters()[0];
     assert!(after.wakeups > asleep.wakeups, "woken by a kick: {after:?}");
-    assert!(after.packets >= asleep.packets + packets, "{after:?}");
+    assert!(
+        after.packets > asleep.packets,
+        "the poll thread moved the stream: {after:?}"
+    );
 }
 
 #[test]

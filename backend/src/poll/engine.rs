@@ -194,9 +194,12 @@ impl ThreadCtx {
     fn sleep(&self) {
         self.waker.going_to_sleep();
         let mut found = 0u64;
+        let mut moved = 0u64;
         for &vm in &self.owned {
             // With kicks re-armed: a chain that arrived before re-arming is taken here.
-            found += u64::from(self.switch.process_tx(vm).chains);
+            let chains = u64::from(self.switch.process_tx(vm).chains);
+            moved += chains;
+            found += chains;
             if self
                 .switch
                 .vm(vm)
@@ -205,6 +208,7 @@ impl ThreadCtx {
                 found += 1;
             }
         }
+        self.counters.packets.fetch_add(moved, Ordering::Relaxed);
         if found == 0 && !self.stop.load(Ordering::Relaxed) {
             self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
             let mut pfd = libc::pollfd {
