@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::{wait_until, Harness, VmSpec};
 use serde_json::Value;
+use sockbypass_integration::bench::plan::wait_for_server;
 use sockbypass_integration::guests::accel::{self, Accel};
 use sockbypass_integration::guests::image::GuestImage;
 use sockbypass_integration::guests::qemu::{GuestSpec, QemuGuest};
@@ -62,11 +63,6 @@ impl Setup {
     fn log_dir(&self) -> &Path {
         self.h.dir.path()
     }
-}
-
-/// A shell loop that waits until `addr` accepts connections (the peer boots in parallel).
-fn wait_for_server(addr: &str) -> String {
-    format!("i=0; until sbtool connect {addr} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.2; done; ")
 }
 
 fn only(log: &str, mode: &str) -> Value {

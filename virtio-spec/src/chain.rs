@@ -273,16 +273,7 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let head_index = chain.head_index();
-    let mut chain = chain;
-    let space = collect(&mut chain, true)?;
-    if (space.len() as usize) < HEADER_SIZE {
-        return Err(ChainError::TooShort {
-            len: space.len(),
-            need: HEADER_SIZE,
-        });
-    }
-    Ok(RxBuffer { head_index, space })
+    parse_writable(chain, HEADER_SIZE)
 }
 
 /// Validates an event-queue chain: write-only descriptors inside guest memory with room for one
@@ -292,13 +283,22 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
+    parse_writable(chain, EVENT_SIZE)
+}
+
+/// A chain of write-only descriptors inside guest memory holding at least `need` bytes.
+fn parse_writable<M>(chain: DescriptorChain<M>, need: usize) -> Result<RxBuffer, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
     let head_index = chain.head_index();
     let mut chain = chain;
     let space = collect(&mut chain, true)?;
-    if (space.len() as usize) < EVENT_SIZE {
+    if (space.len() as usize) < need {
         return Err(ChainError::TooShort {
             len: space.len(),
-            need: EVENT_SIZE,
+            need,
         });
     }
     Ok(RxBuffer { head_index, space })

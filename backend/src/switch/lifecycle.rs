@@ -4,6 +4,7 @@
 
 use super::attachment::TX;
 use super::inbound::Held;
+use super::peer_path::mark;
 use super::{DetachReason, Switch, Vring};
 use crate::warn_limited;
 
@@ -70,14 +71,8 @@ impl Switch {
             if let Err(e) = att.add_used(TX, h.packet.head_index, 0) {
                 warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
             }
-            if !senders.contains(&h.sender) {
-                senders.push(h.sender);
-            }
+            mark(&mut senders, h.sender);
         }
-        for s in senders {
-            if let Some(att) = self.vm(s).and_then(|v| v.attachment()) {
-                let _ = att.notify(TX);
-            }
-        }
+        self.notify_tx(&senders);
     }
 }

@@ -130,6 +130,19 @@ fn distinct(vms: [usize; 2]) -> impl Iterator<Item = usize> {
     std::iter::once(vms[0]).chain(second)
 }
 
+/// The key of the connection `h` names, and which side of it `h`'s sender is.
+fn key_of_header(h: &PacketHeader) -> (Key, usize) {
+    let src = Addr {
+        cid: h.src_cid(),
+        port: h.src_port(),
+    };
+    let dst = Addr {
+        cid: h.dst_cid(),
+        port: h.dst_port(),
+    };
+    key_of(src, dst)
+}
+
 fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
     if src <= dst {
         ((src, dst), 0)
@@ -177,15 +190,7 @@ impl PeerTable {
         h: &PacketHeader,
         now: impl FnOnce() -> Instant,
     ) -> Verdict {
-        let src = Addr {
-            cid: h.src_cid(),
-            port: h.src_port(),
-        };
-        let dst = Addr {
-            cid: h.dst_cid(),
-            port: h.dst_port(),
-        };
-        let (key, side) = key_of(src, dst);
+        let (key, side) = key_of_header(h);
         let Some(op) = h.op() else {
             return Verdict::Ignore;
         };
@@ -307,15 +312,7 @@ impl PeerTable {
 
     /// Forgets the connection `h` names, if any (its packet could not be delivered).
     pub fn forget(&mut self, h: &PacketHeader) {
-        let src = Addr {
-            cid: h.src_cid(),
-            port: h.src_port(),
-        };
-        let dst = Addr {
-            cid: h.dst_cid(),
-            port: h.dst_port(),
-        };
-        self.remove(&key_of(src, dst).0);
+        self.remove(&key_of_header(h).0);
     }
 
     /// Frees every connection of VM `vm` (it detached) and returns the RSTs owed to its peers.

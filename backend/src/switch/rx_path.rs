@@ -11,7 +11,7 @@ use std::time::Instant;
 use sockbypass_wire::{parse_rx_chain, Op, PacketHeader, RxBuffer};
 
 use super::attachment::{Attachment, MemGuard, RX, TX};
-use super::peer_path::{count_forwarded, deliver, rst_towards_destination, Progress};
+use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Progress};
 use super::peer_table::OwedRst;
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
@@ -75,7 +75,7 @@ impl Switch {
             };
             let progressed = match source {
                 Source::Reply => self.fill_reply(vm, &att, &mut rx, &mut report),
-                Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut report, &mut host_idle),
+                Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut host_idle),
                 Source::Peer => self.fill_peer(vm, &att, &mem, &mut rx, &mut owed),
             };
             if !progressed {
@@ -89,14 +89,15 @@ impl Switch {
                 }
             }
         }
-        let senders = std::mem::take(&mut rx.senders_done);
+        // Only vring locks inside: allowed under the RX lock, and the list keeps its allocation.
+        self.notify_tx(&rx.senders_done);
+        rx.senders_done.clear();
         let delivered = vm.counters.rx_packets.load(Ordering::Relaxed) - before;
         report.packets = u32::try_from(delivered).unwrap_or(u32::MAX);
         drop(rx);
         if report.packets > 0 {
             report.notified = att.notify(RX).unwrap_or(false);
         }
-        self.notify_senders(index, senders);
         if !owed.is_empty() {
             // Only fills: the caller may hold a TX lock, and fills take none.
             for vm in self.queue_owed_rsts(owed) {
@@ -190,25 +191,15 @@ impl Switch {
         if let Err(e) = satt.add_used(TX, head, 0) {
             warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
         }
-        if !rx.senders_done.contains(&sender_index) {
-            rx.senders_done.push(sender_index);
-        }
+        mark(&mut rx.senders_done, sender_index);
         true
     }
 
-    /// Interrupts each sender whose TX chains a fill of VM `receiver` returned.
-    fn notify_senders(&self, receiver: usize, mut senders: Vec<usize>) {
-        for &s in &senders {
+    /// Interrupts each of `senders` for its TX used ring (chains of theirs came back).
+    pub(super) fn notify_tx(&self, senders: &[usize]) {
+        for &s in senders {
             if let Some(att) = self.vm(s).and_then(|v| v.attachment()) {
                 let _ = att.notify(TX);
-            }
-        }
-        senders.clear();
-        // Give the allocation back for the next fill.
-        if let Some(vm) = self.vm(receiver) {
-            let mut rx = vm.rx();
-            if rx.senders_done.is_empty() {
-                rx.senders_done = senders;
             }
         }
     }
@@ -220,7 +211,6 @@ fn fill_host(
     att: &Attachment,
     mem: &MemGuard,
     rx: &mut RxSide,
-    _report: &mut RxReport,
     host_idle: &mut bool,
 ) -> bool {
     let Some(buf) = take_buffer(vm, att, &mut rx.starved_since) else {

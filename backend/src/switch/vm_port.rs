@@ -38,6 +38,7 @@ pub struct RxSide {
     /// A `TRANSPORT_RESET` event is owed to the guest.
     pub reset_event_owed: bool,
     /// Senders whose TX chains a fill returned (their interrupts are sent once, at the end).
+    /// Kept between fills so that its allocation is reused.
     pub senders_done: Vec<usize>,
     /// Alternates RX buffers between host connections and peer VMs when both have data.
     pub host_turn: bool,

@@ -2,6 +2,14 @@
 //! bypass (`AF_VSOCK` through `sockbypassd`) and over virtio-net (TCP across the bridge), with
 //! the order of the two paths alternating between repetitions so that neither always goes first.
 
+/// A guest shell line that waits until `addr` accepts connections (the server guest boots in
+/// parallel), giving up with status 9 after about two minutes.
+pub fn wait_for_server(addr: &str) -> String {
+    format!(
+        "i=0; until sbtool connect {addr} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.2; done\n"
+    )
+}
+
 /// One way from the client guest to the server guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
@@ -69,9 +77,7 @@ impl Plan {
     pub fn client_script(&self) -> String {
         let mut s = String::new();
         for addr in [&self.bypass_addr, &self.tcp_addr] {
-            s.push_str(&format!(
-                "i=0; until sbtool connect {addr} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.2; done\n"
-            ));
+            s.push_str(&wait_for_server(addr));
         }
         for rep in 0..self.reps {
             for path in Plan::order(rep) {
