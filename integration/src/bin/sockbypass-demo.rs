@@ -27,8 +27,11 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     sockbypassd::logging::init(Some("warn"));
-    let dir = std::env::temp_dir().join(format!("sockbypass-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // Removed on every exit path, errors included.
+    let work = tempfile::Builder::new()
+        .prefix("sockbypass-demo-")
+        .tempdir()?;
+    let dir = work.path().to_path_buf();
     let socket = dir.join("vm3.sock");
     let uds = dir.join("vm3.vsock");
     let vm_config = |name: &str, cid: u64, group: &str| VmConfig {
@@ -151,9 +154,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     daemon.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "done: the device works; the benchmark against virtio-net with real guests comes next"
+        "done: the device works; integration/bench.sh runs the benchmark against virtio-net with real guests"
     );
     Ok(())
 }
