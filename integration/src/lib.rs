@@ -13,6 +13,7 @@
 //! | [`blocking`] | blocking helpers with timeouts on the driver (`connect_blocking`, `recv_exact`...) |
 //! | [`error`] | one error enum per module |
 //! | [`guests`] | real guests under QEMU: image, accelerator, network namespace, serial results |
+//! | [`microbench`] | the host-only switch microbenchmark (`sockbypass-microbench`) |
 //!
 //! [`TestVm`] puts the three together: guest RAM, a frontend connected to the daemon's socket,
 //! and a started driver.
@@ -45,6 +46,7 @@ pub mod blocking;
 pub mod error;
 pub mod guest_memory;
 pub mod guests;
+pub mod microbench;
 pub mod split_queue;
 pub mod stream;
 pub mod tx;
@@ -58,7 +60,7 @@ mod test_device;
 
 use std::path::{Path, PathBuf};
 
-pub use error::{DriverError, FrontendError, MemoryError, QueueError, VmError};
+pub use error::{DriverError, FrontendError, MemoryError, MicrobenchError, QueueError, VmError};
 pub use guest_memory::{GuestRam, GuestRange, DEFAULT_MEMORY_SIZE};
 pub use split_queue::{Buffer, QueueLayout, RawDescriptor, SplitQueue, UsedElem};
 pub use stream::{StreamCounters, StreamId, StreamInfo, StreamState};

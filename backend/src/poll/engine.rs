@@ -45,7 +45,62 @@ poll_counters!(
     sleeps,
     /// Times a sleeping thread was woken by a kick.
     wakeups,
+    /// Useful loops that moved 1 chain (the packets-per-batch histogram, by powers of two).
+    batch_1,
+    /// Useful loops that moved 2-3 chains.
+    batch_2_3,
+    /// Useful loops that moved 4-7 chains.
+    batch_4_7,
+    /// Useful loops that moved 8-15 chains.
+    batch_8_15,
+    /// Useful loops that moved 16-31 chains.
+    batch_16_31,
+    /// Useful loops that moved 32-63 chains.
+    batch_32_63,
+    /// Useful loops that moved 64-127 chains.
+    batch_64_127,
+    /// Useful loops that moved 128 chains or more.
+    batch_128_up,
 );
+
+/// Lower bounds of the packets-per-batch buckets, in the order of
+/// [`PollCountersSnapshot::batch_histogram`].
+pub const BATCH_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+impl PollCounters {
+    /// Counts one useful loop that moved `chains` chains in the batch histogram.
+    fn record_batch(&self, chains: u64) {
+        let bucket = match chains {
+            0 => return,
+            1 => &self.batch_1,
+            2..=3 => &self.batch_2_3,
+            4..=7 => &self.batch_4_7,
+            8..=15 => &self.batch_8_15,
+            16..=31 => &self.batch_16_31,
+            32..=63 => &self.batch_32_63,
+            64..=127 => &self.batch_64_127,
+            _ => &self.batch_128_up,
+        };
+        bucket.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl PollCountersSnapshot {
+    /// The packets-per-batch histogram: loops that moved 1, 2-3, 4-7 ... 128+ chains (bucket
+    /// bounds in [`BATCH_BUCKETS`]).
+    pub fn batch_histogram(&self) -> [u64; 8] {
+        [
+            self.batch_1,
+            self.batch_2_3,
+            self.batch_4_7,
+            self.batch_8_15,
+            self.batch_16_31,
+            self.batch_32_63,
+            self.batch_64_127,
+            self.batch_128_up,
+        ]
+    }
+}
 
 /// The running poll threads; none in event mode.
 #[derive(Debug)]
@@ -159,6 +214,7 @@ impl ThreadCtx {
             if moved > 0 {
                 self.counters.useful_loops.fetch_add(1, Ordering::Relaxed);
                 self.counters.packets.fetch_add(moved, Ordering::Relaxed);
+                self.counters.record_batch(moved);
                 idle_since = Instant::now();
                 continue;
             }
@@ -209,6 +265,7 @@ impl ThreadCtx {
             }
         }
         self.counters.packets.fetch_add(moved, Ordering::Relaxed);
+        self.counters.record_batch(moved);
         if found == 0 && !self.stop.load(Ordering::Relaxed) {
             self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
             let mut pfd = libc::pollfd {

@@ -9,5 +9,5 @@
 pub mod engine;
 pub mod waker;
 
-pub use engine::{PollCounters, PollCountersSnapshot, PollEngine};
+pub use engine::{PollCounters, PollCountersSnapshot, PollEngine, BATCH_BUCKETS};
 pub use waker::Waker;

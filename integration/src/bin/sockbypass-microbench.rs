@@ -1,0 +1,176 @@
+//! `sockbypass-microbench`: the switch alone, host only. Simulated VMs (the test frontend with
+//! fixed buffers) attach to an in-process `sockbypassd`; this thread fills their TX rings and
+//! drains their RX rings. It measures the switch per 64 B packet and in bulk, in each poll
+//! mode, over 1 to 8 VM pairs, its idle CPU, and this machine's cache-line round trip and
+//! `memcpy` bandwidth for reference. Build it with `--release`.
+//!
+//! `sockbypass-microbench gate` is the fixed run `ci/perf-gate.sh` counts instructions on.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use sockbypass_integration::bench::report::{commit, machine};
+use sockbypass_integration::microbench::report::{mode_name, Reference, Report};
+use sockbypass_integration::microbench::scenarios::{self, Settings, BULK};
+use sockbypass_integration::microbench::{bench_vm::RING_SIZE, reference};
+use sockbypassd::config::{PollMode, DEFAULT_POLL_BUDGET_US};
+
+#[derive(Debug, Parser)]
+#[command(name = "sockbypass-microbench")]
+/// Host-only microbenchmark of the sockbypass switch against this machine's physical limits.
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Poll modes to measure, comma-separated.
+    #[arg(long, default_value = "poll,adaptive,event", value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Timed single packets per latency figure.
+    #[arg(long, default_value_t = 20_000)]
+    latency_packets: u32,
+    /// Seconds per rate or bandwidth figure.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// VM pair counts for the scaling figures, comma-separated (1 to 8).
+    #[arg(long, default_value = "1,2,4,8", value_delimiter = ',')]
+    pairs: Vec<usize>,
+    /// Seconds of idle CPU sampling after the poll budget has expired.
+    #[arg(long, default_value_t = 2.0)]
+    idle_seconds: f64,
+    /// The daemon's `--poll-threads`.
+    #[arg(long, default_value_t = 1)]
+    poll_threads: u32,
+    /// The daemon's `--poll-budget-us`.
+    #[arg(long, default_value_t = DEFAULT_POLL_BUDGET_US)]
+    poll_budget_us: u64,
+    /// Also write the results as JSON to this file (`-` for standard output).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The fixed run the instruction-count gate measures (event mode, one pair).
+    Gate {
+        /// Rounds of one batch each.
+        #[arg(long, default_value_t = 400)]
+        batches: u32,
+        /// 64 B packets per batch, published with one kick.
+        #[arg(long, default_value_t = 32)]
+        batch: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.command {
+        Some(Command::Gate { batches, batch }) => gate(*batches, *batch),
+        None => run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockbypass-microbench: {}", sockbypassd::error_chain(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(args: &Args) -> Result<Settings, String> {
+    let modes = args
+        .modes
+        .iter()
+        .map(|m| m.parse::<PollMode>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if modes.is_empty() {
+        return Err("--modes: name at least one of poll, adaptive, event".into());
+    }
+    if args.pairs.iter().any(|&p| !(1..=8).contains(&p)) || args.pairs.is_empty() {
+        return Err(format!(
+            "--pairs {:?}: each count must be 1 to 8 (16 VMs at most)",
+            args.pairs
+        ));
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+        return Err(format!("--seconds {}: must be in (0, 600]", args.seconds));
+    }
+    if !(args.idle_seconds > 0.0 && args.idle_seconds <= 600.0) {
+        return Err(format!(
+            "--idle-seconds {}: must be in (0, 600]",
+            args.idle_seconds
+        ));
+    }
+    if args.latency_packets == 0 {
+        return Err("--latency-packets must be at least 1".into());
+    }
+    Ok(Settings {
+        modes,
+        latency_packets: args.latency_packets,
+        seconds: args.seconds,
+        pairs: args.pairs.clone(),
+        idle_seconds: args.idle_seconds,
+        poll_threads: args.poll_threads,
+        budget_us: args.poll_budget_us,
+    })
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let s = settings(args)?;
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; figures mean little (build with --release)");
+    }
+    println!("==> reference figures");
+    let cacheline = match reference::cacheline_round_trip(2_000_000) {
+        Ok(d) => Some(d.as_nanos() as f64),
+        Err(e) => {
+            println!("    cache-line round trip: {e}");
+            None
+        }
+    };
+    let memcpy = reference::memcpy_bandwidth(
+        BULK as usize,
+        usize::from(RING_SIZE),
+        Duration::from_secs_f64(s.seconds),
+    ) / 1e9;
+    let mut modes = Vec::new();
+    for &mode in &s.modes {
+        println!("==> {} mode", mode_name(mode));
+        modes.push(scenarios::run_mode(mode, &s)?);
+    }
+    let report = Report {
+        machine: machine(),
+        commit: commit(),
+        reference: Reference {
+            cacheline_rtt_ns: cacheline,
+            memcpy_gbytes_per_s: memcpy,
+        },
+        modes,
+    };
+    println!();
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.to_json())? + "\n";
+        if path.as_os_str() == "-" {
+            print!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn gate(batches: u32, batch: u16) -> Result<(), Box<dyn std::error::Error>> {
+    if batch == 0 || batch > RING_SIZE / 2 {
+        return Err(format!("--batch {batch}: must be 1 to {}", RING_SIZE / 2).into());
+    }
+    let run = scenarios::gate(batches, batch)?;
+    // ci/perf-gate.sh reads this line.
+    println!(
+        "GATE packets={} kicks={} interrupts={} forwarded={}",
+        run.packets, run.totals.kicks_received, run.totals.interrupts_sent, run.totals.forwarded
+    );
+    Ok(())
+}

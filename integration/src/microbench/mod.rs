@@ -1,0 +1,20 @@
+//! The host-only microbenchmark (`sockbypass-microbench`): the switch alone, with simulated VMs
+//! in this process, measured against this machine's physical limits.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`bench_vm`] | a guest driver with fixed buffers: no allocation per packet |
+//! | [`pair`] | two VMs and one stream between them: credit, checks of every packet |
+//! | [`daemon`] | the in-process `sockbypassd` under test |
+//! | [`scenarios`] | latency, packet rate, bulk, scaling, idle CPU, the gate's fixed run |
+//! | [`reference`] | cache-line round trip, `memcpy` bandwidth, timer cost |
+//! | [`cpu`] | process CPU time from `/proc/self/stat` |
+//! | [`report`] | the table, the JSON document and the goals |
+
+pub mod bench_vm;
+pub mod cpu;
+pub mod daemon;
+pub mod pair;
+pub mod reference;
+pub mod report;
+pub mod scenarios;

@@ -1,0 +1,129 @@
+//! Reference figures for this machine, the physical limits the switch is held against: a cache
+//! line handed back and forth between two cores, and one core copying memory.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::MicrobenchError;
+
+/// One cache line on its own (128 bytes, so that adjacent-line prefetch does not share it).
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+/// Pins the calling thread to `cpu`; returns the mask it had, to restore later.
+fn pin_to(cpu: usize) -> Option<libc::cpu_set_t> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return None;
+    }
+    // SAFETY: cpu_set_t is plain bytes; all-zero is an empty set.
+    let (mut old, mut set): (libc::cpu_set_t, libc::cpu_set_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: both masks are valid cpu_set_t of the size passed; `cpu` is below CPU_SETSIZE,
+    // so CPU_SET writes inside `set`; pid 0 is the calling thread.
+    let (got, pinned) = unsafe {
+        let got = libc::sched_getaffinity(0, std::mem::size_of_val(&old), &mut old);
+        libc::CPU_SET(cpu, &mut set);
+        let pinned = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        (got, pinned)
+    };
+    (got == 0 && pinned == 0).then_some(old)
+}
+
+/// Gives the calling thread back a mask [`pin_to`] returned.
+fn restore(mask: &libc::cpu_set_t) {
+    // SAFETY: `mask` is a valid cpu_set_t of the size passed.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(mask), mask) };
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The round trip of one cache line between two threads on two cores: thread A writes an odd
+/// number, B answers with the next even one, A sees it. Returns the mean over `rounds`.
+pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
+    if cpus() < 2 {
+        return Err(MicrobenchError::Thread(
+            "a cache-line round trip needs two CPUs".into(),
+        ));
+    }
+    let line = Arc::new(Line(AtomicU64::new(0)));
+    let peer = Arc::clone(&line);
+    let answerer = std::thread::Builder::new()
+        .name("sb-ref-pong".into())
+        .spawn(move || {
+            pin_to(1);
+            let last = 2 * rounds;
+            loop {
+                let v = peer.0.load(Ordering::Acquire);
+                if v >= last {
+                    break;
+                }
+                if v % 2 == 1 {
+                    peer.0.store(v + 1, Ordering::Release);
+                }
+                std::hint::spin_loop();
+            }
+        })
+        .map_err(|e| MicrobenchError::Thread(e.to_string()))?;
+    let old = pin_to(0);
+    // Warm up, then time.
+    let mut value = 0u64;
+    let mut time = |n: u64| {
+        let start = Instant::now();
+        for _ in 0..n {
+            value += 1;
+            line.0.store(value, Ordering::Release);
+            value += 1;
+            while line.0.load(Ordering::Acquire) != value {
+                std::hint::spin_loop();
+            }
+        }
+        start.elapsed()
+    };
+    let warm = rounds / 10;
+    time(warm);
+    let took = time(rounds - warm);
+    if let Some(mask) = old {
+        restore(&mask);
+    }
+    answerer
+        .join()
+        .map_err(|_| MicrobenchError::Thread("the pong thread panicked".into()))?;
+    Ok(took / u32::try_from(rounds - warm).unwrap_or(u32::MAX))
+}
+
+/// Single-core copy bandwidth in bytes per second for blocks of `block` bytes, cycling over
+/// `blocks` sources and destinations (the switch's working set: a ring of buffers each side).
+pub fn memcpy_bandwidth(block: usize, blocks: usize, duration: Duration) -> f64 {
+    let src: Vec<u8> = (0..block * blocks).map(|i| (i % 251) as u8).collect();
+    let mut dst = vec![0u8; block * blocks];
+    let start = Instant::now();
+    let mut copied = 0u64;
+    let mut i = 0;
+    while start.elapsed() < duration {
+        for _ in 0..blocks {
+            let at = i * block;
+            dst[at..at + block].copy_from_slice(&src[at..at + block]);
+            black_box(&mut dst[at]);
+            i = (i + 1) % blocks;
+        }
+        copied += (block * blocks) as u64;
+    }
+    copied as f64 / start.elapsed().as_secs_f64()
+}
+
+/// What reading the clock twice costs (median of many), to take out of timed single packets.
+pub fn timer_overhead() -> Duration {
+    let mut samples: Vec<Duration> = (0..10_001)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(Instant::now());
+            t.elapsed()
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}

@@ -1,0 +1,264 @@
+//! The measurements, each on a running [`BenchDaemon`]: single-packet latency, pipelined
+//! packet rate, bulk bandwidth, scaling over VM pairs, idle CPU, and the fixed run the
+//! instruction-count gate uses.
+
+use std::time::{Duration, Instant};
+
+use sockbypassd::config::PollMode;
+
+use super::bench_vm::RING_SIZE;
+use super::daemon::{poll_config, BenchDaemon, EngineTotals};
+use super::pair::{spin_until, Pair, STALL_LIMIT};
+use super::{cpu, reference};
+use crate::error::MicrobenchError;
+
+/// Small packets: 64 payload bytes.
+pub const SMALL: u32 = 64;
+/// Bulk packets: 64 KiB, the largest a vsock packet carries.
+pub const BULK: u32 = 64 * 1024;
+
+/// What to run, and for how long.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Poll modes to measure, in order.
+    pub modes: Vec<PollMode>,
+    /// Timed single packets per latency figure.
+    pub latency_packets: u32,
+    /// Duration of each rate or bandwidth figure.
+    pub seconds: f64,
+    /// Pair counts for the scaling figures.
+    pub pairs: Vec<usize>,
+    /// How long idle CPU is sampled.
+    pub idle_seconds: f64,
+    /// `--poll-threads`.
+    pub poll_threads: u32,
+    /// `--poll-budget-us`.
+    pub budget_us: u64,
+}
+
+/// Rate of one pipelined run.
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    /// Pairs sending at once.
+    pub pairs: usize,
+    /// Packets delivered and checked.
+    pub packets: u64,
+    /// Payload bytes delivered and checked.
+    pub bytes: u64,
+    /// Wall time, including draining what was in flight at the end.
+    pub elapsed: Duration,
+}
+
+impl Rate {
+    /// Wall nanoseconds per packet, over all pairs.
+    pub fn ns_per_packet(&self) -> f64 {
+        self.elapsed.as_nanos() as f64 / self.packets.max(1) as f64
+    }
+
+    /// Million packets per second.
+    pub fn mpps(&self) -> f64 {
+        self.packets as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+
+    /// Payload gigabytes (10^9) per second.
+    pub fn gbytes_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e9
+    }
+}
+
+/// Percentiles of single-packet latency, timer cost taken out.
+#[derive(Clone, Copy, Debug)]
+pub struct Latency {
+    /// Median.
+    pub p50_ns: f64,
+    /// 99th percentile.
+    pub p99_ns: f64,
+    /// Samples.
+    pub samples: u32,
+}
+
+/// Everything measured in one poll mode.
+#[derive(Clone, Debug)]
+pub struct ModeResult {
+    /// The mode.
+    pub mode: PollMode,
+    /// 64 B, one packet at a time, TX avail to RX used.
+    pub latency: Latency,
+    /// 64 B, the TX ring kept full, one pair.
+    pub small: Rate,
+    /// 64 KiB, the TX ring kept full, one pair.
+    pub bulk: Rate,
+    /// 64 B over 1, 2, 4, 8... pairs.
+    pub scaling: Vec<Rate>,
+    /// Daemon CPU while idle after the budget, in % of one core.
+    pub idle_cpu_percent: Option<f64>,
+    /// Kicks, interrupts and poll-thread totals over the whole mode.
+    pub totals: EngineTotals,
+    /// Packets-per-batch histogram of the poll threads (bucket `i` counts batches of
+    /// `2^i .. 2^(i+1)` chains; the last bucket is open-ended).
+    pub batch_histogram: Vec<u64>,
+}
+
+/// Measures one mode: a daemon with enough VMs for the largest pair count.
+pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchError> {
+    let most = s.pairs.iter().copied().max().unwrap_or(1).max(1);
+    let daemon = BenchDaemon::start(2 * most, poll_config(mode, s.poll_threads, s.budget_us))?;
+    let mut pairs = (0..most)
+        .map(|i| daemon.pair(i, true))
+        .collect::<Result<Vec<Pair>, _>>()?;
+    let duration = Duration::from_secs_f64(s.seconds);
+    let latency = latency(&mut pairs[0], SMALL, s.latency_packets)?;
+    let small = pipelined(&mut pairs[..1], SMALL, duration)?;
+    let bulk = pipelined(&mut pairs[..1], BULK, duration)?;
+    let scaling = s
+        .pairs
+        .iter()
+        .map(|&n| pipelined(&mut pairs[..n], SMALL, duration))
+        .collect::<Result<Vec<Rate>, _>>()?;
+    let idle_cpu_percent = idle_cpu(s);
+    let totals = daemon.totals();
+    let batch_histogram = daemon
+        .poll_counters()
+        .iter()
+        .fold(Vec::new(), |mut acc, c| {
+            for (i, n) in c.batch_histogram().iter().enumerate() {
+                if acc.len() <= i {
+                    acc.resize(i + 1, 0);
+                }
+                acc[i] += n;
+            }
+            acc
+        });
+    drop(pairs);
+    Ok(ModeResult {
+        mode,
+        latency,
+        small,
+        bulk,
+        scaling,
+        idle_cpu_percent,
+        totals,
+        batch_histogram,
+    })
+}
+
+/// Times `count` single packets of `len` bytes (after a tenth as many to warm up).
+pub fn latency(pair: &mut Pair, len: u32, count: u32) -> Result<Latency, MicrobenchError> {
+    for _ in 0..count / 10 {
+        pair.one_way(len)?;
+    }
+    let overhead = reference::timer_overhead();
+    let mut samples = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        samples.push(pair.one_way(len)?.saturating_sub(overhead));
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).map_or(0.0, |d| d.as_nanos() as f64)
+    };
+    Ok(Latency {
+        p50_ns: at(0.5),
+        p99_ns: at(0.99),
+        samples: count,
+    })
+}
+
+/// Keeps every pair's TX ring full of `len`-byte packets for `duration`, from this one thread,
+/// then waits for the last ones to arrive.
+pub fn pipelined(
+    pairs: &mut [Pair],
+    len: u32,
+    duration: Duration,
+) -> Result<Rate, MicrobenchError> {
+    let base: (u64, u64) = pairs
+        .iter()
+        .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
+    let start = Instant::now();
+    let mut last_progress = start;
+    while start.elapsed() < duration {
+        let mut moved = 0;
+        for p in pairs.iter_mut() {
+            moved += p.reap()?;
+            moved += p.send_burst(len, usize::from(RING_SIZE))? as u64;
+        }
+        if moved > 0 {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL_LIMIT {
+            return Err(MicrobenchError::Stalled(STALL_LIMIT, "pipelined sending"));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    for p in pairs.iter_mut() {
+        spin_until("draining", || {
+            p.reap()?;
+            Ok(p.drained())
+        })?;
+    }
+    let elapsed = start.elapsed();
+    let (packets, bytes) = pairs
+        .iter()
+        .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
+    Ok(Rate {
+        pairs: pairs.len(),
+        packets: packets - base.0,
+        bytes: bytes - base.1,
+        elapsed,
+    })
+}
+
+/// The process's CPU use while nothing moves, measured after the poll budget has expired
+/// (plus a margin). The driver threads are idle too, so this is the daemon's.
+fn idle_cpu(s: &Settings) -> Option<f64> {
+    std::thread::sleep(Duration::from_micros(s.budget_us) + Duration::from_millis(200));
+    let before = cpu::process_cpu_time()?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(s.idle_seconds));
+    let used = cpu::process_cpu_time()?.checked_sub(before)?;
+    Some(used.as_secs_f64() / start.elapsed().as_secs_f64() * 100.0)
+}
+
+/// What the instruction-count gate reads.
+#[derive(Clone, Copy, Debug)]
+pub struct GateRun {
+    /// RW packets forwarded and checked.
+    pub packets: u64,
+    /// Kicks and interrupts over the run.
+    pub totals: EngineTotals,
+}
+
+/// The gate's fixed run: event mode (no spinning thread, so the instruction count does not
+/// depend on timing), one pair, `batches` rounds of `batch` 64 B packets published with one
+/// kick, the receiver sleeping on its RX interrupt until the whole batch is in.
+pub fn gate(batches: u32, batch: u16) -> Result<GateRun, MicrobenchError> {
+    let daemon = BenchDaemon::start(2, poll_config(PollMode::Event, 1, 50))?;
+    let mut pair = daemon.pair(0, true)?;
+    for _ in 0..batches {
+        let want = pair.packets + u64::from(batch);
+        let sent = pair.send_burst(SMALL, usize::from(batch))?;
+        if sent != usize::from(batch) {
+            return Err(MicrobenchError::Stalled(STALL_LIMIT, "gate: no room"));
+        }
+        let started = Instant::now();
+        while pair.packets < want {
+            pair.reap()?;
+            if pair.packets >= want {
+                break;
+            }
+            if !pair.receiver().rearm_rx()? {
+                pair.receiver()
+                    .wait_rx_interrupt(Duration::from_millis(100))?;
+            }
+            if started.elapsed() > STALL_LIMIT {
+                return Err(MicrobenchError::Stalled(STALL_LIMIT, "gate: waiting"));
+            }
+        }
+    }
+    let packets = pair.packets;
+    drop(pair);
+    Ok(GateRun {
+        packets,
+        totals: daemon.totals(),
+    })
+}
