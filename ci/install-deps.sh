@@ -3,7 +3,8 @@
 #
 # That is the Rust toolchain's fmt and clippy (checked, not fetched: rustup's servers are not
 # reachable from every machine) and the Debian packages for real guests: QEMU, the pieces of the
-# guest image (busybox, cpio) and iproute2 for the virtio-net baseline's namespace. The guest
+# guest image (busybox, cpio), iproute2 for the virtio-net baseline's namespace, and valgrind
+# for the instruction-count perf gate (ci/perf-gate.sh). The guest
 # kernel itself is fetched by integration/guest/build-image.sh.
 set -euo pipefail
 
@@ -26,7 +27,7 @@ done
 
 # Debian packages the scripts use. Installed only when missing.
 # shellcheck disable=SC2206 # word splitting of the override is intended
-APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

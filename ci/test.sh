@@ -29,6 +29,11 @@ for mode in poll event; do
         | tee -a target/test-modes.log
 done
 
+# The perf-regression gate: instructions per forwarded packet (callgrind) against
+# ci/perf-baseline.json; more than 5% worse fails the run.
+step "perf gate (ci/perf-gate.sh)"
+ci/perf-gate.sh
+
 # End-to-end tests boot real guests under QEMU; `cargo test` skips them (#[ignore]). They run
 # here when the guest image can be built, else they count as skipped, with the reason.
 step "end-to-end tests with real guests (QEMU)"

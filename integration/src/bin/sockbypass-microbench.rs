@@ -6,7 +6,7 @@
 //!
 //! `sockbypass-microbench gate` is the fixed run `ci/perf-gate.sh` counts instructions on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use sockbypass_integration::bench::report::{commit, machine};
 use sockbypass_integration::microbench::report::{mode_name, Reference, Report};
 use sockbypass_integration::microbench::scenarios::{self, Settings, BULK};
-use sockbypass_integration::microbench::{bench_vm::RING_SIZE, reference};
+use sockbypass_integration::microbench::{bench_vm::RING_SIZE, compare, reference};
 use sockbypassd::config::{PollMode, DEFAULT_POLL_BUDGET_US};
 
 #[derive(Debug, Parser)]
@@ -61,12 +61,50 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: u16,
     },
+    /// Prints one figure of a mode from a `--json` file (for scripts).
+    Figure {
+        /// The JSON file a run wrote.
+        json: PathBuf,
+        /// The mode (poll, adaptive, event).
+        mode: String,
+        /// The figure's key in that mode, e.g. small_ns_per_packet.
+        key: String,
+    },
+    /// Compares two files of samples (one number per line): change of the mean and a
+    /// permutation-test p-value. Exit status 3 when the change is flagged.
+    Compare {
+        /// Samples of the baseline (A).
+        a: PathBuf,
+        /// Samples of the candidate (B).
+        b: PathBuf,
+        /// What the samples are, for the report line.
+        #[arg(long, default_value = "figure")]
+        label: String,
+        /// Significance level.
+        #[arg(long, default_value_t = 0.01)]
+        alpha: f64,
+        /// Smallest change flagged, as a share (0.05 = 5%).
+        #[arg(long, default_value_t = 0.05)]
+        threshold: f64,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
         Some(Command::Gate { batches, batch }) => gate(*batches, *batch),
+        Some(Command::Figure { json, mode, key }) => figure(json, mode, key),
+        Some(Command::Compare {
+            a,
+            b,
+            label,
+            alpha,
+            threshold,
+        }) => match compare_files(a, b, label, *alpha, *threshold) {
+            Ok(false) => Ok(()),
+            Ok(true) => return ExitCode::from(3),
+            Err(e) => Err(e),
+        },
         None => run(&args),
     };
     match result {
@@ -173,4 +211,52 @@ fn gate(batches: u32, batch: u16) -> Result<(), Box<dyn std::error::Error>> {
         run.packets, run.totals.kicks_received, run.totals.interrupts_sent, run.totals.forwarded
     );
     Ok(())
+}
+
+fn figure(json: &Path, mode: &str, key: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let text =
+        std::fs::read_to_string(json).map_err(|e| format!("reading {}: {e}", json.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let value = doc
+        .pointer(&format!("/modes/{mode}/{key}"))
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| format!("{}: no number at modes.{mode}.{key}", json.display()))?;
+    println!("{value}");
+    Ok(())
+}
+
+fn compare_files(
+    a: &Path,
+    b: &Path,
+    label: &str,
+    alpha: f64,
+    threshold: f64,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let read = |p: &Path| -> Result<Vec<f64>, String> {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        compare::parse_samples(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (sa, sb) = (read(a)?, read(b)?);
+    let c = compare::compare(&sa, &sb).ok_or("both sample files need at least one number")?;
+    let flagged = c.flagged(alpha, threshold);
+    println!(
+        "{label}: A mean {:.1} (n={}), B mean {:.1} (n={}), change {:+.1}%, p = {:.4}{}",
+        c.mean_a,
+        sa.len(),
+        c.mean_b,
+        sb.len(),
+        c.change * 100.0,
+        c.p_value,
+        if flagged {
+            format!(
+                " -> FLAGGED (p < {alpha} and |change| > {:.0}%)",
+                threshold * 100.0
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(flagged)
 }

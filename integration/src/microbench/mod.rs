@@ -4,6 +4,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`bench_vm`] | a guest driver with fixed buffers: no allocation per packet |
+//! | [`compare`] | A/B statistics for `ci/perf-gate.sh --ab`: change and permutation p-value |
 //! | [`pair`] | two VMs and one stream between them: credit, checks of every packet |
 //! | [`daemon`] | the in-process `sockbypassd` under test |
 //! | [`scenarios`] | latency, packet rate, bulk, scaling, idle CPU, the gate's fixed run |
@@ -12,6 +13,7 @@
 //! | [`report`] | the table, the JSON document and the goals |
 
 pub mod bench_vm;
+pub mod compare;
 pub mod cpu;
 pub mod daemon;
 pub mod pair;

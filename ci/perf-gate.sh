@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The perf-regression gate.
+#
+#   ci/perf-gate.sh                      instruction count per forwarded packet vs ci/perf-baseline.json
+#   ci/perf-gate.sh --update "reason"    measure and write a new baseline (commit it, with the reason)
+#   ci/perf-gate.sh --ab REV [ROUNDS]    wall-clock A/B: the microbenchmark at REV (A) vs this tree (B)
+#
+# The gate runs `sockbypass-microbench gate` (event mode, one VM pair, 400 batches of 32 packets
+# of 64 B) under `valgrind --tool=callgrind` and counts the instructions executed inside the
+# device's handle_event (the whole switch path: TX walk, routing, the copy, RX fill, used rings,
+# interrupts) per forwarded packet. The count is deterministic for a given binary (runs agree
+# to 0.01%), unlike time on a shared machine. It fails when the count is more than 5% above the
+# baseline. A different rustc changes the count; the gate prints both versions when they differ.
+#
+# The A/B mode is for people on real hardware: it alternates A and B at least 10 times and
+# reports the change of small-packet ns/packet and latency with a permutation-test p-value,
+# flagging p < 0.01 together with a change over 5%. Exit status 3 when a flagged change is a
+# slowdown.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASELINE=ci/perf-baseline.json
+LIMIT_PCT=5
+GATE_ARGS=(gate --batches 400 --batch 32)
+TOGGLE='*VsockDevice*handle_event*'
+BIN=target/release/sockbypass-microbench
+
+say() { printf '[perf-gate] %s\n' "$*"; }
+die() { printf '[perf-gate] error: %s\n' "$*" >&2; exit 2; }
+
+build() {
+    say "building sockbypass-microbench (--release)"
+    cargo build --release -q -p sockbypass-integration --bin sockbypass-microbench
+}
+
+# Prints "<instructions per packet> <packets>" for the gate run.
+measure() {
+    command -v valgrind >/dev/null 2>&1 || SOCKBYPASS_APT_PACKAGES=valgrind ci/install-deps.sh >&2
+    local out log
+    out=$(mktemp) log=$(mktemp)
+    # shellcheck disable=SC2064 # expand now: the paths are fixed
+    trap "rm -f '$out' '$log'" RETURN
+    if ! valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect="$TOGGLE" \
+        "$BIN" "${GATE_ARGS[@]}" >"$log" 2>&1; then
+        cat "$log" >&2
+        die "the gate run failed under valgrind"
+    fi
+    local ir packets
+    ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$out" | head -1)
+    [ -n "$ir" ] || ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$out" | head -1)
+    packets=$(sed -n 's/^GATE packets=\([0-9]*\).*/\1/p' "$log")
+    [ -n "$ir" ] && [ -n "$packets" ] && [ "$packets" -gt 0 ] ||
+        die "could not read the instruction count or the packet count (callgrind output: $out)"
+    if [ "$ir" -eq 0 ]; then
+        die "callgrind counted 0 instructions in $TOGGLE: was handle_event renamed or inlined?"
+    fi
+    awk -v ir="$ir" -v p="$packets" 'BEGIN { printf "%.1f %d\n", ir / p, p }'
+}
+
+json_field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\}.*/\1/p" "$BASELINE" | head -1; }
+
+gate() {
+    [ -f "$BASELINE" ] || die "$BASELINE is missing: run ci/perf-gate.sh --update \"reason\""
+    build
+    read -r per_packet packets < <(measure)
+    local base rustc_now rustc_base
+    base=$(json_field ir_per_packet)
+    rustc_base=$(json_field rustc)
+    rustc_now=$(rustc --version)
+    [ -n "$base" ] || die "$BASELINE has no ir_per_packet"
+    say "instructions per forwarded packet: $per_packet (over $packets packets); baseline $base"
+    if [ "$rustc_now" != "$rustc_base" ]; then
+        say "note: baseline measured with $rustc_base, this is $rustc_now; counts may differ"
+    fi
+    if awk -v n="$per_packet" -v b="$base" -v l="$LIMIT_PCT" 'BEGIN { exit !(n > b * (1 + l / 100)) }'; then
+        awk -v n="$per_packet" -v b="$base" 'BEGIN { printf "[perf-gate] FAIL: %+.1f%% instructions per packet (limit +5%%)\n", (n / b - 1) * 100 }'
+        exit 1
+    fi
+    awk -v n="$per_packet" -v b="$base" 'BEGIN { printf "[perf-gate] ok: %+.1f%% against the baseline (limit +5%%)\n", (n / b - 1) * 100 }'
+    if awk -v n="$per_packet" -v b="$base" -v l="$LIMIT_PCT" 'BEGIN { exit !(n < b * (1 - l / 100)) }'; then
+        say "more than 5% better than the baseline: consider ci/perf-gate.sh --update \"why\""
+    fi
+}
+
+update() {
+    local reason=$1
+    [ -n "$reason" ] || die "--update needs a reason: ci/perf-gate.sh --update \"why the count changed\""
+    build
+    read -r per_packet packets < <(measure)
+    cat >"$BASELINE" <<EOF
+{
+  "ir_per_packet": $per_packet,
+  "packets": $packets,
+  "gate": "sockbypass-microbench ${GATE_ARGS[*]}",
+  "toggle_collect": "$TOGGLE",
+  "rustc": "$(rustc --version)",
+  "valgrind": "$(valgrind --version)",
+  "measured_at": "$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- backend virtio-spec integration || echo -dirty)",
+  "reason": "$(printf '%s' "$reason" | sed 's/["\\]/\\&/g')"
+}
+EOF
+    say "wrote $BASELINE: $per_packet instructions per packet. Commit it with the reason."
+}
+
+ab() {
+    local rev=$1 rounds=${2:-10}
+    [ "$rounds" -ge 10 ] 2>/dev/null || die "A/B needs at least 10 rounds (got $rounds)"
+    git rev-parse --verify -q "$rev^{commit}" >/dev/null || die "unknown revision: $rev"
+    local work
+    work=$(mktemp -d)
+    # shellcheck disable=SC2064 # expand now: the paths are fixed
+    trap "git worktree remove --force '$work/a' >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
+    say "A = $rev, B = the working tree; $rounds rounds, alternating order"
+    git worktree add -q --detach "$work/a" "$rev"
+    say "building A"
+    CARGO_TARGET_DIR="$work/a-target" cargo build --release -q \
+        --manifest-path "$work/a/Cargo.toml" -p sockbypass-integration --bin sockbypass-microbench ||
+        die "$rev does not build sockbypass-microbench (it exists from commit fb8ac41 on)"
+    build
+    local bin_a="$work/a-target/release/sockbypass-microbench" bin_b="$BIN"
+    local args=(--modes poll --pairs 1 --seconds 0.5 --latency-packets 5000 --idle-seconds 0.1)
+    run_one() { # $1 = label, $2 = binary
+        "$2" "${args[@]}" --json "$work/run.json" >/dev/null
+        "$BIN" figure "$work/run.json" poll small_ns_per_packet >>"$work/$1-small"
+        "$BIN" figure "$work/run.json" poll latency_ns_p50 >>"$work/$1-latency"
+    }
+    for i in $(seq 1 "$rounds"); do
+        if [ $((i % 2)) -eq 1 ]; then run_one a "$bin_a"; run_one b "$bin_b"; else run_one b "$bin_b"; run_one a "$bin_a"; fi
+        say "round $i/$rounds done"
+    done
+    local status=0 rc
+    for fig in small latency; do
+        rc=0
+        "$BIN" compare "$work/a-$fig" "$work/b-$fig" --label "poll mode, 64 B, $fig ns" || rc=$?
+        if [ "$rc" -eq 3 ]; then
+            # Flagged: a slowdown (B above A) fails, a speed-up does not.
+            awk -v a="$(awk '{s+=$1} END {print s/NR}' "$work/a-$fig")" \
+                -v b="$(awk '{s+=$1} END {print s/NR}' "$work/b-$fig")" 'BEGIN { exit !(b > a) }' && status=3
+        elif [ "$rc" -ne 0 ]; then
+            die "comparing $fig failed"
+        fi
+    done
+    exit "$status"
+}
+
+case "${1:-}" in
+    "") gate ;;
+    --update) update "${2:-}" ;;
+    --ab) [ -n "${2:-}" ] || die "usage: ci/perf-gate.sh --ab REV [ROUNDS]"; ab "$2" "${3:-10}" ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown argument: $1 (see ci/perf-gate.sh --help)" ;;
+esac
