@@ -8,7 +8,10 @@
 # results/latest.png; serial logs to results/logs/.
 #
 # Options are passed to sockbypass-bench (try --help): --reps N, --rtt-count N,
-# --bulk-seconds S, --out DIR. SOCKBYPASS_ACCEL=kvm|tcg forces the accelerator.
+# --bulk-seconds S, --poll-mode M (the main comparison), --other-modes LIST and --other-reps N
+# (the same figures in the other poll modes, with the CPU the daemon and the guests used),
+# --out DIR. Then sockbypass-microbench measures the switch alone and writes
+# results/microbench-latest.json. SOCKBYPASS_ACCEL=kvm|tcg forces the accelerator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +21,10 @@ echo "==> building (release)"
 cargo build --release --workspace --bins
 echo "==> building the guest image"
 bash integration/guest/build-image.sh
-echo "==> running the benchmark"
-exec target/release/sockbypass-bench "$@"
+echo "==> running the benchmark: guests, bypass vs virtio-net, in each poll mode"
+target/release/sockbypass-bench "$@"
+# The switch alone against this machine's limits (host only, about a minute).
+echo
+echo "==> running the switch microbenchmark (host only)"
+mkdir -p results
+target/release/sockbypass-microbench --json results/microbench-latest.json

@@ -10,6 +10,7 @@
 //! | [`tx`] | how a TX packet is cut into descriptors ([`TxLayout`]) |
 //! | [`vsock_driver`] | the guest driver ([`VsockDriver`]): RX/TX/event queues, streams, raw packets |
 //! | [`bench`] | the bypass-vs-virtio-net benchmark: plan, aggregation, report |
+//! | [`cpu_time`] | CPU time of a process from `/proc` (daemon and QEMU CPU use) |
 //! | [`blocking`] | blocking helpers with timeouts on the driver (`connect_blocking`, `recv_exact`...) |
 //! | [`error`] | one error enum per module |
 //! | [`guests`] | real guests under QEMU: image, accelerator, network namespace, serial results |
@@ -43,6 +44,7 @@
 
 pub mod bench;
 pub mod blocking;
+pub mod cpu_time;
 pub mod error;
 pub mod guest_memory;
 pub mod guests;

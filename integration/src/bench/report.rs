@@ -119,6 +119,77 @@ pub fn table(f: &Figures, info: &RunInfo) -> String {
     t
 }
 
+/// One poll mode's figures, with the CPU the daemon and the guests used meanwhile.
+#[derive(Debug, Clone)]
+pub struct ModeFigures {
+    /// `--poll-mode`.
+    pub mode: String,
+    /// Repetitions measured in this mode.
+    pub reps: u32,
+    /// Both paths' figures.
+    pub figures: Figures,
+    /// sockbypassd's CPU while the guests measured, in % of one core.
+    pub daemon_cpu_percent: Option<f64>,
+    /// Both QEMU processes' CPU meanwhile, in % of one core.
+    pub guests_cpu_percent: Option<f64>,
+}
+
+/// Per-mode table: the bypass in each poll mode, and virtio-net measured alongside (a switch
+/// that starved the guests' vCPUs would drag virtio-net down as well).
+pub fn modes_table(modes: &[ModeFigures]) -> String {
+    let pct = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}%"));
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "per poll mode (CPU in % of one core while the guests measured):"
+    );
+    let _ = writeln!(
+        t,
+        "{:<10}{:>5}{:>14}{:>14}{:>13}{:>13}{:>12}{:>12}",
+        "mode",
+        "reps",
+        "bypass p50µs",
+        "vnet p50µs",
+        "bypass Gb/s",
+        "vnet Gb/s",
+        "daemon CPU",
+        "guests CPU"
+    );
+    for m in modes {
+        let f = &m.figures;
+        let _ = writeln!(
+            t,
+            "{:<10}{:>5}{:>14.1}{:>14.1}{:>13.2}{:>13.2}{:>12}{:>12}",
+            m.mode,
+            m.reps,
+            f.bypass.rtt_p50,
+            f.virtio_net.rtt_p50,
+            f.bypass.gbps,
+            f.virtio_net.gbps,
+            pct(m.daemon_cpu_percent),
+            pct(m.guests_cpu_percent)
+        );
+    }
+    t
+}
+
+/// The per-mode figures as JSON.
+pub fn modes_json(modes: &[ModeFigures]) -> Value {
+    Value::Array(
+        modes
+            .iter()
+            .map(|m| {
+                let mut v = m.figures.to_json();
+                v["mode"] = json!(m.mode);
+                v["reps"] = json!(m.reps);
+                v["daemon_cpu_percent"] = json!(m.daemon_cpu_percent);
+                v["guests_cpu_percent"] = json!(m.guests_cpu_percent);
+                v
+            })
+            .collect(),
+    )
+}
+
 /// The full JSON document.
 pub fn document(f: &Figures, info: &RunInfo) -> Value {
     let mut doc = json!({

@@ -9,12 +9,10 @@
 //! | [`daemon`] | the in-process `sockbypassd` under test |
 //! | [`scenarios`] | latency, packet rate, bulk, scaling, idle CPU, the gate's fixed run |
 //! | [`reference`] | cache-line round trip, `memcpy` bandwidth, timer cost |
-//! | [`cpu`] | process CPU time from `/proc/self/stat` |
 //! | [`report`] | the table, the JSON document and the goals |
 
 pub mod bench_vm;
 pub mod compare;
-pub mod cpu;
 pub mod daemon;
 pub mod pair;
 pub mod reference;

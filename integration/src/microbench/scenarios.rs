@@ -9,7 +9,8 @@ use sockbypassd::config::PollMode;
 use super::bench_vm::RING_SIZE;
 use super::daemon::{poll_config, BenchDaemon, EngineTotals};
 use super::pair::{spin_until, Pair, STALL_LIMIT};
-use super::{cpu, reference};
+use super::reference;
+use crate::cpu_time as cpu;
 use crate::error::MicrobenchError;
 
 /// Small packets: 64 payload bytes.

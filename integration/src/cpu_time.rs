@@ -1,10 +1,20 @@
-//! CPU time of this process, from `/proc/self/stat`: what the daemon threads burn while idle.
+//! CPU time of a process from `/proc/<pid>/stat`: what the in-process daemon burns (idle or
+//! busy), and what the guests' QEMU processes got.
 
 use std::time::Duration;
 
-/// User plus system CPU time of the whole process so far; `None` if `/proc` cannot be read.
+/// User plus system CPU time of this whole process so far; `None` if `/proc` cannot be read.
 pub fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_time("/proc/self/stat")
+}
+
+/// The same for process `pid` (its threads included).
+pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    stat_cpu_time(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_cpu_time(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     let mut fields = rest.split_whitespace();
