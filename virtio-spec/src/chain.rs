@@ -109,7 +109,10 @@ impl ChainError {
 }
 
 /// A validated TX packet: a private copy of the header plus the guest buffers of the payload.
-#[derive(Clone, Debug)]
+///
+/// It is about 1 KiB (the segment list is inline), so the hot path parses into one it reuses
+/// ([`parse_tx_chain_into`]) rather than moving packets around.
+#[derive(Clone, Debug, Default)]
 pub struct TxPacket {
     /// Head index of the chain, for the used ring.
     pub head_index: u16,
@@ -128,7 +131,7 @@ impl TxPacket {
 }
 
 /// A validated RX buffer: write-only guest buffers with room for a header and some payload.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RxBuffer {
     /// Head index of the chain, for the used ring.
     pub head_index: u16,
@@ -163,12 +166,17 @@ impl RxBuffer {
     }
 }
 
-fn collect<M>(chain: &mut DescriptorChain<M>, writable: bool) -> Result<Segments, ChainError>
+/// Fills `segs` (cleared first) with the chain's buffers, all read-only or all write-only.
+fn collect<M>(
+    chain: &mut DescriptorChain<M>,
+    writable: bool,
+    segs: &mut Segments,
+) -> Result<(), ChainError>
 where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let mut segs = Segments::new();
+    segs.clear();
     let mut seen = 0usize;
     for (position, desc) in chain.by_ref().enumerate() {
         seen += 1;
@@ -205,7 +213,7 @@ where
             });
         }
     }
-    Ok(segs)
+    Ok(())
 }
 
 /// Validates a TX chain: read-only descriptors inside guest memory, a header that fits, a known
@@ -215,20 +223,36 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let head_index = chain.head_index();
+    let mut pkt = TxPacket::default();
+    parse_tx_chain_into(chain, &mut pkt)?;
+    Ok(pkt)
+}
+
+/// [`parse_tx_chain`] into a packet the caller reuses (nothing of its old contents is kept;
+/// on error its contents are unspecified).
+pub fn parse_tx_chain_into<M>(
+    chain: DescriptorChain<M>,
+    pkt: &mut TxPacket,
+) -> Result<(), ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    pkt.head_index = chain.head_index();
     let mut chain = chain;
-    let segs = collect(&mut chain, false)?;
+    collect(&mut chain, false, &mut pkt.payload)?;
+    let segs = &mut pkt.payload;
     if (segs.len() as usize) < HEADER_SIZE {
         return Err(ChainError::TooShort {
             len: segs.len(),
             need: HEADER_SIZE,
         });
     }
-    let mut header = PacketHeader::default();
+    let header = &mut pkt.header;
     segs.read_bytes(
         chain.memory(),
         0,
-        vm_memory::ByteValued::as_mut_slice(&mut header),
+        vm_memory::ByteValued::as_mut_slice(header),
     )
     .map_err(ChainError::Segments)?;
 
@@ -259,12 +283,7 @@ where
     if len > available {
         return Err(ChainError::LenOverChain { len, available });
     }
-    let payload = segs.window(HEADER_LEN, len).map_err(ChainError::Segments)?;
-    Ok(TxPacket {
-        head_index,
-        header,
-        payload,
-    })
+    segs.narrow(HEADER_LEN, len).map_err(ChainError::Segments)
 }
 
 /// Validates an RX chain: write-only descriptors inside guest memory with room for a header.
@@ -286,20 +305,47 @@ where
     parse_writable(chain, EVENT_SIZE)
 }
 
+/// [`parse_rx_chain`] into a buffer the caller reuses (on error its contents are
+/// unspecified).
+pub fn parse_rx_chain_into<M>(
+    chain: DescriptorChain<M>,
+    buf: &mut RxBuffer,
+) -> Result<(), ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    parse_writable_into(chain, HEADER_SIZE, buf)
+}
+
 /// A chain of write-only descriptors inside guest memory holding at least `need` bytes.
 fn parse_writable<M>(chain: DescriptorChain<M>, need: usize) -> Result<RxBuffer, ChainError>
 where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let head_index = chain.head_index();
+    let mut buf = RxBuffer::default();
+    parse_writable_into(chain, need, &mut buf)?;
+    Ok(buf)
+}
+
+fn parse_writable_into<M>(
+    chain: DescriptorChain<M>,
+    need: usize,
+    buf: &mut RxBuffer,
+) -> Result<(), ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    buf.head_index = chain.head_index();
     let mut chain = chain;
-    let space = collect(&mut chain, true)?;
-    if (space.len() as usize) < need {
+    collect(&mut chain, true, &mut buf.space)?;
+    if (buf.space.len() as usize) < need {
         return Err(ChainError::TooShort {
-            len: space.len(),
+            len: buf.space.len(),
             need,
         });
     }
-    Ok(RxBuffer { head_index, space })
+    Ok(())
 }

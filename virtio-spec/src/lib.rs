@@ -27,7 +27,8 @@ pub mod header;
 pub mod segments;
 
 pub use chain::{
-    parse_event_chain, parse_rx_chain, parse_tx_chain, ChainError, RxBuffer, TxPacket,
+    parse_event_chain, parse_rx_chain, parse_rx_chain_into, parse_tx_chain, parse_tx_chain_into,
+    ChainError, RxBuffer, TxPacket,
 };
 pub use config_space::VsockConfigSpace;
 pub use header::{Op, PacketHeader};

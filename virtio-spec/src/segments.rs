@@ -75,6 +75,12 @@ impl Segments {
         Self::default()
     }
 
+    /// Empties the list, keeping it for reuse.
+    pub fn clear(&mut self) {
+        self.segs.clear();
+        self.total = 0;
+    }
+
     /// Appends a buffer. Zero-length buffers are skipped.
     pub fn push(&mut self, addr: GuestAddress, len: u32) -> Result<(), SegmentError> {
         if len == 0 {
@@ -135,6 +141,39 @@ impl Segments {
             left -= n;
         }
         Ok(out)
+    }
+
+    /// Narrows the list in place to `len` bytes from `offset` on: the same bytes
+    /// [`Segments::window`] describes, without building a second list.
+    pub fn narrow(&mut self, offset: u32, len: u32) -> Result<(), SegmentError> {
+        self.check(offset, len)?;
+        let cur = self.cursor(offset);
+        // Segments wholly before `offset` go; the first kept one starts `cur.off` bytes in.
+        self.segs.drain(..cur.idx);
+        if let Some(first) = self.segs.first_mut() {
+            first.addr = GuestAddress(
+                first
+                    .addr
+                    .0
+                    .checked_add(u64::from(cur.off))
+                    .ok_or(SegmentError::LengthOverflow)?,
+            );
+            first.len -= cur.off;
+        }
+        // Keep segments until `len` bytes are covered; cut the last one short.
+        let mut left = len;
+        let mut keep = 0;
+        for seg in self.segs.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            seg.len = seg.len.min(left);
+            left -= seg.len;
+            keep += 1;
+        }
+        self.segs.truncate(keep);
+        self.total = len;
+        Ok(())
     }
 
     fn check(&self, offset: u32, len: u32) -> Result<(), SegmentError> {
@@ -509,6 +548,32 @@ mod tests {
         let mut out = vec![0u8; 100];
         dst.read_bytes(&b, 5, &mut out).expect("read dst");
         assert_eq!(&out[..], &data[3..103]);
+    }
+
+    #[test]
+    fn narrow_keeps_the_same_bytes_as_window() {
+        let base = segs(&[(0x100, 10), (0x200, 20), (0x300, 30)]);
+        // Every (offset, len) inside the list, including empty and full ranges.
+        for offset in 0..=60u32 {
+            for len in 0..=(60 - offset) {
+                let mut n = base.clone();
+                n.narrow(offset, len).expect("inside");
+                let w = base.window(offset, len).expect("inside");
+                assert_eq!(n.len(), len, "{offset}+{len}");
+                assert_eq!(
+                    n.iter().collect::<Vec<_>>(),
+                    w.iter().collect::<Vec<_>>(),
+                    "{offset}+{len}"
+                );
+            }
+        }
+        let mut n = base.clone();
+        assert!(matches!(
+            n.narrow(50, 11),
+            Err(SegmentError::OutOfBounds { .. })
+        ));
+        n.clear();
+        assert_eq!((n.len(), n.count()), (0, 0));
     }
 
     #[test]

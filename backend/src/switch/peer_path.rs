@@ -53,7 +53,8 @@ pub fn deliver(
 ) -> Progress {
     let len = packet.header.len();
     loop {
-        let Some(buf) = take_buffer(dst, datt, starved_since) else {
+        let mut buf = RxBuffer::default();
+        if !take_buffer(dst, datt, starved_since, &mut buf) {
             return Progress::NoBuffer;
         };
         let remaining = len - *offset;

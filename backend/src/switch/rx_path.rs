@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use std::time::Instant;
 
-use sockbypass_wire::{parse_rx_chain, Op, PacketHeader, RxBuffer};
+use sockbypass_wire::{parse_rx_chain_into, Op, PacketHeader, RxBuffer};
 
 use super::attachment::{Attachment, MemGuard, RX, TX};
 use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Progress};
@@ -115,7 +115,8 @@ impl Switch {
         rx: &mut RxSide,
         report: &mut RxReport,
     ) -> bool {
-        let Some(buf) = take_buffer(vm, att, &mut rx.starved_since) else {
+        let mut buf = RxBuffer::default();
+        if !take_buffer(vm, att, &mut rx.starved_since, &mut buf) {
             return false;
         };
         if let Some(hdr) = rx.replies.pop() {
@@ -213,7 +214,8 @@ fn fill_host(
     rx: &mut RxSide,
     host_idle: &mut bool,
 ) -> bool {
-    let Some(buf) = take_buffer(vm, att, &mut rx.starved_since) else {
+    let mut buf = RxBuffer::default();
+    if !take_buffer(vm, att, &mut rx.starved_since, &mut buf) {
         return false;
     };
     match rx.host.next_packet_for_guest(mem, &buf, &vm.counters) {
@@ -228,23 +230,26 @@ fn fill_host(
     true
 }
 
-/// Pops the next usable RX buffer, ending a wait for buffers if one was running. Unusable
-/// chains go back with used length 0.
+/// Pops the next usable RX buffer into `buf`, ending a wait for buffers if one was running;
+/// false when the queue has none. Unusable chains go back with used length 0.
 pub fn take_buffer(
     vm: &VmPort,
     att: &Attachment,
     starved_since: &mut Option<Instant>,
-) -> Option<RxBuffer> {
+    buf: &mut RxBuffer,
+) -> bool {
     loop {
-        let chain = att.pop(RX)?;
+        let Some(chain) = att.pop(RX) else {
+            return false;
+        };
         let head = chain.head_index();
-        match parse_rx_chain(chain) {
-            Ok(buf) => {
+        match parse_rx_chain_into(chain, buf) {
+            Ok(()) => {
                 if let Some(since) = starved_since.take() {
                     let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     vm.counters.rx_wait_ns.fetch_add(waited, Ordering::Relaxed);
                 }
-                return Some(buf);
+                return true;
             }
             Err(e) => {
                 vm.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);

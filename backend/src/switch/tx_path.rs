@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 
 use sockbypass_wire::consts::HOST_CID;
-use sockbypass_wire::{parse_tx_chain, Op, TxPacket};
+use sockbypass_wire::{parse_tx_chain_into, Op, TxPacket};
 
 use super::attachment::{Attachment, MemGuard, RX, TX};
 use super::peer_path::Disposition;
@@ -54,6 +54,8 @@ impl Switch {
             return report;
         };
         let mut touched = std::mem::take(&mut tx.touched);
+        // One packet parsed into again and again: it is about 1 KiB, too big to move around.
+        let mut pkt = TxPacket::default();
         'walk: loop {
             if let Err(e) = att.disable_kicks(TX) {
                 warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "TX queue unusable");
@@ -72,8 +74,8 @@ impl Switch {
                 let mem = att.memory();
                 report.chains += 1;
                 vm.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                let disposition = match parse_tx_chain(chain) {
-                    Ok(pkt) => self.route(vm, &att, &mem, &pkt, &mut touched),
+                let disposition = match parse_tx_chain_into(chain, &mut pkt) {
+                    Ok(()) => self.route(vm, &att, &mem, &pkt, &mut touched),
                     Err(e) => {
                         report.malformed += 1;
                         vm.counters.count_malformed(&e);
