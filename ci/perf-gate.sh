@@ -119,6 +119,8 @@ ab() {
     build
     local bin_a="$work/a-target/release/sockbypass-microbench" bin_b="$BIN"
     local args=(--modes poll --pairs 1 --seconds 0.5 --latency-packets 5000 --idle-seconds 0.1)
+    # One run per figure on both sides (revisions before --repeat had exactly one).
+    if "$bin_a" --help | grep -q -- --repeat; then args+=(--repeat 1); fi
     run_one() { # $1 = label, $2 = binary
         "$2" "${args[@]}" --json "$work/run.json" >/dev/null
         "$BIN" figure "$work/run.json" poll small_ns_per_packet >>"$work/$1-small"

@@ -128,6 +128,21 @@ impl Attachment {
         state.is_enabled() && state.get_queue().ready()
     }
 
+    /// Whether `queue` is live and holds chains not taken yet: one read lock and one load from
+    /// guest memory, so that a poll thread's look at an idle VM stays cheap. An unreadable ring
+    /// counts as "yes", so that the full walk meets (and reports) the problem.
+    pub fn has_avail(&self, queue: usize) -> bool {
+        let state: std::sync::RwLockReadGuard<'_, VringState<AtomicMem>> =
+            self.vring(queue).get_ref();
+        let q = state.get_queue();
+        if !(state.is_enabled() && q.ready()) {
+            return false;
+        }
+        let mem = self.mem.memory();
+        q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+            .map_or(true, |idx| idx.0 != q.next_avail())
+    }
+
     /// Takes the next available chain of `queue`, if the queue is live and has one.
     pub fn pop(&self, queue: usize) -> Option<Chain> {
         if !self.is_live(queue) {

@@ -48,6 +48,11 @@ impl Switch {
         let Some(vm) = self.vm(index) else {
             return report;
         };
+        if !rearm && vm.with_attachment(|a| a.has_avail(TX)) != Some(true) {
+            // A poll thread looking at an idle VM: nothing to take, nothing to re-arm. (A walk
+            // that stalled on replies left chains behind, so it never ends up here.)
+            return report;
+        }
         let mut tx = vm.tx();
         tx.stalled_on_replies = false;
         let Some(att) = vm.attachment() else {

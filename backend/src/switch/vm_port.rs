@@ -129,6 +129,16 @@ impl VmPort {
             .clone()
     }
 
+    /// Runs `f` on the bound rings without cloning them (no reference counts touched); `None`
+    /// when detached.
+    pub fn with_attachment<R>(&self, f: impl FnOnce(&Attachment) -> R) -> Option<R> {
+        self.attachment
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
+    }
+
     /// Whether the guest's rings are bound.
     pub fn is_attached(&self) -> bool {
         self.attachment

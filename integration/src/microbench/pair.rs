@@ -194,6 +194,9 @@ impl Pair {
         }
         if n > 0 {
             self.b.kick_rx()?;
+        } else {
+            // As Linux NAPI does: ask for an interrupt only when going idle (found nothing),
+            // not while packets keep coming.
             self.b.rearm_rx()?;
         }
         if self.fwd_cnt.wrapping_sub(self.announced) >= CREDIT_THRESHOLD {

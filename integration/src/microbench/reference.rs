@@ -42,7 +42,8 @@ fn cpus() -> usize {
 }
 
 /// The round trip of one cache line between two threads on two cores: thread A writes an odd
-/// number, B answers with the next even one, A sees it. Returns the mean over `rounds`.
+/// number, B answers with the next even one, A sees it. Returns the median over 20 chunks of
+/// the `rounds` (at least 21).
 pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
     if cpus() < 2 {
         return Err(MicrobenchError::Thread(
@@ -69,7 +70,6 @@ pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
         })
         .map_err(|e| MicrobenchError::Thread(e.to_string()))?;
     let old = pin_to(0);
-    // Warm up, then time.
     let mut value = 0u64;
     let mut time = |n: u64| {
         let start = Instant::now();
@@ -83,16 +83,24 @@ pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
         }
         start.elapsed()
     };
-    let warm = rounds / 10;
-    time(warm);
-    let took = time(rounds - warm);
+    // Warm up, then time 20 chunks and keep the median chunk: on a shared (virtual) machine a
+    // chunk now and then loses a core to someone else.
+    let chunk = (rounds / 21).max(1);
+    time(chunk);
+    let mut chunks: Vec<Duration> = (0..20).map(|_| time(chunk)).collect();
+    // The answerer stops once the value reaches 2 × rounds: finish the rounds it expects.
+    let done = 21 * chunk;
+    if rounds > done {
+        time(rounds - done);
+    }
     if let Some(mask) = old {
         restore(&mask);
     }
     answerer
         .join()
         .map_err(|_| MicrobenchError::Thread("the pong thread panicked".into()))?;
-    Ok(took / u32::try_from(rounds - warm).unwrap_or(u32::MAX))
+    chunks.sort_unstable();
+    Ok(chunks[chunks.len() / 2] / u32::try_from(chunk).unwrap_or(u32::MAX))
 }
 
 /// Single-core copy bandwidth in bytes per second for blocks of `block` bytes, cycling over

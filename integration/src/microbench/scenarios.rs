@@ -31,6 +31,8 @@ pub struct Settings {
     pub pairs: Vec<usize>,
     /// How long idle CPU is sampled.
     pub idle_seconds: f64,
+    /// Times each figure is measured; the median run is reported (this machine is shared).
+    pub repeat: u32,
     /// `--poll-threads`.
     pub poll_threads: u32,
     /// `--poll-budget-us`.
@@ -108,13 +110,26 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
         .map(|i| daemon.pair(i, true))
         .collect::<Result<Vec<Pair>, _>>()?;
     let duration = Duration::from_secs_f64(s.seconds);
-    let latency = latency(&mut pairs[0], SMALL, s.latency_packets)?;
-    let small = pipelined(&mut pairs[..1], SMALL, duration)?;
-    let bulk = pipelined(&mut pairs[..1], BULK, duration)?;
+    let n = s.repeat.max(1);
+    let latency = median_of(
+        n,
+        |l: &Latency| l.p50_ns,
+        || latency(&mut pairs[0], SMALL, s.latency_packets),
+    )?;
+    let small = median_of(n, Rate::ns_per_packet, || {
+        pipelined(&mut pairs[..1], SMALL, duration)
+    })?;
+    let bulk = median_of(n, Rate::ns_per_packet, || {
+        pipelined(&mut pairs[..1], BULK, duration)
+    })?;
     let scaling = s
         .pairs
         .iter()
-        .map(|&n| pipelined(&mut pairs[..n], SMALL, duration))
+        .map(|&p| {
+            median_of(n, Rate::ns_per_packet, || {
+                pipelined(&mut pairs[..p], SMALL, duration)
+            })
+        })
         .collect::<Result<Vec<Rate>, _>>()?;
     let idle_cpu_percent = idle_cpu(s);
     let totals = daemon.totals();
@@ -141,6 +156,20 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
         totals,
         batch_histogram,
     })
+}
+
+/// Runs `measure` `n` times and keeps the run whose `key` is the median.
+fn median_of<T>(
+    n: u32,
+    key: impl Fn(&T) -> f64,
+    mut measure: impl FnMut() -> Result<T, MicrobenchError>,
+) -> Result<T, MicrobenchError> {
+    let mut runs = (0..n.max(1))
+        .map(|_| measure())
+        .collect::<Result<Vec<T>, _>>()?;
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = runs.len() / 2;
+    Ok(runs.swap_remove(mid))
 }
 
 /// Times `count` single packets of `len` bytes (after a tenth as many to warm up).
