@@ -61,9 +61,9 @@ impl Report {
             .map(|r| m.latency.p50_ns / r)
     }
 
-    /// Bulk GB/s ÷ `memcpy` GB/s.
+    /// Bulk GB/s ÷ `memcpy` GB/s (each bulk run against a `memcpy` run just before it).
     pub fn ratio_bulk_vs_memcpy(&self, m: &ModeResult) -> f64 {
-        m.bulk.gbytes_per_s() / self.reference.memcpy_gbytes_per_s
+        m.bulk_vs_memcpy
     }
 
     /// The table printed at the end of a run.

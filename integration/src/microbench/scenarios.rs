@@ -91,6 +91,9 @@ pub struct ModeResult {
     pub small: Rate,
     /// 64 KiB, the TX ring kept full, one pair.
     pub bulk: Rate,
+    /// Bulk bandwidth ÷ single-core `memcpy` bandwidth measured just before it, the median over
+    /// the repetitions (memory bandwidth on a shared machine drifts between runs).
+    pub bulk_vs_memcpy: f64,
     /// 64 B over 1, 2, 4, 8... pairs.
     pub scaling: Vec<Rate>,
     /// Daemon CPU while idle after the budget, in % of one core.
@@ -119,9 +122,14 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
     let small = median_of(n, Rate::ns_per_packet, || {
         pipelined(&mut pairs[..1], SMALL, duration)
     })?;
-    let bulk = median_of(n, Rate::ns_per_packet, || {
-        pipelined(&mut pairs[..1], BULK, duration)
-    })?;
+    let bulk_runs = (0..n)
+        .map(|_| {
+            let copy = reference::memcpy_bandwidth(BULK as usize, usize::from(RING_SIZE), duration);
+            let run = pipelined(&mut pairs[..1], BULK, duration)?;
+            Ok((run.gbytes_per_s() * 1e9 / copy, run))
+        })
+        .collect::<Result<Vec<(f64, Rate)>, MicrobenchError>>()?;
+    let (bulk_vs_memcpy, bulk) = median_by(bulk_runs, |(ratio, _)| *ratio);
     let scaling = s
         .pairs
         .iter()
@@ -151,6 +159,7 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
         latency,
         small,
         bulk,
+        bulk_vs_memcpy,
         scaling,
         idle_cpu_percent,
         totals,
@@ -164,12 +173,17 @@ fn median_of<T>(
     key: impl Fn(&T) -> f64,
     mut measure: impl FnMut() -> Result<T, MicrobenchError>,
 ) -> Result<T, MicrobenchError> {
-    let mut runs = (0..n.max(1))
+    let runs = (0..n.max(1))
         .map(|_| measure())
         .collect::<Result<Vec<T>, _>>()?;
+    Ok(median_by(runs, key))
+}
+
+/// The element whose `key` is the median (the upper one of an even count). `runs` is not empty.
+fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
     runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let mid = runs.len() / 2;
-    Ok(runs.swap_remove(mid))
+    runs.swap_remove(mid)
 }
 
 /// Times `count` single packets of `len` bytes (after a tenth as many to warm up).
