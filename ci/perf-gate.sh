@@ -11,6 +11,8 @@
 # interrupts) per forwarded packet. The count is deterministic for a given binary (runs agree
 # to 0.01%), unlike time on a shared machine. It fails when the count is more than 5% above the
 # baseline. A different rustc changes the count; the gate prints both versions when they differ.
+# It is built with `--profile perfgate` (release with one codegen unit): with the usual 16 units,
+# adding unrelated functions moves code between units and the count by several percent.
 #
 # The A/B mode is for people on real hardware: it alternates A and B at least 10 times and
 # reports the change of small-packet ns/packet and latency with a permutation-test p-value,
@@ -24,6 +26,7 @@ LIMIT_PCT=5
 GATE_ARGS=(gate --batches 400 --batch 32)
 TOGGLE='*VsockDevice*handle_event*'
 BIN=target/release/sockbypass-microbench
+GATE_BIN=target/perfgate/sockbypass-microbench
 
 say() { printf '[perf-gate] %s\n' "$*"; }
 die() { printf '[perf-gate] error: %s\n' "$*" >&2; exit 2; }
@@ -31,6 +34,12 @@ die() { printf '[perf-gate] error: %s\n' "$*" >&2; exit 2; }
 build() {
     say "building sockbypass-microbench (--release)"
     cargo build --release -q -p sockbypass-integration --bin sockbypass-microbench
+}
+
+# The gate's own build: release with one codegen unit (see [profile.perfgate] in Cargo.toml).
+build_gate() {
+    say "building sockbypass-microbench (--profile perfgate)"
+    cargo build --profile perfgate -q -p sockbypass-integration --bin sockbypass-microbench
 }
 
 # Prints "<instructions per packet> <packets>" for the gate run.
@@ -41,7 +50,7 @@ measure() {
     # shellcheck disable=SC2064 # expand now: the paths are fixed
     trap "rm -f '$out' '$log'" RETURN
     if ! valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect="$TOGGLE" \
-        "$BIN" "${GATE_ARGS[@]}" >"$log" 2>&1; then
+        "$GATE_BIN" "${GATE_ARGS[@]}" >"$log" 2>&1; then
         cat "$log" >&2
         die "the gate run failed under valgrind"
     fi
@@ -61,7 +70,7 @@ json_field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\}.*/\1/p" "$BASE
 
 gate() {
     [ -f "$BASELINE" ] || die "$BASELINE is missing: run ci/perf-gate.sh --update \"reason\""
-    build
+    build_gate
     read -r per_packet packets < <(measure)
     local base rustc_now rustc_base
     base=$(json_field ir_per_packet)
@@ -85,17 +94,18 @@ gate() {
 update() {
     local reason=$1
     [ -n "$reason" ] || die "--update needs a reason: ci/perf-gate.sh --update \"why the count changed\""
-    build
+    build_gate
     read -r per_packet packets < <(measure)
     cat >"$BASELINE" <<EOF
 {
   "ir_per_packet": $per_packet,
   "packets": $packets,
   "gate": "sockbypass-microbench ${GATE_ARGS[*]}",
+  "profile": "perfgate (release, codegen-units = 1)",
   "toggle_collect": "$TOGGLE",
   "rustc": "$(rustc --version)",
   "valgrind": "$(valgrind --version)",
-  "measured_at": "$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- backend virtio-spec integration || echo -dirty)",
+  "measured_at": "$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- backend virtio-spec integration Cargo.toml Cargo.lock || echo -dirty)",
   "reason": "$(printf '%s' "$reason" | sed 's/["\\]/\\&/g')"
 }
 EOF
