@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::waker::Waker;
 use crate::config::{PollConfig, PollMode};
 use crate::switch::Switch;
+use sockbypass_wire::consts::RX_QUEUE as RX;
 
 macro_rules! poll_counters {
     ($($(#[$m:meta])* $field:ident),* $(,)?) => {
@@ -233,13 +234,20 @@ impl ThreadCtx {
     fn one_pass(&self) -> u64 {
         let mut moved = 0u64;
         for &vm in &self.owned {
-            let kicked = self
-                .switch
-                .vm(vm)
-                .is_some_and(|v| v.kicked.swap(false, Ordering::AcqRel));
+            let Some(port) = self.switch.vm(vm) else {
+                continue;
+            };
+            let kicked = port.kicked.swap(false, Ordering::AcqRel);
             moved += u64::from(self.switch.process_tx_polled(vm).chains);
-            if kicked {
+            // Packets wait for this VM's RX buffers: look for new ones without waiting for the
+            // guest's kick.
+            let rx_ready = !kicked
+                && port.rx_starved.load(Ordering::Acquire)
+                && port.with_attachment(|a| a.has_avail(RX)) == Some(true);
+            if kicked || rx_ready {
                 moved += u64::from(self.switch.service_rx(vm).packets);
+            }
+            if kicked {
                 self.switch.fill_events(vm);
             }
         }

@@ -52,6 +52,7 @@ impl Switch {
         let mem = att.memory();
         let before = vm.counters.rx_packets.load(Ordering::Relaxed);
         let mut host_idle = false;
+        let mut starved = false;
         loop {
             let source = {
                 let has_host = !host_idle && rx.host.has_work_for_guest();
@@ -85,10 +86,14 @@ impl Switch {
                 // Ask for a kick when buffers come; if some came meanwhile, go on.
                 match att.enable_kicks(RX) {
                     Ok(true) => continue,
-                    _ => break,
+                    _ => {
+                        starved = true;
+                        break;
+                    }
                 }
             }
         }
+        vm.rx_starved.store(starved, Ordering::Release);
         // Only vring locks inside: allowed under the RX lock, and the list keeps its allocation.
         self.notify_tx(&rx.senders_done);
         rx.senders_done.clear();

@@ -77,6 +77,10 @@ pub struct VmPort {
     pub warn: RateLimiter,
     /// This VM's TX chains held by other VMs' inbound queues.
     pub held: AtomicUsize,
+    /// The last RX fill ran out of buffers with packets still waiting for this VM: a poll
+    /// thread looks at its RX ring each loop (without waiting for a kick) until a fill empties
+    /// what waits.
+    pub rx_starved: AtomicBool,
     lifecycle: Mutex<()>,
     memory: Mutex<Option<AtomicMem>>,
     attachment: RwLock<Option<Attachment>>,
@@ -100,6 +104,7 @@ impl VmPort {
             kicked: AtomicBool::new(false),
             warn: RateLimiter::per_packet(),
             held: AtomicUsize::new(0),
+            rx_starved: AtomicBool::new(false),
             lifecycle: Mutex::new(()),
             memory: Mutex::new(None),
             attachment: RwLock::new(None),

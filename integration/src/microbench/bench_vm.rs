@@ -216,6 +216,11 @@ impl BenchVm {
         Ok(())
     }
 
+    /// How many times this driver has kicked its RX queue.
+    pub fn rx_kicks(&self) -> u64 {
+        self.rx.stats().kicks
+    }
+
     /// Kicks the RX queue if the device asked for it (it waits for buffers).
     pub fn kick_rx(&mut self) -> Result<bool, MicrobenchError> {
         Ok(self.rx.kick()?)

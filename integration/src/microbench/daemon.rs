@@ -123,6 +123,16 @@ impl BenchDaemon {
         t
     }
 
+    /// VM `vm`'s counters.
+    pub fn counters(&self, vm: usize) -> Option<sockbypassd::metrics::VmCountersSnapshot> {
+        self.daemon.as_ref()?.switch().counters(self.names.get(vm)?)
+    }
+
+    /// VM `vm`'s live state (held packets, queued replies...).
+    pub fn gauges(&self, vm: usize) -> Option<sockbypassd::switch::VmGauges> {
+        self.daemon.as_ref()?.switch().gauges(self.names.get(vm)?)
+    }
+
     /// The poll threads' counters (empty in event mode).
     pub fn poll_counters(&self) -> Vec<PollCountersSnapshot> {
         self.daemon

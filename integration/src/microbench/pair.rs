@@ -67,6 +67,9 @@ pub struct Pair {
     pub packets: u64,
     /// Payload bytes B received and checked.
     pub bytes: u64,
+    /// Whether B kicks its RX queue after giving buffers back (a driver that never does relies
+    /// on a polling device to notice them).
+    pub receiver_kicks: bool,
 }
 
 impl Pair {
@@ -112,6 +115,7 @@ impl Pair {
             expected_seq: 0,
             packets: 0,
             bytes: 0,
+            receiver_kicks: true,
         })
     }
 
@@ -193,7 +197,9 @@ impl Pair {
             n += 1;
         }
         if n > 0 {
-            self.b.kick_rx()?;
+            if self.receiver_kicks {
+                self.b.kick_rx()?;
+            }
         } else {
             // As Linux NAPI does: ask for an interrupt only when going idle (found nothing),
             // not while packets keep coming.
@@ -259,6 +265,11 @@ impl Pair {
         self.packets += 1;
         self.bytes += u64::from(len);
         Ok(())
+    }
+
+    /// RW packets A has sent.
+    pub fn sent(&self) -> u64 {
+        self.next_seq
     }
 
     /// Whether everything A sent has been consumed by B.
