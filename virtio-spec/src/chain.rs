@@ -7,7 +7,7 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, Permissions};
 
 use crate::consts::{EVENT_SIZE, HEADER_LEN, HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
 use crate::header::{Op, PacketHeader};
@@ -205,7 +205,7 @@ where
     };
     let mem = chain.memory();
     for (position, seg) in segs.iter().enumerate() {
-        if !mem.check_range(seg.addr, seg.len as usize, access) {
+        if !in_memory(mem, seg.addr, seg.len, access) {
             return Err(ChainError::OutsideMemory {
                 position,
                 addr: seg.addr.0,
@@ -214,6 +214,24 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether `len` bytes at `addr` are guest memory the device may access. Fast path: on plain
+/// guest memory (no IOMMU), a buffer inside one region needs one region lookup; anything else
+/// (a buffer across regions, an IOMMU, an address outside) takes vm-memory's full check.
+fn in_memory<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: GuestAddress,
+    len: u32,
+    access: Permissions,
+) -> bool {
+    if let Some(region) = mem.physical_memory().and_then(|p| p.find_region(addr)) {
+        let offset = addr.0 - region.start_addr().0;
+        if offset + u64::from(len) <= region.len() {
+            return true;
+        }
+    }
+    mem.check_range(addr, len as usize, access)
 }
 
 /// Validates a TX chain: read-only descriptors inside guest memory, a header that fits, a known

@@ -143,14 +143,14 @@ impl Attachment {
             .map_or(true, |idx| idx.0 != q.next_avail())
     }
 
-    /// Takes the next available chain of `queue`, if the queue is live and has one.
-    pub fn pop(&self, queue: usize) -> Option<Chain> {
+    /// Takes the next available chain of `queue`, if the queue is live and has one. `mem` is
+    /// the caller's guard on guest memory (one per walk, rather than one load per chain).
+    pub fn pop(&self, queue: usize, mem: &MemGuard) -> Option<Chain> {
         if !self.is_live(queue) {
             return None;
         }
-        let mem = self.mem.memory();
         let mut state = self.vring(queue).get_mut();
-        state.get_queue_mut().pop_descriptor_chain(mem)
+        state.get_queue_mut().pop_descriptor_chain(mem.clone())
     }
 
     /// Gives back the chain popped last from `queue`, untouched, so it is popped again later.
@@ -159,10 +159,19 @@ impl Attachment {
         state.get_queue_mut().go_to_previous_position();
     }
 
-    /// Returns a chain to the guest with `len` bytes written.
-    pub fn add_used(&self, queue: usize, head: u16, len: u32) -> Result<(), QueueError> {
-        self.vring(queue)
-            .add_used(head, len)
+    /// Returns a chain to the guest with `len` bytes written. `mem` is the caller's guard on
+    /// guest memory, as for [`Attachment::pop`].
+    pub fn add_used(
+        &self,
+        queue: usize,
+        mem: &GuestMem,
+        head: u16,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        let mut state = self.vring(queue).get_mut();
+        state
+            .get_queue_mut()
+            .add_used(mem, head, len)
             .map_err(|source| QueueError::AddUsed {
                 queue,
                 head,

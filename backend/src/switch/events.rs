@@ -29,7 +29,7 @@ impl Switch {
         };
         let mem = att.memory();
         loop {
-            let Some(chain) = att.pop(EVT) else {
+            let Some(chain) = att.pop(EVT, &mem) else {
                 // Ask for a kick when the driver posts an event buffer.
                 match att.enable_kicks(EVT) {
                     Ok(true) => continue,
@@ -54,7 +54,7 @@ impl Switch {
                     0
                 }
             };
-            if let Err(e) = att.add_used(EVT, head, used) {
+            if let Err(e) = att.add_used(EVT, &mem, head, used) {
                 warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return event chain");
                 return false;
             }

@@ -68,7 +68,7 @@ impl Switch {
             else {
                 continue;
             };
-            if let Err(e) = att.add_used(TX, h.packet.head_index, 0) {
+            if let Err(e) = att.add_used(TX, &att.memory(), h.packet.head_index, 0) {
                 warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
             }
             mark(&mut senders, h.sender);

@@ -54,7 +54,7 @@ pub fn deliver(
     let len = packet.header.len();
     loop {
         let mut buf = RxBuffer::default();
-        if !take_buffer(dst, datt, starved_since, &mut buf) {
+        if !take_buffer(dst, datt, dmem, starved_since, &mut buf) {
             return Progress::NoBuffer;
         };
         let remaining = len - *offset;
@@ -62,15 +62,15 @@ pub fn deliver(
         if n == 0 && remaining > 0 {
             // Room for a header only: useless for data. Hand it back empty.
             dst.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
-            return_rx(dst, datt, &buf, 0);
+            return_rx(dst, datt, dmem, &buf, 0);
             continue;
         }
         if let Err(e) = put_piece(src_mem, packet, *offset, n, dmem, &buf) {
             warn_limited!(dst.warn, vm = %dst.config.name, error = %e, "cannot copy a packet between guests");
-            return_rx(dst, datt, &buf, 0);
+            return_rx(dst, datt, dmem, &buf, 0);
             return Progress::Failed;
         }
-        return_rx(dst, datt, &buf, HEADER_LEN + n);
+        return_rx(dst, datt, dmem, &buf, HEADER_LEN + n);
         let c = &dst.counters;
         c.rx_packets.fetch_add(1, Ordering::Relaxed);
         c.rx_bytes.fetch_add(u64::from(n), Ordering::Relaxed);
@@ -109,8 +109,8 @@ fn put_piece(
     buf.write_header(&**dmem, &hdr)
 }
 
-fn return_rx(vm: &VmPort, att: &Attachment, buf: &RxBuffer, used: u32) {
-    if let Err(e) = att.add_used(RX, buf.head_index, used) {
+fn return_rx(vm: &VmPort, att: &Attachment, mem: &MemGuard, buf: &RxBuffer, used: u32) {
+    if let Err(e) = att.add_used(RX, mem, buf.head_index, used) {
         warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
     }
 }

@@ -75,7 +75,7 @@ impl Switch {
                 }
             };
             let progressed = match source {
-                Source::Reply => self.fill_reply(vm, &att, &mut rx, &mut report),
+                Source::Reply => self.fill_reply(vm, &att, &mem, &mut rx, &mut report),
                 Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut host_idle),
                 Source::Peer => self.fill_peer(vm, &att, &mem, &mut rx, &mut owed),
             };
@@ -117,15 +117,16 @@ impl Switch {
         &self,
         vm: &VmPort,
         att: &Attachment,
+        mem: &MemGuard,
         rx: &mut RxSide,
         report: &mut RxReport,
     ) -> bool {
         let mut buf = RxBuffer::default();
-        if !take_buffer(vm, att, &mut rx.starved_since, &mut buf) {
+        if !take_buffer(vm, att, mem, &mut rx.starved_since, &mut buf) {
             return false;
         };
         if let Some(hdr) = rx.replies.pop() {
-            if deliver_header(vm, att, &buf, &hdr, 0) {
+            if deliver_header(vm, att, mem, &buf, &hdr, 0) {
                 report.replies_sent += 1;
             }
         } else {
@@ -194,7 +195,7 @@ impl Switch {
         }
         rx.inbound.pop();
         sender.held_sub(1);
-        if let Err(e) = satt.add_used(TX, head, 0) {
+        if let Err(e) = satt.add_used(TX, &smem, head, 0) {
             warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
         }
         mark(&mut rx.senders_done, sender_index);
@@ -220,12 +221,12 @@ fn fill_host(
     host_idle: &mut bool,
 ) -> bool {
     let mut buf = RxBuffer::default();
-    if !take_buffer(vm, att, &mut rx.starved_since, &mut buf) {
+    if !take_buffer(vm, att, mem, &mut rx.starved_since, &mut buf) {
         return false;
     };
     match rx.host.next_packet_for_guest(mem, &buf, &vm.counters) {
         Some((hdr, len)) => {
-            deliver_header(vm, att, &buf, &hdr, len);
+            deliver_header(vm, att, mem, &buf, &hdr, len);
         }
         None => {
             att.unpop(RX);
@@ -240,11 +241,12 @@ fn fill_host(
 pub fn take_buffer(
     vm: &VmPort,
     att: &Attachment,
+    mem: &MemGuard,
     starved_since: &mut Option<Instant>,
     buf: &mut RxBuffer,
 ) -> bool {
     loop {
-        let Some(chain) = att.pop(RX) else {
+        let Some(chain) = att.pop(RX, mem) else {
             return false;
         };
         let head = chain.head_index();
@@ -260,7 +262,7 @@ pub fn take_buffer(
                 vm.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
                 vm.counters.count_malformed(&e);
                 warn_limited!(vm.warn, vm = %vm.config.name, reason = e.reason(), error = %e, "unusable RX buffer");
-                if let Err(e) = att.add_used(RX, head, 0) {
+                if let Err(e) = att.add_used(RX, mem, head, 0) {
                     warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
                 }
             }
@@ -272,21 +274,21 @@ pub fn take_buffer(
 fn deliver_header(
     vm: &VmPort,
     att: &Attachment,
+    mem: &MemGuard,
     buf: &RxBuffer,
     hdr: &PacketHeader,
     len: u32,
 ) -> bool {
-    let mem = att.memory();
     let mut hdr = *hdr;
     hdr.set_len(len);
-    let used = match buf.write_header(&*mem, &hdr) {
+    let used = match buf.write_header(&**mem, &hdr) {
         Ok(()) => RxBuffer::used_len(len),
         Err(e) => {
             warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot write RX header");
             0
         }
     };
-    if let Err(e) = att.add_used(RX, buf.head_index, used) {
+    if let Err(e) = att.add_used(RX, mem, buf.head_index, used) {
         warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
         return false;
     }

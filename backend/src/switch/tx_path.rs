@@ -61,6 +61,9 @@ impl Switch {
         let mut touched = std::mem::take(&mut tx.touched);
         // One packet parsed into again and again: it is about 1 KiB, too big to move around.
         let mut pkt = TxPacket::default();
+        // One guard on guest memory for the whole walk (a memory table sent meanwhile applies
+        // from the next walk; the guard keeps the old mapping alive until then).
+        let mem = att.memory();
         'walk: loop {
             if let Err(e) = att.disable_kicks(TX) {
                 warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "TX queue unusable");
@@ -72,11 +75,10 @@ impl Switch {
                     tx.stalled_on_replies = true;
                     break 'walk;
                 }
-                let Some(chain) = att.pop(TX) else {
+                let Some(chain) = att.pop(TX, &mem) else {
                     break;
                 };
                 let head = chain.head_index();
-                let mem = att.memory();
                 report.chains += 1;
                 vm.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
                 let disposition = match parse_tx_chain_into(chain, &mut pkt) {
@@ -89,7 +91,7 @@ impl Switch {
                     }
                 };
                 if disposition == Disposition::Done {
-                    give_back(vm, &att, head);
+                    give_back(vm, &att, &mem, head);
                 } else {
                     report.held += 1;
                 }
@@ -168,8 +170,8 @@ impl Switch {
 }
 
 /// Returns a TX chain to the guest. The device writes nothing into TX buffers.
-fn give_back(vm: &VmPort, att: &Attachment, head: u16) {
-    if let Err(e) = att.add_used(TX, head, 0) {
+fn give_back(vm: &VmPort, att: &Attachment, mem: &MemGuard, head: u16) {
+    if let Err(e) = att.add_used(TX, mem, head, 0) {
         warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return TX chain");
     }
 }
