@@ -9,8 +9,9 @@ use std::io;
 use arrayvec::ArrayVec;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryError, Permissions, ReadVolatile, VolatileMemoryError,
-    VolatileSlice, WriteVolatile,
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
+    MemoryRegionAddress, Permissions, ReadVolatile, VolatileMemoryError, VolatileSlice,
+    WriteVolatile,
 };
 
 use crate::consts::MAX_SEGMENTS;
@@ -201,6 +202,11 @@ impl Segments {
         buf: &mut [u8],
     ) -> Result<(), SegmentError> {
         let len = len_u32(buf.len())?;
+        if let Some((region, at)) = self.one_region(mem, offset, len) {
+            if region.read_slice(buf, at).is_ok() {
+                return Ok(());
+            }
+        }
         let mut done = 0usize;
         self.for_each_slice(mem, offset, len, Permissions::Read, |slice| {
             let n = slice.copy_to(&mut buf[done..done + slice.len()]);
@@ -218,6 +224,11 @@ impl Segments {
         buf: &[u8],
     ) -> Result<(), SegmentError> {
         let len = len_u32(buf.len())?;
+        if let Some((region, at)) = self.one_region(mem, offset, len) {
+            if region.write_slice(buf, at).is_ok() {
+                return Ok(());
+            }
+        }
         let mut done = 0usize;
         self.for_each_slice(mem, offset, len, Permissions::Write, |slice| {
             slice.copy_from(&buf[done..done + slice.len()]);
@@ -266,6 +277,27 @@ impl Segments {
 
     /// Walks `[offset, offset + len)` as volatile slices. `f` returns how many bytes of the slice
     /// it used; a short count ends the walk. Returns the bytes used in total.
+    /// The fast path of the copies: when `len` bytes from `offset` on lie in one segment, and
+    /// that piece lies in one region of plain guest memory (no IOMMU), the region and the
+    /// address in it. One region lookup instead of vm-memory's slice iterator; `None` sends the
+    /// caller down the general path (which also reports errors).
+    fn one_region<'m, M: GuestMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        offset: u32,
+        len: u32,
+    ) -> Option<(
+        &'m <M::PhysicalMemory as GuestMemoryBackend>::R,
+        MemoryRegionAddress,
+    )> {
+        self.check(offset, len).ok()?;
+        let (seg, off) = self.cursor(offset).current(&self.segs)?;
+        if seg.len - off < len {
+            return None;
+        }
+        region_of(mem, seg.addr.0.checked_add(u64::from(off))?, len)
+    }
+
     fn for_each_slice<M, F>(
         &self,
         mem: &M,
@@ -338,13 +370,18 @@ where
             break;
         };
         let want = (sseg.len - soff).min(dseg.len - doff).min(left);
-        let s = first_slice(src_mem, sseg.addr, soff, want, Permissions::Read)?;
-        let d = first_slice(dst_mem, dseg.addr, doff, want, Permissions::Write)?;
-        let n = s.len().min(d.len());
-        s.subslice(0, n)
-            .map_err(volatile_oob)?
-            .copy_to_volatile_slice(d.subslice(0, n).map_err(volatile_oob)?);
-        let n32 = len_u32(n)?;
+        let n32 = match copy_in_regions(src_mem, sseg, soff, dst_mem, dseg, doff, want) {
+            Some(n) => n,
+            None => {
+                let s = first_slice(src_mem, sseg.addr, soff, want, Permissions::Read)?;
+                let d = first_slice(dst_mem, dseg.addr, doff, want, Permissions::Write)?;
+                let n = s.len().min(d.len());
+                s.subslice(0, n)
+                    .map_err(volatile_oob)?
+                    .copy_to_volatile_slice(d.subslice(0, n).map_err(volatile_oob)?);
+                len_u32(n)?
+            }
+        };
         sc.advance(&src.segs, n32);
         dc.advance(&dst.segs, n32);
         left -= n32;
@@ -354,6 +391,44 @@ where
 
 /// The first contiguous slice of `want` bytes at `base + off` (it can be shorter when the range
 /// crosses a guest memory region boundary).
+/// The fast path of [`copy_between`]: `want` bytes when both pieces lie in one region each of
+/// plain guest memory; `None` sends the caller down the general path.
+fn copy_in_regions<MS, MD>(
+    src_mem: &MS,
+    sseg: Segment,
+    soff: u32,
+    dst_mem: &MD,
+    dseg: Segment,
+    doff: u32,
+    want: u32,
+) -> Option<u32>
+where
+    MS: GuestMemory + ?Sized,
+    MD: GuestMemory + ?Sized,
+{
+    let (sr, sat) = region_of(src_mem, sseg.addr.0.checked_add(u64::from(soff))?, want)?;
+    let (dr, dat) = region_of(dst_mem, dseg.addr.0.checked_add(u64::from(doff))?, want)?;
+    let s = sr.get_slice(sat, want as usize).ok()?;
+    let d = dr.get_slice(dat, want as usize).ok()?;
+    s.copy_to_volatile_slice(d);
+    Some(want)
+}
+
+/// The region of plain guest memory (no IOMMU) holding all of `len` bytes at `addr`, and the
+/// address in it.
+fn region_of<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: u64,
+    len: u32,
+) -> Option<(
+    &<M::PhysicalMemory as GuestMemoryBackend>::R,
+    MemoryRegionAddress,
+)> {
+    let region = mem.physical_memory()?.find_region(GuestAddress(addr))?;
+    let at = addr - region.start_addr().0;
+    (at + u64::from(len) <= region.len()).then_some((region, MemoryRegionAddress(at)))
+}
+
 fn first_slice<M: GuestMemory + ?Sized>(
     mem: &M,
     base: GuestAddress,
@@ -518,6 +593,14 @@ mod tests {
         assert_eq!(mid, [3, 4, 5, 6, 7, 8]);
         let b: u8 = m.read_obj(GuestAddress(0x10002)).expect("raw read");
         assert_eq!(b, 8);
+        // Inside one buffer and one region: the one-lookup path, same bytes.
+        let one = segs(&[(0x200, 16)]);
+        one.write_bytes(&m, 4, &[9, 8, 7]).expect("write one");
+        let raw: [u8; 3] = m.read_obj(GuestAddress(0x204)).expect("raw");
+        assert_eq!(raw, [9, 8, 7]);
+        let mut got = [0u8; 3];
+        one.read_bytes(&m, 4, &mut got).expect("read one");
+        assert_eq!(got, [9, 8, 7]);
     }
 
     #[test]

@@ -107,7 +107,9 @@ pub struct VmGauges {
 #[derive(Debug)]
 pub struct Switch {
     vms: Vec<Arc<VmPort>>,
-    by_cid: HashMap<u64, usize>,
+    /// Fixed at start from the configuration (so guests cannot fill it); looked up per packet,
+    /// hence the fast hasher.
+    by_cid: HashMap<u64, usize, foldhash::fast::RandomState>,
     peers: Mutex<PeerTable>,
     poll_owners: OnceLock<Vec<Arc<Waker>>>,
 }
@@ -116,7 +118,7 @@ impl Switch {
     /// One port per configured VM; binds every `uds` listener into `poller`.
     pub fn new(config: &DaemonConfig, poller: &HostPoller) -> Result<Self, SwitchError> {
         let mut vms = Vec::with_capacity(config.vms.len());
-        let mut by_cid = HashMap::new();
+        let mut by_cid = HashMap::default();
         for (index, vm) in config.vms.iter().enumerate() {
             let host = HostEndpoint::new(
                 index,
