@@ -111,13 +111,15 @@ impl Switch {
         if report.chains > report.held {
             report.notified = att.notify(TX).unwrap_or(false);
         }
-        // Interrupt each receiver once for the whole walk, and send what it was owed.
+        // Interrupt each receiver once for the whole walk, and send what it was owed (a fill
+        // only when something waits: packets delivered directly need none).
         for &to in &touched {
-            let filled = self.fill_rx(to);
-            if !filled.notified {
-                if let Some(a) = self.vm(to).and_then(|v| v.attachment()) {
-                    let _ = a.notify(RX);
-                }
+            let Some(receiver) = self.vm(to) else {
+                continue;
+            };
+            let notified = receiver.rx_has_work() && self.fill_rx(to).notified;
+            if !notified {
+                receiver.with_attachment(|a| a.notify(RX));
             }
         }
         touched.clear();

@@ -134,6 +134,13 @@ impl VmPort {
             .clone()
     }
 
+    /// Whether anything waits for this VM's RX buffers: replies, packets from peers, or data
+    /// from host connections.
+    pub fn rx_has_work(&self) -> bool {
+        let rx = self.rx();
+        !rx.replies.is_empty() || !rx.inbound.is_empty() || rx.host.has_work_for_guest()
+    }
+
     /// Runs `f` on the bound rings without cloning them (no reference counts touched); `None`
     /// when detached.
     pub fn with_attachment<R>(&self, f: impl FnOnce(&Attachment) -> R) -> Option<R> {
