@@ -13,6 +13,24 @@ pub fn cpu_time_of(pid: u32) -> Option<Duration> {
     stat_cpu_time(&format!("/proc/{pid}/stat"))
 }
 
+/// Time the hypervisor ran something else while this (virtual) machine's CPUs wanted to run,
+/// summed over all CPUs (`steal` in `/proc/stat`). On a VM, figures measured while it grows are
+/// suspect.
+pub fn steal_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    ticks_to_duration(steal)
+}
+
+fn ticks_to_duration(ticks: u64) -> Option<Duration> {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
 fn stat_cpu_time(path: &str) -> Option<Duration> {
     let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
@@ -21,12 +39,7 @@ fn stat_cpu_time(path: &str) -> Option<Duration> {
     // rest starts at field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
-    Some(Duration::from_nanos(
-        (utime + stime) * 1_000_000_000 / ticks,
-    ))
+    ticks_to_duration(utime + stime)
 }
 
 #[cfg(test)]
@@ -47,5 +60,12 @@ mod tests {
             after - before >= Duration::from_millis(200),
             "{before:?} -> {after:?}"
         );
+        let mine = cpu_time_of(std::process::id()).expect("/proc/<pid>/stat");
+        assert!(mine >= after);
+        assert_eq!(cpu_time_of(u32::MAX), None);
+        // Steal time exists in /proc/stat on any Linux (zero on bare metal) and never shrinks.
+        let s1 = steal_time().expect("/proc/stat steal");
+        let s2 = steal_time().expect("/proc/stat steal");
+        assert!(s2 >= s1);
     }
 }

@@ -279,13 +279,13 @@ pub enum ConfigError {
         /// The value given.
         value: String,
     },
-    /// A CPU in `--poll-cpus` does not exist here.
-    #[error("CPU {cpu} in the poll CPU list does not exist (this host has CPUs 0..{online})")]
+    /// A CPU in `--poll-cpus` is not one this process may run on.
+    #[error("CPU {cpu} in the poll CPU list is not available to this process (it may use CPUs {allowed})")]
     CpuNotAvailable {
         /// The CPU.
         cpu: usize,
-        /// CPUs online.
-        online: usize,
+        /// The CPUs the process may use, as a list (`0-3,6`).
+        allowed: String,
     },
     /// `--log-level` or `log_level` is not a valid `tracing` filter.
     #[error("invalid log level `{level}`: expected a tracing filter such as `info` or `sockbypassd=debug`")]

@@ -62,6 +62,44 @@ impl Default for PollConfig {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a cgroup set it);
+/// `None` if the kernel does not say.
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain bytes; all-zero is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    let max = libc::CPU_SETSIZE as usize;
+    // SAFETY: CPU_ISSET reads one bit of `set`, and `c` is below CPU_SETSIZE.
+    Some(
+        (0..max)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect(),
+    )
+}
+
+/// `[0, 1, 2, 5]` as `0-2,5`.
+fn cpu_list_text(cpus: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        parts.push(if cpus[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
 /// Parses a CPU list such as `0,2-3`.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
     let bad = || ConfigError::InvalidCpuList {
@@ -102,14 +140,18 @@ impl PollConfig {
             });
         }
         if let Some(cpus) = &self.cpus {
-            let online = std::thread::available_parallelism().map_or(1, |n| n.get());
             if cpus.is_empty() {
                 return Err(ConfigError::InvalidCpuList {
                     value: String::new(),
                 });
             }
-            if let Some(cpu) = cpus.iter().find(|c| **c >= online) {
-                return Err(ConfigError::CpuNotAvailable { cpu: *cpu, online });
+            if let Some(allowed) = allowed_cpus() {
+                if let Some(cpu) = cpus.iter().find(|c| !allowed.contains(c)) {
+                    return Err(ConfigError::CpuNotAvailable {
+                        cpu: *cpu,
+                        allowed: cpu_list_text(&allowed),
+                    });
+                }
             }
         }
         Ok(())
@@ -119,6 +161,37 @@ impl PollConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_print_as_ranges() {
+        assert_eq!(cpu_list_text(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(cpu_list_text(&[3]), "3");
+        assert_eq!(cpu_list_text(&[]), "");
+    }
+
+    #[test]
+    fn poll_cpus_must_be_in_this_process_affinity() {
+        let allowed = allowed_cpus().expect("sched_getaffinity");
+        let first = allowed[0];
+        let ok = PollConfig {
+            cpus: Some(vec![first]),
+            ..PollConfig::default()
+        };
+        assert!(ok.validate().is_ok());
+        let outside = (0..4096)
+            .find(|c| !allowed.contains(c))
+            .expect("a CPU outside");
+        let bad = PollConfig {
+            cpus: Some(vec![first, outside]),
+            ..PollConfig::default()
+        };
+        let err = bad.validate().expect_err("outside the affinity");
+        assert!(
+            err.to_string().contains(&format!("CPU {outside} ")),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&cpu_list_text(&allowed)), "{err}");
+    }
 
     #[test]
     fn modes_parse_and_unknown_ones_are_named() {

@@ -48,6 +48,9 @@ struct Args {
     /// The daemon's `--poll-budget-us`.
     #[arg(long, default_value_t = DEFAULT_POLL_BUDGET_US)]
     poll_budget_us: u64,
+    /// Do not pin the driver thread to CPU 0 and the poll threads to the other CPUs.
+    #[arg(long)]
+    no_pin: bool,
     /// Also write the results as JSON to this file (`-` for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -158,6 +161,7 @@ fn settings(args: &Args) -> Result<Settings, String> {
         repeat: args.repeat,
         poll_threads: args.poll_threads,
         budget_us: args.poll_budget_us,
+        pin: !args.no_pin,
     })
 }
 
@@ -199,6 +203,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             memcpy_gbytes_per_s: memcpy,
         },
         modes,
+        pinned: s.pin && reference::cpus() >= 2,
     };
     println!();
     print!("{}", report.table());

@@ -13,7 +13,7 @@ use crate::error::MicrobenchError;
 struct Line(AtomicU64);
 
 /// Pins the calling thread to `cpu`; returns the mask it had, to restore later.
-fn pin_to(cpu: usize) -> Option<libc::cpu_set_t> {
+pub fn pin_to(cpu: usize) -> Option<libc::cpu_set_t> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return None;
     }
@@ -32,12 +32,13 @@ fn pin_to(cpu: usize) -> Option<libc::cpu_set_t> {
 }
 
 /// Gives the calling thread back a mask [`pin_to`] returned.
-fn restore(mask: &libc::cpu_set_t) {
+pub fn restore(mask: &libc::cpu_set_t) {
     // SAFETY: `mask` is a valid cpu_set_t of the size passed.
     unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(mask), mask) };
 }
 
-fn cpus() -> usize {
+/// CPUs this process may use.
+pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 

@@ -37,6 +37,9 @@ pub struct Settings {
     pub poll_threads: u32,
     /// `--poll-budget-us`.
     pub budget_us: u64,
+    /// Pin the driver thread to CPU 0 and the poll threads to the other CPUs (without it, the
+    /// scheduler now and then stacks both spinning threads on one CPU, halving every figure).
+    pub pin: bool,
 }
 
 /// Rate of one pipelined run.
@@ -85,8 +88,13 @@ pub struct Latency {
 pub struct ModeResult {
     /// The mode.
     pub mode: PollMode,
-    /// 64 B, one packet at a time, TX avail to RX used.
+    /// 64 B, one packet at a time, TX avail to RX used, with only the measured pair attached.
     pub latency: Latency,
+    /// The same with every VM of the run attached (a poll thread walks them all, so this shows
+    /// what each idle VM adds).
+    pub latency_all_attached: Latency,
+    /// VMs attached for [`ModeResult::latency_all_attached`].
+    pub vms_attached: usize,
     /// 64 B, the TX ring kept full, one pair.
     pub small: Rate,
     /// 64 KiB, the TX ring kept full, one pair.
@@ -100,6 +108,9 @@ pub struct ModeResult {
     pub idle_cpu_percent: Option<f64>,
     /// Kicks, interrupts and poll-thread totals over the whole mode.
     pub totals: EngineTotals,
+    /// Steal time over the mode's run, in % of the wall time × CPUs (the hypervisor running
+    /// something else on this VM's CPUs); `None` where `/proc/stat` says nothing.
+    pub steal_percent: Option<f64>,
     /// Packets-per-batch histogram of the poll threads (bucket `i` counts batches of
     /// `2^i .. 2^(i+1)` chains; the last bucket is open-ended).
     pub batch_histogram: Vec<u64>,
@@ -108,13 +119,45 @@ pub struct ModeResult {
 /// Measures one mode: a daemon with enough VMs for the largest pair count.
 pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchError> {
     let most = s.pairs.iter().copied().max().unwrap_or(1).max(1);
-    let daemon = BenchDaemon::start(2 * most, poll_config(mode, s.poll_threads, s.budget_us))?;
-    let mut pairs = (0..most)
-        .map(|i| daemon.pair(i, true))
-        .collect::<Result<Vec<Pair>, _>>()?;
+    let mut poll = poll_config(mode, s.poll_threads, s.budget_us);
+    let pin = s.pin && reference::cpus() >= 2;
+    if pin {
+        poll.cpus = Some((1..reference::cpus()).collect());
+    }
+    // Started before this thread is pinned: the daemon checks its CPU list against the
+    // starting thread's affinity.
+    let daemon = BenchDaemon::start(2 * most, poll)?;
+    let pinned = if pin { reference::pin_to(0) } else { None };
+    let (started, steal_before) = (Instant::now(), cpu::steal_time());
+    let mut result = measure_mode(mode, s, most, &daemon);
+    if let (Ok(r), Some(before), Some(after)) = (&mut result, steal_before, cpu::steal_time()) {
+        let wall = started.elapsed().as_secs_f64() * reference::cpus() as f64;
+        r.steal_percent = Some(after.saturating_sub(before).as_secs_f64() / wall * 100.0);
+    }
+    if let Some(mask) = pinned {
+        reference::restore(&mask);
+    }
+    result
+}
+
+fn measure_mode(
+    mode: PollMode,
+    s: &Settings,
+    most: usize,
+    daemon: &BenchDaemon,
+) -> Result<ModeResult, MicrobenchError> {
     let duration = Duration::from_secs_f64(s.seconds);
     let n = s.repeat.max(1);
-    let latency = median_of(
+    let mut pairs = vec![daemon.pair(0, true)?];
+    let alone = median_of(
+        n,
+        |l: &Latency| l.p50_ns,
+        || latency(&mut pairs[0], SMALL, s.latency_packets),
+    )?;
+    for i in 1..most {
+        pairs.push(daemon.pair(i, true)?);
+    }
+    let all_attached = median_of(
         n,
         |l: &Latency| l.p50_ns,
         || latency(&mut pairs[0], SMALL, s.latency_packets),
@@ -156,13 +199,16 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
     drop(pairs);
     Ok(ModeResult {
         mode,
-        latency,
+        latency: alone,
+        latency_all_attached: all_attached,
+        vms_attached: 2 * most,
         small,
         bulk,
         bulk_vs_memcpy,
         scaling,
         idle_cpu_percent,
         totals,
+        steal_percent: None,
         batch_histogram,
     })
 }
