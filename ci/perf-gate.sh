@@ -131,13 +131,24 @@ ab() {
     local args=(--modes poll --pairs 1 --seconds 0.5 --latency-packets 5000 --idle-seconds 0.1)
     # One run per figure on both sides (revisions before --repeat had exactly one).
     if "$bin_a" --help | grep -q -- --repeat; then args+=(--repeat 1); fi
-    run_one() { # $1 = label, $2 = binary
-        "$2" "${args[@]}" --json "$work/run.json" >/dev/null
-        "$BIN" figure "$work/run.json" poll small_ns_per_packet >>"$work/$1-small"
-        "$BIN" figure "$work/run.json" poll latency_ns_p50 >>"$work/$1-latency"
+    # Same thread placement on both sides: revisions before --no-pin never pinned.
+    local extra_b=()
+    if ! "$bin_a" --help | grep -q -- --no-pin; then extra_b=(--no-pin); fi
+    run_one() { # $1 = label, $2 = binary, then extra arguments
+        local label=$1 bin=$2
+        shift 2
+        "$bin" "${args[@]}" "$@" --json "$work/run.json" >/dev/null
+        "$BIN" figure "$work/run.json" poll small_ns_per_packet >>"$work/$label-small"
+        "$BIN" figure "$work/run.json" poll latency_ns_p50 >>"$work/$label-latency"
     }
     for i in $(seq 1 "$rounds"); do
-        if [ $((i % 2)) -eq 1 ]; then run_one a "$bin_a"; run_one b "$bin_b"; else run_one b "$bin_b"; run_one a "$bin_a"; fi
+        if [ $((i % 2)) -eq 1 ]; then
+            run_one a "$bin_a"
+            run_one b "$bin_b" "${extra_b[@]}"
+        else
+            run_one b "$bin_b" "${extra_b[@]}"
+            run_one a "$bin_a"
+        fi
         say "round $i/$rounds done"
     done
     local status=0 rc
