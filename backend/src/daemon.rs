@@ -70,6 +70,18 @@ impl DaemonHandle {
             .unwrap_or_default()
     }
 
+    /// Logs every VM's counters and every poll thread's counters, one line each (`info`).
+    pub fn log_counters(&self) {
+        for vm in &self.config.vms {
+            if let Some(c) = self.switch.counters(&vm.name) {
+                tracing::info!(vm = %vm.name, counters = ?c, "VM counters");
+            }
+        }
+        for (thread, c) in self.poll_counters().iter().enumerate() {
+            tracing::info!(thread, counters = ?c, "poll thread counters");
+        }
+    }
+
     /// Stops everything and waits for the threads.
     pub fn shutdown(mut self) {
         self.stop_all();
@@ -179,12 +191,19 @@ fn host_io_loop(switch: &Switch, poller: &HostPoller, stop: &AtomicBool) {
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM, then stops it cleanly.
+/// Runs the daemon until SIGINT or SIGTERM, then reports its counters and stops cleanly.
+/// SIGUSR1 reports the counters and carries on.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let signals = crate::signals::TerminationSignals::block().map_err(DaemonError::Signals)?;
     let handle = start(config)?;
-    let sig = signals.wait().map_err(DaemonError::Signals)?;
-    tracing::info!(signal = sig, "stopping");
+    loop {
+        let sig = signals.wait().map_err(DaemonError::Signals)?;
+        handle.log_counters();
+        if sig != libc::SIGUSR1 {
+            tracing::info!(signal = sig, "stopping");
+            break;
+        }
+    }
     handle.shutdown();
     Ok(())
 }

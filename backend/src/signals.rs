@@ -1,16 +1,17 @@
-//! Waiting for SIGINT/SIGTERM without a signal handler: the signals are blocked in every thread
-//! and taken synchronously with `sigwait`.
+//! Waiting for SIGINT/SIGTERM (stop) and SIGUSR1 (report the counters) without a signal
+//! handler: the signals are blocked in every thread and taken synchronously with `sigwait`.
 
 use std::io;
 
-/// SIGINT and SIGTERM, blocked in the calling thread and every thread it starts afterwards.
+/// SIGINT, SIGTERM and SIGUSR1, blocked in the calling thread and every thread it starts
+/// afterwards.
 #[derive(Debug)]
 pub struct TerminationSignals {
     set: libc::sigset_t,
 }
 
 impl TerminationSignals {
-    /// Blocks SIGINT and SIGTERM. Call before starting threads.
+    /// Blocks SIGINT, SIGTERM and SIGUSR1. Call before starting threads.
     pub fn block() -> io::Result<Self> {
         // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -19,6 +20,7 @@ impl TerminationSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
         };
         if rc != 0 {
