@@ -54,8 +54,7 @@ impl Switch {
                     0
                 }
             };
-            if let Err(e) = att.add_used(EVT, &mem, head, used) {
-                warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return event chain");
+            if !vm.return_chain(&att, &mem, EVT, head, used) {
                 return false;
             }
             if used > 0 {

@@ -6,7 +6,6 @@ use super::attachment::TX;
 use super::inbound::Held;
 use super::peer_path::mark;
 use super::{DetachReason, Switch, Vring};
-use crate::warn_limited;
 
 impl Switch {
     /// Binds the rings of VM `index` (called from the vhost-user worker with its vrings).
@@ -68,9 +67,7 @@ impl Switch {
             else {
                 continue;
             };
-            if let Err(e) = att.add_used(TX, &att.memory(), h.packet.head_index, 0) {
-                warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
-            }
+            sender.return_chain(&att, &att.memory(), TX, h.packet.head_index, 0);
             mark(&mut senders, h.sender);
         }
         self.notify_tx(&senders);

@@ -62,15 +62,15 @@ pub fn deliver(
         if n == 0 && remaining > 0 {
             // Room for a header only: useless for data. Hand it back empty.
             dst.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
-            return_rx(dst, datt, dmem, &buf, 0);
+            dst.return_chain(datt, dmem, RX, buf.head_index, 0);
             continue;
         }
         if let Err(e) = put_piece(src_mem, packet, *offset, n, dmem, &buf) {
             warn_limited!(dst.warn, vm = %dst.config.name, error = %e, "cannot copy a packet between guests");
-            return_rx(dst, datt, dmem, &buf, 0);
+            dst.return_chain(datt, dmem, RX, buf.head_index, 0);
             return Progress::Failed;
         }
-        return_rx(dst, datt, dmem, &buf, HEADER_LEN + n);
+        dst.return_chain(datt, dmem, RX, buf.head_index, HEADER_LEN + n);
         let c = &dst.counters;
         c.rx_packets.fetch_add(1, Ordering::Relaxed);
         c.rx_bytes.fetch_add(u64::from(n), Ordering::Relaxed);
@@ -107,12 +107,6 @@ fn put_piece(
     let mut hdr = packet.header;
     hdr.set_len(n);
     buf.write_header(&**dmem, &hdr)
-}
-
-fn return_rx(vm: &VmPort, att: &Attachment, mem: &MemGuard, buf: &RxBuffer, used: u32) {
-    if let Err(e) = att.add_used(RX, mem, buf.head_index, used) {
-        warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
-    }
 }
 
 /// The RST that tells the receiver of `h` that its connection is gone.

@@ -195,9 +195,7 @@ impl Switch {
         }
         rx.inbound.pop();
         sender.held_sub(1);
-        if let Err(e) = satt.add_used(TX, &smem, head, 0) {
-            warn_limited!(sender.warn, vm = %sender.config.name, error = %e, "cannot return TX chain");
-        }
+        sender.return_chain(&satt, &smem, TX, head, 0);
         mark(&mut rx.senders_done, sender_index);
         true
     }
@@ -262,9 +260,7 @@ pub fn take_buffer(
                 vm.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
                 vm.counters.count_malformed(&e);
                 warn_limited!(vm.warn, vm = %vm.config.name, reason = e.reason(), error = %e, "unusable RX buffer");
-                if let Err(e) = att.add_used(RX, mem, head, 0) {
-                    warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
-                }
+                vm.return_chain(att, mem, RX, head, 0);
             }
         }
     }
@@ -288,11 +284,7 @@ fn deliver_header(
             0
         }
     };
-    if let Err(e) = att.add_used(RX, mem, buf.head_index, used) {
-        warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return RX chain");
-        return false;
-    }
-    if used == 0 {
+    if !vm.return_chain(att, mem, RX, buf.head_index, used) || used == 0 {
         return false;
     }
     vm.counters.rx_packets.fetch_add(1, Ordering::Relaxed);

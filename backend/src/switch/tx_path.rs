@@ -91,7 +91,8 @@ impl Switch {
                     }
                 };
                 if disposition == Disposition::Done {
-                    give_back(vm, &att, &mem, head);
+                    // The device writes nothing into TX buffers.
+                    vm.return_chain(&att, &mem, TX, head, 0);
                 } else {
                     report.held += 1;
                 }
@@ -168,12 +169,5 @@ impl Switch {
                 Disposition::Done
             }
         }
-    }
-}
-
-/// Returns a TX chain to the guest. The device writes nothing into TX buffers.
-fn give_back(vm: &VmPort, att: &Attachment, mem: &MemGuard, head: u16) {
-    if let Err(e) = att.add_used(TX, mem, head, 0) {
-        warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "cannot return TX chain");
     }
 }

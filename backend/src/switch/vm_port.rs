@@ -10,7 +10,7 @@ use crate::host::HostEndpoint;
 use crate::logging::RateLimiter;
 use crate::metrics::VmCounters;
 
-use super::attachment::{AtomicMem, Attachment, Vring, RX, TX};
+use super::attachment::{AtomicMem, Attachment, GuestMem, Vring, RX, TX};
 use super::inbound::{Held, InboundQueue};
 use super::replies::ReplyQueue;
 
@@ -132,6 +132,26 @@ impl VmPort {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Puts chain `head` of this VM's `queue` (in `att`, the rings it came from) in the used
+    /// ring with `len` bytes written. A failure (the frontend broke the ring or went away) is
+    /// logged, rate-limited, and reported as `false`.
+    pub fn return_chain(
+        &self,
+        att: &Attachment,
+        mem: &GuestMem,
+        queue: usize,
+        head: u16,
+        len: u32,
+    ) -> bool {
+        match att.add_used(queue, mem, head, len) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::warn_limited!(self.warn, vm = %self.config.name, error = %e, "cannot return a chain to the guest");
+                false
+            }
+        }
     }
 
     /// Whether anything waits for this VM's RX buffers: replies, packets from peers, or data
