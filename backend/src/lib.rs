@@ -16,6 +16,7 @@
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
+pub mod affinity;
 pub mod cli;
 pub mod config;
 pub mod daemon;

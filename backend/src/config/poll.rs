@@ -65,20 +65,7 @@ impl Default for PollConfig {
 /// The CPUs this process may run on (its affinity mask, as `taskset` or a cgroup set it);
 /// `None` if the kernel does not say.
 fn allowed_cpus() -> Option<Vec<usize>> {
-    // SAFETY: cpu_set_t is plain bytes; all-zero is an empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    let max = libc::CPU_SETSIZE as usize;
-    // SAFETY: CPU_ISSET reads one bit of `set`, and `c` is below CPU_SETSIZE.
-    Some(
-        (0..max)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect(),
-    )
+    crate::affinity::CpuMask::current().ok().map(|m| m.cpus())
 }
 
 /// `[0, 1, 2, 5]` as `0-2,5`.

@@ -149,7 +149,10 @@ impl PollEngine {
                 .name(format!("sb-poll-{k}"))
                 .spawn(move || {
                     if let Some(cpu) = cpu {
-                        pin_to(cpu);
+                        // A failure is logged, not fatal: the thread runs unpinned.
+                        if let Err(e) = crate::affinity::pin_current_thread(cpu) {
+                            tracing::warn!(cpu, error = %e, "cannot pin poll thread");
+                        }
                     }
                     ctx.run();
                 })?;
@@ -179,20 +182,6 @@ impl PollEngine {
 impl Drop for PollEngine {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Pins the calling thread to `cpu`; a failure is logged, not fatal.
-fn pin_to(cpu: usize) {
-    // SAFETY: `set` is a plain bitmask on the stack; CPU_ZERO/CPU_SET only write inside it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        tracing::warn!(cpu, error = %io::Error::last_os_error(), "cannot pin poll thread");
     }
 }
 

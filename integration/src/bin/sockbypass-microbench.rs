@@ -48,7 +48,7 @@ struct Args {
     /// The daemon's `--poll-budget-us`.
     #[arg(long, default_value_t = DEFAULT_POLL_BUDGET_US)]
     poll_budget_us: u64,
-    /// Do not pin the driver thread to CPU 0 and the poll threads to the other CPUs.
+    /// Do not pin the driver thread to the first allowed CPU and the poll threads to the others.
     #[arg(long)]
     no_pin: bool,
     /// Also write the results as JSON to this file (`-` for standard output).
@@ -203,7 +203,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             memcpy_gbytes_per_s: memcpy,
         },
         modes,
-        pinned: s.pin && reference::cpus() >= 2,
+        pinned: s.pin && reference::allowed_cpus().len() >= 2,
     };
     println!();
     print!("{}", report.table());

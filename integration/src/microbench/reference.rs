@@ -6,57 +6,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sockbypassd::affinity::{pin_current_thread, CpuMask};
+
 use crate::error::MicrobenchError;
 
 /// One cache line on its own (128 bytes, so that adjacent-line prefetch does not share it).
 #[repr(align(128))]
 struct Line(AtomicU64);
 
-/// Pins the calling thread to `cpu`; returns the mask it had, to restore later.
-pub fn pin_to(cpu: usize) -> Option<libc::cpu_set_t> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return None;
-    }
-    // SAFETY: cpu_set_t is plain bytes; all-zero is an empty set.
-    let (mut old, mut set): (libc::cpu_set_t, libc::cpu_set_t) =
-        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-    // SAFETY: both masks are valid cpu_set_t of the size passed; `cpu` is below CPU_SETSIZE,
-    // so CPU_SET writes inside `set`; pid 0 is the calling thread.
-    let (got, pinned) = unsafe {
-        let got = libc::sched_getaffinity(0, std::mem::size_of_val(&old), &mut old);
-        libc::CPU_SET(cpu, &mut set);
-        let pinned = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-        (got, pinned)
-    };
-    (got == 0 && pinned == 0).then_some(old)
-}
-
-/// Gives the calling thread back a mask [`pin_to`] returned.
-pub fn restore(mask: &libc::cpu_set_t) {
-    // SAFETY: `mask` is a valid cpu_set_t of the size passed.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(mask), mask) };
-}
-
-/// CPUs this process may use.
-pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+/// The CPUs this process may run on, in order (just CPU 0 if the kernel does not say).
+pub fn allowed_cpus() -> Vec<usize> {
+    CpuMask::current().map_or_else(|_| vec![0], |m| m.cpus())
 }
 
 /// The round trip of one cache line between two threads on two cores: thread A writes an odd
 /// number, B answers with the next even one, A sees it. Returns the median over 20 chunks of
 /// the `rounds` (at least 21).
 pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
-    if cpus() < 2 {
+    let cpus = allowed_cpus();
+    let [first, second, ..] = cpus[..] else {
         return Err(MicrobenchError::Thread(
             "a cache-line round trip needs two CPUs".into(),
         ));
-    }
+    };
     let line = Arc::new(Line(AtomicU64::new(0)));
     let peer = Arc::clone(&line);
     let answerer = std::thread::Builder::new()
         .name("sb-ref-pong".into())
         .spawn(move || {
-            pin_to(1);
+            let _ = pin_current_thread(second);
             let last = 2 * rounds;
             loop {
                 let v = peer.0.load(Ordering::Acquire);
@@ -70,7 +48,7 @@ pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
             }
         })
         .map_err(|e| MicrobenchError::Thread(e.to_string()))?;
-    let old = pin_to(0);
+    let old = pin_current_thread(first).ok();
     let mut value = 0u64;
     let mut time = |n: u64| {
         let start = Instant::now();
@@ -95,7 +73,7 @@ pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
         time(rounds - done);
     }
     if let Some(mask) = old {
-        restore(&mask);
+        let _ = mask.apply();
     }
     answerer
         .join()

@@ -32,7 +32,7 @@ pub struct Report {
     pub reference: Reference,
     /// One entry per mode.
     pub modes: Vec<ModeResult>,
-    /// Whether the driver thread ran on CPU 0 and the poll threads on the other CPUs.
+    /// Whether the driver thread ran on the first allowed CPU and the poll threads on the others.
     pub pinned: bool,
 }
 
@@ -83,8 +83,8 @@ impl Report {
             r.memcpy_gbytes_per_s
         );
         if self.pinned {
-            out +=
-                "driver thread on CPU 0, poll threads on the other CPUs (--no-pin: no pinning)\n";
+            out += "driver thread on the first allowed CPU, poll threads on the others";
+            out += " (--no-pin: no pinning)\n";
         }
         out +=
             "one way (TX avail to RX used), 64 B: p50/p99 ns with 2 VMs attached, p50 with all;\n";

@@ -37,8 +37,9 @@ pub struct Settings {
     pub poll_threads: u32,
     /// `--poll-budget-us`.
     pub budget_us: u64,
-    /// Pin the driver thread to CPU 0 and the poll threads to the other CPUs (without it, the
-    /// scheduler now and then stacks both spinning threads on one CPU, halving every figure).
+    /// Pin the driver thread to the first allowed CPU and the poll threads to the others
+    /// (without it, the scheduler now and then stacks both spinning threads on one CPU,
+    /// halving every figure).
     pub pin: bool,
 }
 
@@ -120,22 +121,27 @@ pub struct ModeResult {
 pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchError> {
     let most = s.pairs.iter().copied().max().unwrap_or(1).max(1);
     let mut poll = poll_config(mode, s.poll_threads, s.budget_us);
-    let pin = s.pin && reference::cpus() >= 2;
+    let cpus = reference::allowed_cpus();
+    let pin = s.pin && cpus.len() >= 2;
     if pin {
-        poll.cpus = Some((1..reference::cpus()).collect());
+        poll.cpus = Some(cpus[1..].to_vec());
     }
     // Started before this thread is pinned: the daemon checks its CPU list against the
     // starting thread's affinity.
     let daemon = BenchDaemon::start(2 * most, poll)?;
-    let pinned = if pin { reference::pin_to(0) } else { None };
+    let pinned = if pin {
+        sockbypassd::affinity::pin_current_thread(cpus[0]).ok()
+    } else {
+        None
+    };
     let (started, steal_before) = (Instant::now(), cpu::steal_time());
     let mut result = measure_mode(mode, s, most, &daemon);
     if let (Ok(r), Some(before), Some(after)) = (&mut result, steal_before, cpu::steal_time()) {
-        let wall = started.elapsed().as_secs_f64() * reference::cpus() as f64;
+        let wall = started.elapsed().as_secs_f64() * cpus.len() as f64;
         r.steal_percent = Some(after.saturating_sub(before).as_secs_f64() / wall * 100.0);
     }
     if let Some(mask) = pinned {
-        reference::restore(&mask);
+        let _ = mask.apply();
     }
     result
 }
