@@ -123,9 +123,7 @@ impl Attachment {
 
     /// Whether the queue is started and enabled, so the device may use it.
     pub fn is_live(&self, queue: usize) -> bool {
-        let state: std::sync::RwLockReadGuard<'_, VringState<AtomicMem>> =
-            self.vring(queue).get_ref();
-        state.is_enabled() && state.get_queue().ready()
+        live(&self.vring(queue).get_ref())
     }
 
     /// Whether `queue` is live and holds chains not taken yet: one read lock and one load from
@@ -134,10 +132,10 @@ impl Attachment {
     pub fn has_avail(&self, queue: usize) -> bool {
         let state: std::sync::RwLockReadGuard<'_, VringState<AtomicMem>> =
             self.vring(queue).get_ref();
-        let q = state.get_queue();
-        if !(state.is_enabled() && q.ready()) {
+        if !live(&state) {
             return false;
         }
+        let q = state.get_queue();
         let mem = self.mem.memory();
         q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire)
             .map_or(true, |idx| idx.0 != q.next_avail())
@@ -211,6 +209,11 @@ impl Attachment {
             .enable_notification()
             .map_err(|source| QueueError::Notification { queue, source })
     }
+}
+
+/// Whether a queue is started and enabled, so the device may use it.
+fn live(state: &VringState<AtomicMem>) -> bool {
+    state.is_enabled() && state.get_queue().ready()
 }
 
 /// Queue index names, re-exported for the switch.
