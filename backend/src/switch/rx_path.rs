@@ -203,8 +203,8 @@ impl Switch {
     /// Interrupts each of `senders` for its TX used ring (chains of theirs came back).
     pub(super) fn notify_tx(&self, senders: &[usize]) {
         for &s in senders {
-            if let Some(att) = self.vm(s).and_then(|v| v.attachment()) {
-                let _ = att.notify(TX);
+            if let Some(vm) = self.vm(s) {
+                vm.with_attachment(|a| a.notify(TX));
             }
         }
     }
