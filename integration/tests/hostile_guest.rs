@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::peers::{assert_same_bytes, connect_peers, drive};
+use common::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
 use common::transfer::{run, Job};
 use common::{random_bytes, wait_until, Harness, VmSpec};
 use hostile_chains::ChainMaker;
@@ -287,13 +287,7 @@ fn a_hostile_guest_cannot_disturb_other_vms_or_the_daemon() {
         },
     );
     let (idx, idb) = connect_peers(&mut x, &mut b, 7100, T);
-    x.driver_mut()
-        .send_all(idx, b"after the storm", T)
-        .expect("x sends");
-    assert_eq!(
-        b.driver_mut().recv_exact(idb, 15, T).expect("b reads"),
-        b"after the storm"
-    );
+    send_and_expect(&mut x, idx, &mut b, idb, b"after the storm", T);
     assert!(
         wait_until(T, || {
             let g = h.gauges("x");

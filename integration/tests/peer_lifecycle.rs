@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::peers::{assert_same_bytes, connect_peers, drive};
+use common::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
 use common::transfer::{run, Job};
 use common::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_integration::{DriverConfig, StreamId, StreamState, TestVm};
@@ -107,13 +107,7 @@ fn half_close_one_side_stops_sending_and_still_receives() {
     drive(&mut [&mut a, &mut b], T, "the close", |vms| {
         vms[1].driver().state(idb).expect("state") == StreamState::Closed
     });
-    assert!(
-        wait_until(T, || h.gauges("a").peer_conns == 0
-            && h.gauges("b").peer_conns == 0),
-        "entries freed: a {:?}, b {:?}",
-        h.gauges("a"),
-        h.gauges("b")
-    );
+    h.wait_peer_entries_freed("a", "b", T);
     assert_eq!(h.counters("a").fwd_bytes, 7);
     assert_eq!(h.counters("b").fwd_bytes, reply.len() as u64);
 }
@@ -139,14 +133,7 @@ fn both_shutdowns_without_rst_free_the_entry_within_ten_seconds() {
         })
         .expect("b sees both flags");
     // Nobody sends RST: the switch frees the entry on its own (within 10 s).
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            h.gauges("a").peer_conns == 0 && h.gauges("b").peer_conns == 0
-        }),
-        "entries freed: a {:?}, b {:?}",
-        h.gauges("a"),
-        h.gauges("b")
-    );
+    h.wait_peer_entries_freed("a", "b", Duration::from_secs(15));
 }
 
 #[test]
@@ -190,20 +177,8 @@ fn a_vm_that_disconnects_mid_stream_resets_its_peer_within_one_second() {
         h.gauges("b")
     );
     // c and b carry on.
-    c.driver_mut()
-        .send_all(cb_c, b"still here", T)
-        .expect("c sends");
-    assert_eq!(
-        b.driver_mut().recv_exact(cb_b, 10, T).expect("b reads"),
-        b"still here"
-    );
-    b.driver_mut()
-        .send_all(cb_b, b"me too", T)
-        .expect("b sends");
-    assert_eq!(
-        c.driver_mut().recv_exact(cb_c, 6, T).expect("c reads"),
-        b"me too"
-    );
+    send_and_expect(&mut c, cb_c, &mut b, cb_b, b"still here", T);
+    send_and_expect(&mut b, cb_b, &mut c, cb_c, b"me too", T);
     // a comes back and connects again.
     a.reconnect().expect("a reattaches");
     exchange(&mut a, &mut b, 5002, 64 * KIB);
@@ -262,11 +237,7 @@ fn restoring_rings_in_use_sends_transport_reset() {
     let h = vms(&[("a", 3), ("b", 4)]);
     let (mut a, mut b) = (h.vm("a"), h.vm("b"));
     let (ida, idb) = connect_peers(&mut a, &mut b, 5000, T);
-    a.driver_mut().send_all(ida, b"before", T).expect("send");
-    assert_eq!(
-        b.driver_mut().recv_exact(idb, 6, T).expect("recv"),
-        b"before"
-    );
+    send_and_expect(&mut a, ida, &mut b, idb, b"before", T);
     a.driver_mut().flush_tx(T).expect("flush");
 
     // The backend "restarts" under a driver that keeps running: same rings, bases = used index.

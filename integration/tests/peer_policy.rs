@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::peers::{connect_peers, drive};
+use common::peers::{connect_peers, drive, send_and_expect};
 use common::{wait_until, Harness, VmSpec};
 use sockbypass_integration::{DriverError, StreamState, TestVm, TxLayout};
 use sockbypass_wire::{Op, PacketHeader};
@@ -64,9 +64,7 @@ fn spoofed_source_cids_are_dropped_counted_and_never_delivered() {
     assert_eq!(h.counters("a").drop_spoofed_src, forged.len() as u64);
 
     // c's connection is intact: it carries exactly what c sends.
-    c.driver_mut().send_all(cb_c, b"real", T).expect("c sends");
-    let got = b.driver_mut().recv_exact(cb_b, 4, T).expect("b receives");
-    assert_eq!(got, b"real");
+    send_and_expect(&mut c, cb_c, &mut b, cb_b, b"real", T);
     assert_eq!(
         b.driver().buffered(cb_b).expect("buffered"),
         0,
@@ -157,17 +155,10 @@ fn ports_list_refuses_other_ports_with_rst_and_allows_listed_ones() {
 
     // A listed port works, data included.
     let (ida, idb) = connect_peers(&mut a, &mut b, 5001, T);
-    a.driver_mut()
-        .send_all(ida, b"to a listed port", T)
-        .expect("send");
-    assert_eq!(
-        b.driver_mut().recv_exact(idb, 16, T).expect("recv"),
-        b"to a listed port"
-    );
+    send_and_expect(&mut a, ida, &mut b, idb, b"to a listed port", T);
     // The list restricts only connections to b: b reaches any port of a.
     let (idb2, ida2) = connect_peers(&mut b, &mut a, 7777, T);
-    b.driver_mut().send_all(idb2, b"out", T).expect("send");
-    assert_eq!(a.driver_mut().recv_exact(ida2, 3, T).expect("recv"), b"out");
+    send_and_expect(&mut b, idb2, &mut a, ida2, b"out", T);
     assert_eq!(h.counters("a").drop_policy, 1);
     assert_eq!(h.counters("b").drop_policy, 0);
 }
@@ -216,11 +207,7 @@ fn connection_limit_refuses_past_max_conns_and_frees_on_close() {
         h.gauges("a")
     );
     let (ida, idb) = connect_peers(&mut a, &mut b, 5000, T);
-    a.driver_mut().send_all(ida, b"fifth", T).expect("send");
-    assert_eq!(
-        b.driver_mut().recv_exact(idb, 5, T).expect("recv"),
-        b"fifth"
-    );
+    send_and_expect(&mut a, ida, &mut b, idb, b"fifth", T);
     assert_eq!(h.counters("a").drop_conn_limit, 1);
 }
 
@@ -355,7 +342,6 @@ fn a_connection_to_itself_is_refused_or_counts_once() {
     }
     // Either way a has room for one more connection under max_conns = 2.
     let (ida, idb) = connect_peers(&mut a, &mut b, 5000, T);
-    a.driver_mut().send_all(ida, b"room", T).expect("send");
-    assert_eq!(b.driver_mut().recv_exact(idb, 4, T).expect("recv"), b"room");
+    send_and_expect(&mut a, ida, &mut b, idb, b"room", T);
     assert!(h.gauges("a").peer_conns <= 2, "{:?}", h.gauges("a"));
 }

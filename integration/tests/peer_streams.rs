@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::peers::{assert_same_bytes, connect_peers, drive};
 use common::transfer::{run, Job};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use common::{random_bytes, Harness, VmSpec};
 use sockbypass_integration::{
     DriverConfig, RxLayout, StreamId, TestVm, TxLayout, VmOptions, VsockDriver,
 };
@@ -311,13 +311,7 @@ fn sixty_four_concurrent_connections_carry_distinct_data_without_cross_talk() {
             .iter()
             .all(|id| vms[0].driver().state(*id).expect("state").is_terminal())
     });
-    assert!(
-        wait_until(T, || h.gauges("a").peer_conns == 0
-            && h.gauges("b").peer_conns == 0),
-        "entries freed: a {:?}, b {:?}",
-        h.gauges("a"),
-        h.gauges("b")
-    );
+    h.wait_peer_entries_freed("a", "b", T);
 }
 
 #[test]

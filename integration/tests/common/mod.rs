@@ -192,6 +192,18 @@ impl Harness {
         );
     }
 
+    /// Waits until neither `a` nor `b` takes part in a VM-to-VM connection any more; panics
+    /// with both VMs' gauges after `timeout`.
+    pub fn wait_peer_entries_freed(&self, a: &str, b: &str, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self.gauges(a).peer_conns == 0
+                && self.gauges(b).peer_conns == 0),
+            "entries freed: {a} {:?}, {b} {:?}",
+            self.gauges(a),
+            self.gauges(b)
+        );
+    }
+
     pub fn poll_counters(&self) -> Vec<sockbypassd::poll::PollCountersSnapshot> {
         self.daemon
             .as_ref()

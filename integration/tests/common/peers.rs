@@ -83,6 +83,26 @@ pub fn connect_peers(
 
 /// Panics unless `got` is `want`, comparing SHA-256 digests and naming the first difference
 /// (never printing megabytes).
+/// Sends `data` from `from` on stream `from_id`, and checks that `to` reads exactly those bytes
+/// on stream `to_id`.
+pub fn send_and_expect(
+    from: &mut TestVm,
+    from_id: StreamId,
+    to: &mut TestVm,
+    to_id: StreamId,
+    data: &[u8],
+    timeout: Duration,
+) {
+    from.driver_mut()
+        .send_all(from_id, data, timeout)
+        .expect("send");
+    let got = to
+        .driver_mut()
+        .recv_exact(to_id, data.len(), timeout)
+        .expect("receive");
+    assert_eq!(got, data);
+}
+
 pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     if sha256(got) == sha256(want) {
         return;
