@@ -31,6 +31,9 @@ pub struct EngineTotals {
     pub useful_loops: u64,
     /// Times a poll thread went to sleep.
     pub sleeps: u64,
+    /// Packets-per-batch histogram summed over the poll threads (buckets 1, 2-3, 4-7 ...
+    /// 128+, as `sockbypassd::poll::BATCH_BUCKETS` says).
+    pub batch_histogram: [u64; 8],
 }
 
 /// A running daemon and the directory holding its sockets (both go away on drop).
@@ -119,6 +122,9 @@ impl BenchDaemon {
             t.loops += p.loops;
             t.useful_loops += p.useful_loops;
             t.sleeps += p.sleeps;
+            for (sum, n) in t.batch_histogram.iter_mut().zip(p.batch_histogram()) {
+                *sum += n;
+            }
         }
         t
     }

@@ -137,8 +137,9 @@ impl Report {
             out += "\n";
         }
         out += "\npackets per poll-thread batch (1, 2-3, 4-7 ... 128+):\n";
-        for m in self.modes.iter().filter(|m| !m.batch_histogram.is_empty()) {
-            out += &format!("{:<9} {:?}\n", mode_name(m.mode), m.batch_histogram);
+        // Event mode has no poll threads, hence no batches.
+        for m in self.modes.iter().filter(|m| m.mode != PollMode::Event) {
+            out += &format!("{:<9} {:?}\n", mode_name(m.mode), m.totals.batch_histogram);
         }
         if let Some(h) = self.headline() {
             out += &format!("\ngoals ({} mode):\n", mode_name(h.mode));
@@ -184,7 +185,7 @@ impl Report {
                         "poll_loops": m.totals.loops,
                         "poll_useful_loops": m.totals.useful_loops,
                         "poll_sleeps": m.totals.sleeps,
-                        "batch_histogram": m.batch_histogram,
+                        "batch_histogram": m.totals.batch_histogram,
                         "steal_percent": m.steal_percent,
                         "batch_buckets": BATCH_BUCKETS,
                         "ratio_switch_vs_cacheline": self.ratio_switch_vs_cacheline(m),

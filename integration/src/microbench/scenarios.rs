@@ -112,9 +112,6 @@ pub struct ModeResult {
     /// Steal time over the mode's run, in % of the wall time × CPUs (the hypervisor running
     /// something else on this VM's CPUs); `None` where `/proc/stat` says nothing.
     pub steal_percent: Option<f64>,
-    /// Packets-per-batch histogram of the poll threads (bucket `i` counts batches of
-    /// `2^i .. 2^(i+1)` chains; the last bucket is open-ended).
-    pub batch_histogram: Vec<u64>,
 }
 
 /// Measures one mode: a daemon with enough VMs for the largest pair count.
@@ -190,18 +187,6 @@ fn measure_mode(
         .collect::<Result<Vec<Rate>, _>>()?;
     let idle_cpu_percent = idle_cpu(s);
     let totals = daemon.totals();
-    let batch_histogram = daemon
-        .poll_counters()
-        .iter()
-        .fold(Vec::new(), |mut acc, c| {
-            for (i, n) in c.batch_histogram().iter().enumerate() {
-                if acc.len() <= i {
-                    acc.resize(i + 1, 0);
-                }
-                acc[i] += n;
-            }
-            acc
-        });
     drop(pairs);
     Ok(ModeResult {
         mode,
@@ -215,7 +200,6 @@ fn measure_mode(
         idle_cpu_percent,
         totals,
         steal_percent: None,
-        batch_histogram,
     })
 }
 
