@@ -110,11 +110,6 @@ impl BenchVm {
         &self.ram
     }
 
-    /// Free TX descriptors (after [`BenchVm::reap_tx`]).
-    pub fn tx_room(&self) -> usize {
-        self.tx_free.len()
-    }
-
     /// Where TX buffer `head`'s payload starts.
     pub fn tx_payload(&self, head: u16) -> GuestAddress {
         self.tx_buffers[usize::from(head)].unchecked_add(HEADER_LEN.into())

@@ -119,26 +119,21 @@ impl Pair {
         })
     }
 
-    /// The sending VM.
-    pub fn sender(&self) -> &BenchVm {
-        &self.a
-    }
-
     /// The receiving VM.
     pub fn receiver(&mut self) -> &mut BenchVm {
         &mut self.b
     }
 
-    /// Whether A may send `len` more bytes now (credit and a free TX descriptor).
-    fn can_send(&self, len: u32) -> bool {
+    /// Whether B's credit lets A send `len` more bytes now.
+    fn credit_allows(&self, len: u32) -> bool {
         let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
-        self.a.tx_room() > 0 && self.peer_buf_alloc.saturating_sub(in_flight) >= len
+        self.peer_buf_alloc.saturating_sub(in_flight) >= len
     }
 
     /// Puts one RW of `len` bytes on A's TX ring (no kick). Returns false when credit or
     /// descriptors are exhausted.
     fn push_one(&mut self, len: u32) -> Result<bool, MicrobenchError> {
-        if !self.can_send(len) {
+        if !self.credit_allows(len) {
             return Ok(false);
         }
         let Some(head) = self.a.next_tx_head() else {
