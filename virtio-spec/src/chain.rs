@@ -7,11 +7,11 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, Permissions};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 use crate::consts::{EVENT_SIZE, HEADER_LEN, HEADER_SIZE, MAX_PAYLOAD, MAX_SEGMENTS, TYPE_STREAM};
 use crate::header::{Op, PacketHeader};
-use crate::segments::{SegmentError, Segments};
+use crate::segments::{region_of, SegmentError, Segments};
 
 /// Why a descriptor chain was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -225,13 +225,7 @@ fn in_memory<M: GuestMemory + ?Sized>(
     len: u32,
     access: Permissions,
 ) -> bool {
-    if let Some(region) = mem.physical_memory().and_then(|p| p.find_region(addr)) {
-        let offset = addr.0 - region.start_addr().0;
-        if offset + u64::from(len) <= region.len() {
-            return true;
-        }
-    }
-    mem.check_range(addr, len as usize, access)
+    region_of(mem, addr.0, len).is_some() || mem.check_range(addr, len as usize, access)
 }
 
 /// Validates a TX chain: read-only descriptors inside guest memory, a header that fits, a known

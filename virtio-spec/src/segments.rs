@@ -416,7 +416,7 @@ where
 
 /// The region of plain guest memory (no IOMMU) holding all of `len` bytes at `addr`, and the
 /// address in it.
-fn region_of<M: GuestMemory + ?Sized>(
+pub(crate) fn region_of<M: GuestMemory + ?Sized>(
     mem: &M,
     addr: u64,
     len: u32,
