@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 
-use sockbypass_integration::bench::aggregate::{aggregate, Figures};
+use sockbypass_integration::bench::aggregate::aggregate;
 use sockbypass_integration::bench::plan::Plan;
 use sockbypass_integration::bench::report::{self, ModeFigures, RunInfo};
 use sockbypass_integration::cpu_time::{cpu_time_of, process_cpu_time};
@@ -65,17 +65,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// What one poll mode gave: the figures, the client VM's counters, and CPU use while the
-/// guests measured (to see whether a spinning switch starves the guests' vCPUs).
+/// What one poll mode gave: its figures with the CPU use while the guests measured (to see
+/// whether a spinning switch starves the guests' vCPUs), and the client VM's counters.
 struct ModeRun {
-    mode: String,
-    reps: u32,
-    figures: Figures,
+    result: ModeFigures,
     counters: Option<sockbypassd::metrics::VmCountersSnapshot>,
-    /// sockbypassd's CPU, in % of one core.
-    daemon_cpu: Option<f64>,
-    /// Both QEMU processes' CPU, in % of one core.
-    guests_cpu: Option<f64>,
 }
 
 struct Setup<'a> {
@@ -136,7 +130,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(netns);
     let main = &runs[0];
-    let figures = &main.figures;
+    let figures = &main.result.figures;
     let plan = plan(args, args.reps);
 
     let info = RunInfo {
@@ -163,16 +157,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             c.malformed_total()
         );
     }
-    let per_mode: Vec<ModeFigures> = runs
-        .iter()
-        .map(|r| ModeFigures {
-            mode: r.mode.clone(),
-            reps: r.reps,
-            figures: r.figures.clone(),
-            daemon_cpu_percent: r.daemon_cpu,
-            guests_cpu_percent: r.guests_cpu,
-        })
-        .collect();
+    let per_mode: Vec<ModeFigures> = runs.iter().map(|r| r.result.clone()).collect();
     if per_mode.len() > 1 {
         println!();
         print!("{}", report::modes_table(&per_mode));
@@ -299,20 +284,22 @@ fn measure(
     let pct = |before: Option<Duration>, after: Option<Duration>| {
         Some(after?.checked_sub(before?)?.as_secs_f64() / wall * 100.0)
     };
-    let daemon_cpu = pct(daemon_before, process_cpu_time());
-    let guests_cpu = pct(guests_before, guests_cpu(&server, &client));
+    let daemon_cpu_percent = pct(daemon_before, process_cpu_time());
+    let guests_cpu_percent = pct(guests_before, guests_cpu(&server, &client));
     let figures = aggregate(&plan, &results(&client.log()))?;
     let counters = daemon.switch().counters("client");
     drop(client);
     drop(server);
     daemon.shutdown();
     Ok(ModeRun {
-        mode: mode.to_owned(),
-        reps,
-        figures,
+        result: ModeFigures {
+            mode: mode.to_owned(),
+            reps,
+            figures,
+            daemon_cpu_percent,
+            guests_cpu_percent,
+        },
         counters,
-        daemon_cpu,
-        guests_cpu,
     })
 }
 
