@@ -71,7 +71,10 @@ json_field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\}.*/\1/p" "$BASE
 gate() {
     [ -f "$BASELINE" ] || die "$BASELINE is missing: run ci/perf-gate.sh --update \"reason\""
     build_gate
-    read -r per_packet packets < <(measure)
+    local result
+    # A failed measurement (reported by measure) stops the gate; it never compares nothing.
+    result=$(measure) || exit 2
+    read -r per_packet packets <<<"$result"
     local base rustc_now rustc_base
     base=$(json_field ir_per_packet)
     rustc_base=$(json_field rustc)
@@ -95,7 +98,10 @@ update() {
     local reason=$1
     [ -n "$reason" ] || die "--update needs a reason: ci/perf-gate.sh --update \"why the count changed\""
     build_gate
-    read -r per_packet packets < <(measure)
+    local result
+    # A failed measurement (reported by measure) stops the gate; it never compares nothing.
+    result=$(measure) || exit 2
+    read -r per_packet packets <<<"$result"
     cat >"$BASELINE" <<EOF
 {
   "ir_per_packet": $per_packet,
