@@ -84,6 +84,15 @@ counters!(
         drop_protocol,
         /// RSTs for this guest dropped because its reply queue was at its hard limit.
         drop_reply_overflow,
+        /// TX chains refused because the guest published their head again while the device
+        /// still held it (no used entry: the first copy gets the one entry).
+        drop_head_in_flight,
+        /// TX walks that stopped at their budget (the queue size) with chains left, handing
+        /// the rest to a later walk: a guest refilling its ring as fast as it drains.
+        tx_walks_cut,
+        /// Times the guest broke a virtqueue (an available index jumped past the queue size, a
+        /// ring outside its memory): the VM was detached until its driver reset the device.
+        queue_broken,
         /// RX chains the guest posted that were unusable (returned with used length 0).
         rx_bad_chain,
         /// Event-queue buffers used.

@@ -167,6 +167,12 @@ impl PacketHeader {
         hdr.set_type(self.type_());
         hdr
     }
+
+    /// The RST that answers this packet (addresses swapped), or `None` when the packet is an RST
+    /// itself: an RST is never answered (SPEC.md §10).
+    pub fn rst_reply(&self) -> Option<Self> {
+        (self.op() != Some(Op::Rst)).then(|| self.reply(Op::Rst))
+    }
 }
 
 impl std::fmt::Debug for PacketHeader {
@@ -242,5 +248,16 @@ mod tests {
         assert_eq!((r.dst_cid(), r.dst_port()), (3, 1000));
         assert_eq!(r.op(), Some(Op::Rst));
         assert_eq!((r.buf_alloc(), r.fwd_cnt(), r.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn rst_reply_answers_everything_but_rst() {
+        let req = PacketHeader::stream(Op::Request, 3, 1000, 4, 22);
+        let r = req.rst_reply().expect("a REQUEST is answered");
+        assert_eq!(r, req.reply(Op::Rst));
+        assert_eq!(
+            PacketHeader::stream(Op::Rst, 3, 1000, 4, 22).rst_reply(),
+            None
+        );
     }
 }

@@ -13,8 +13,13 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::switch::{DetachReason, Switch};
+use std::os::fd::AsRawFd;
 
+use vmm_sys_util::epoll::EventSet;
+
+use crate::switch::{DetachReason, Switch, VmPort};
+
+use super::vsock_device::RESUME_EVENT;
 use super::VsockDevice;
 
 /// Errors setting up a VM's vhost-user socket.
@@ -98,6 +103,18 @@ pub fn bind(switch: &Switch, index: usize) -> Result<Listener, ServerError> {
     })
 }
 
+/// Lets the connection's vring worker hear the VM's resume eventfd, so that work handed back
+/// by a bounded walk ([`crate::switch::VmPort::request_resume`]) is picked up again.
+fn watch_resume(daemon: &VhostUserDaemon<VsockDevice>, vm: &VmPort, name: &str) {
+    let Some(handler) = daemon.get_epoll_handlers().into_iter().next() else {
+        return;
+    };
+    let fd = vm.resume_fd().as_raw_fd();
+    if let Err(e) = handler.register_listener(fd, EventSet::IN, RESUME_EVENT as u64) {
+        tracing::error!(vm = %name, error = %e, "cannot watch the resume eventfd: work left by a bounded walk waits for the next kick");
+    }
+}
+
 /// Serves VM `index` on `listener` until `control` stops it.
 pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control: ServerControl) {
     let Some(vm) = switch.vm(index).cloned() else {
@@ -132,6 +149,9 @@ pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control:
         }
         *control.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
         tracing::info!(vm = %name, "frontend connected");
+        // A new frontend starts clean, even if the last one's guest broke a queue.
+        vm.lift_quarantine();
+        watch_resume(&daemon, &vm, &name);
         match daemon.wait() {
             Ok(()) => tracing::info!(vm = %name, "frontend disconnected"),
             Err(e) => tracing::info!(vm = %name, error = %e, "frontend connection ended"),

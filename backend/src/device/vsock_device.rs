@@ -40,6 +40,10 @@ pub struct VsockDevice {
     guest_cid: u64,
 }
 
+/// The worker-loop event of a VM's resume eventfd ([`crate::switch::VmPort::request_resume`]):
+/// the first id vhost-user-backend leaves to the backend (ids up to the queue count are its own).
+pub const RESUME_EVENT: usize = NUM_QUEUES + 1;
+
 impl VsockDevice {
     /// The device of VM `index` of `switch`.
     pub fn new(switch: Arc<Switch>, index: usize) -> Option<Self> {
@@ -49,6 +53,12 @@ impl VsockDevice {
             index,
             guest_cid,
         })
+    }
+
+    fn lift_quarantine(&self) {
+        if let Some(vm) = self.switch.vm(self.index) {
+            vm.lift_quarantine();
+        }
     }
 }
 
@@ -91,10 +101,12 @@ impl VhostUserBackend for VsockDevice {
 
     fn reset_device(&self) {
         self.switch.detach(self.index, DetachReason::DeviceReset);
+        self.lift_quarantine();
     }
 
     fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
         self.switch.detach(self.index, DetachReason::RingStopped);
+        self.lift_quarantine();
         Ok(())
     }
 
@@ -110,12 +122,19 @@ impl VhostUserBackend for VsockDevice {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
+        let event = usize::from(device_event);
+        if event == RESUME_EVENT {
+            if let Some(vm) = self.switch.vm(self.index) {
+                // Non-blocking: an empty counter (someone else read it) is no error.
+                let _ = vm.resume_fd().read();
+            }
+        }
         self.switch.bind(self.index, vrings);
-        if usize::from(device_event) < NUM_QUEUES && self.switch.on_kick(self.index) {
+        if (event < NUM_QUEUES || event == RESUME_EVENT) && self.switch.on_kick(self.index) {
             // A poll thread owns this VM: it was told, and does the work.
             return Ok(());
         }
-        match usize::from(device_event) {
+        match event {
             TX_QUEUE => self.switch.service(self.index),
             RX_QUEUE => {
                 self.switch.service_rx(self.index);
@@ -123,8 +142,13 @@ impl VhostUserBackend for VsockDevice {
             EVENT_QUEUE => {
                 self.switch.fill_events(self.index);
             }
+            RESUME_EVENT => {
+                self.switch.service(self.index);
+                self.switch.fill_events(self.index);
+            }
             other => tracing::debug!(event = other, "ignoring unknown device event"),
         }
+        self.switch.reset_if_broken(self.index);
         Ok(())
     }
 }

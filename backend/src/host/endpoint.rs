@@ -180,8 +180,10 @@ impl HostEndpoint {
                 Op::Rst => {}
                 _ => {
                     counters.drop_no_connection.fetch_add(1, Ordering::Relaxed);
-                    replies.rst_for(h);
-                    counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+                    if let Some(rst) = h.rst_reply() {
+                        replies.push(rst);
+                        counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             return;
@@ -232,8 +234,10 @@ impl HostEndpoint {
         counters: &VmCounters,
     ) {
         let refuse = |replies: &mut ReplyQueue| {
-            replies.rst_for(h);
-            counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(rst) = h.rst_reply() {
+                replies.push(rst);
+                counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+            }
         };
         let Some(uds_path) = &self.uds else {
             return refuse(replies);

@@ -239,6 +239,7 @@ impl ThreadCtx {
             if kicked {
                 self.switch.fill_events(vm);
             }
+            self.switch.reset_if_broken(vm);
         }
         moved
     }
@@ -253,10 +254,11 @@ impl ThreadCtx {
             let chains = u64::from(self.switch.process_tx(vm).chains);
             moved += chains;
             found += chains;
+            // Relaxed: `going_to_sleep`'s fence orders this load after the `sleeping` store.
             if self
                 .switch
                 .vm(vm)
-                .is_some_and(|v| v.kicked.load(Ordering::Acquire))
+                .is_some_and(|v| v.kicked.load(Ordering::Relaxed))
             {
                 found += 1;
             }

@@ -3,11 +3,14 @@
 //! A held packet is only a reference: its header copy and the guest addresses of its payload,
 //! still in the sender's TX descriptors, which the sender gets back once the last byte is
 //! delivered. So the queue costs no payload memory, and it is bounded by the senders' TX queue
-//! sizes: a guest cannot have more chains held than it has descriptors.
+//! sizes: a chain is held only after its head was claimed in the sender's in-flight bitmap
+//! ([`super::attachment::Attachment::claim_tx`]), a head below the queue size that is not
+//! already in flight, so a sender has at most its TX queue size of chains held, however often
+//! it publishes the same head.
 
 use std::collections::VecDeque;
 
-use sockbypass_wire::TxPacket;
+use sockbypass_wire::{PacketHeader, TxPacket};
 
 /// A sender's TX packet waiting for the receiver.
 #[derive(Debug)]
@@ -20,13 +23,6 @@ pub struct Held {
     pub packet: TxPacket,
     /// Payload bytes already delivered (a packet split over several RX buffers).
     pub offset: u32,
-}
-
-impl Held {
-    /// Payload bytes still to deliver.
-    pub fn remaining(&self) -> u32 {
-        self.packet.header.len().saturating_sub(self.offset)
-    }
 }
 
 /// The FIFO of packets held for one receiver, from every sender. One FIFO keeps each
@@ -65,6 +61,33 @@ impl InboundQueue {
     /// Removes and returns every packet, for a receiver that went away.
     pub fn drain_all(&mut self) -> Vec<Held> {
         self.queue.drain(..).collect()
+    }
+
+    /// Removes every packet of the connection `h` names (either direction) and appends them to
+    /// `out`: the connection is being reset, and its RST must not overtake them (SPEC.md §10).
+    pub fn take_connection(&mut self, h: &PacketHeader, out: &mut Vec<Held>) {
+        let ends = |p: &PacketHeader| {
+            let a = (p.src_cid(), p.src_port());
+            let b = (p.dst_cid(), p.dst_port());
+            if a <= b {
+                (a, b)
+            } else {
+                (b, a)
+            }
+        };
+        let key = ends(h);
+        if !self
+            .queue
+            .iter()
+            .any(|held| ends(&held.packet.header) == key)
+        {
+            return;
+        }
+        let (gone, kept): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|held| ends(&held.packet.header) == key);
+        self.queue = kept;
+        out.extend(gone);
     }
 
     /// Removes every packet of `sender`'s attachment `generation` (the sender went away; its

@@ -54,7 +54,7 @@ impl Switch {
     }
 
     /// Gives held chains back to their senders (with nothing delivered) and interrupts them.
-    fn return_held(&self, held: Vec<Held>) {
+    pub(super) fn return_held(&self, held: Vec<Held>) {
         let mut senders: Vec<usize> = Vec::new();
         for h in held {
             let Some(sender) = self.vm(h.sender) else {

@@ -42,6 +42,7 @@ pub mod tx_path;
 pub mod vm_port;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -69,11 +70,23 @@ pub enum DetachReason {
     RingStopped,
     /// The frontend sent RESET_DEVICE.
     DeviceReset,
+    /// The guest broke a virtqueue (SPEC.md §9.1): the VM stays detached until the frontend
+    /// resets the device, stops a ring or reconnects.
+    QueueBroken,
 }
 
 /// Errors building the switch.
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
+    /// A VM's resume eventfd could not be created.
+    #[error("VM `{vm}`: cannot create an eventfd")]
+    Eventfd {
+        /// VM name.
+        vm: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The `uds` listener of a VM could not be set up.
     #[error("VM `{vm}`: cannot listen on uds {path}")]
     HostListener {
@@ -137,7 +150,12 @@ impl Switch {
                 source,
             })?;
             by_cid.insert(vm.cid, index);
-            vms.push(Arc::new(VmPort::new(index, vm.clone(), host)));
+            let port =
+                VmPort::new(index, vm.clone(), host).map_err(|source| SwitchError::Eventfd {
+                    vm: vm.name.clone(),
+                    source,
+                })?;
+            vms.push(Arc::new(port));
         }
         let peers = PeerTable::new(
             config
@@ -195,22 +213,22 @@ impl Switch {
         let rx = vm.rx();
         Some(VmGauges {
             peer_conns,
-            held_chains: vm.held.load(std::sync::atomic::Ordering::Relaxed),
+            held_chains: vm.held.load(Ordering::Relaxed),
             queued_replies: rx.replies.len(),
             inbound_queued: rx.inbound.len(),
             host_conns: rx.host.connection_count(),
         })
     }
 
-    /// Moves all work of VM `index` that is ready: its TX queue, then its RX queue, again
-    /// while a full reply queue had stalled TX and RX made room.
+    /// Moves all work of VM `index` that is ready: its TX queue, then its RX queue, and the TX
+    /// queue once more if a full reply queue had stalled it and the fill made room. Bounded:
+    /// what is left after that (a spent budget) comes back through the VM's resume eventfd.
     pub fn service(&self, index: usize) {
-        loop {
-            let tx = self.process_tx(index);
-            let rx = self.fill_rx(index);
-            if !(tx.stalled_on_replies && rx.replies_sent > 0) {
-                break;
-            }
+        let tx = self.process_tx(index);
+        let rx = self.fill_rx(index);
+        if tx.stalled_on_replies && rx.replies_sent > 0 {
+            self.process_tx(index);
+            self.fill_rx(index);
         }
     }
 
@@ -227,14 +245,35 @@ impl Switch {
         self.service_rx(index);
     }
 
-    /// Fills VM `index`'s RX queue, and resumes its TX queue if that was waiting for replies.
+    /// Fills VM `index`'s RX queue. If the fill sent replies while the VM's TX walk was stalled
+    /// on a full reply queue, the TX walk is handed back to whoever serves the VM (this path
+    /// takes no TX lock).
     pub fn service_rx(&self, index: usize) -> RxReport {
         let rx = self.fill_rx(index);
-        let stalled = self.vm(index).is_some_and(|vm| vm.tx().stalled_on_replies);
-        if stalled && rx.replies_sent > 0 {
-            self.service(index);
+        if rx.replies_sent > 0 {
+            if let Some(vm) = self.vm(index) {
+                if vm.tx_stalled_on_replies.load(Ordering::Acquire) {
+                    vm.request_resume();
+                }
+            }
         }
         rx
+    }
+
+    /// Detaches VM `index` if one of its queues broke, and keeps it detached until its
+    /// frontend resets the device or reconnects (SPEC.md §9.1): its peers get RSTs, its held
+    /// chains go back, and no loop ever spins on the broken ring. Call with no lock of the
+    /// switch held (the thread's top level). Returns whether it detached the VM.
+    pub fn reset_if_broken(&self, index: usize) -> bool {
+        let Some(vm) = self.vm(index) else {
+            return false;
+        };
+        if !vm.take_needs_reset() || vm.with_attachment(|a| a.is_broken()) != Some(true) {
+            return false;
+        }
+        vm.quarantine();
+        self.detach(index, DetachReason::QueueBroken);
+        true
     }
 
     /// Hands the VMs to poll threads: VM *i* to `wakers[i % wakers.len()]`. Called once, by the
@@ -250,22 +289,20 @@ impl Switch {
         let Some(vm) = self.vm(index) else {
             return false;
         };
-        vm.counters
-            .kicks_received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        vm.counters.kicks_received.fetch_add(1, Ordering::Relaxed);
         let Some(owners) = self.poll_owners.get().filter(|o| !o.is_empty()) else {
             return false;
         };
-        vm.kicked.store(true, std::sync::atomic::Ordering::Release);
-        owners[index % owners.len()].wake();
+        owners[index % owners.len()].kick(&vm.kicked);
         true
     }
 
     /// Expires timed-out host handshakes and connections of every VM, and closed VM-to-VM
-    /// connections whose final RST never came.
+    /// connections whose final RST never came; detaches VMs whose queues broke.
     pub fn sweep(&self, now: Instant) {
         self.peers().sweep(now);
         for vm in &self.vms {
+            self.reset_if_broken(vm.index);
             {
                 let mut rx = vm.rx();
                 let vm_port::RxSide { replies, host, .. } = &mut *rx;

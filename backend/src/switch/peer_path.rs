@@ -13,7 +13,7 @@ use sockbypass_wire::{copy_between, Op, PacketHeader, RxBuffer, SegmentError, Tx
 use super::attachment::{Attachment, MemGuard, RX};
 use super::inbound::Held;
 use super::peer_table::{OwedRst, Refused, Verdict};
-use super::rx_path::take_buffer;
+use super::rx_path::{take_buffer, RX_POP_BUDGET};
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
 use crate::metrics::VmCounters;
@@ -41,12 +41,15 @@ pub enum Progress {
 
 /// Copies what is left of `packet` (from `*offset` on) from `src_mem` into the RX buffers of
 /// `dst`, one piece per buffer. Each piece is the packet's header with its own `len`.
-/// The caller holds `dst`'s RX lock (`rx`).
+/// The caller holds `dst`'s RX lock (`rx`). `pops` is what is left of the caller's budget of RX
+/// chains (see [`take_buffer`]).
+#[allow(clippy::too_many_arguments)]
 pub fn deliver(
     dst: &VmPort,
     datt: &Attachment,
     dmem: &MemGuard,
     starved_since: &mut Option<Instant>,
+    pops: &mut u32,
     src_mem: &MemGuard,
     packet: &TxPacket,
     offset: &mut u32,
@@ -54,7 +57,7 @@ pub fn deliver(
     let len = packet.header.len();
     loop {
         let mut buf = RxBuffer::default();
-        if !take_buffer(dst, datt, dmem, starved_since, &mut buf) {
+        if !take_buffer(dst, datt, dmem, starved_since, pops, &mut buf) {
             return Progress::NoBuffer;
         };
         let remaining = len - *offset;
@@ -134,6 +137,15 @@ fn count_refusal(c: &VmCounters, why: Refused) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Who caused a reply, which decides the reply queue it goes to (see `replies.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The receiving VM's own packet (or a host event of its own).
+    Own,
+    /// Another VM's packet, or another VM leaving.
+    Peer,
+}
+
 impl Switch {
     /// Routes one valid packet from `vm` (attachment `att`, memory `mem`) to the VM at index
     /// `to`. `touched` collects the VMs whose RX queues changed, for the caller to signal.
@@ -159,14 +171,13 @@ impl Switch {
             Verdict::Refuse(why) => {
                 count_refusal(&vm.counters, why);
                 warn_limited!(vm.warn, vm = %vm.config.name, ?why, dst_cid = h.dst_cid(), dst_port = h.dst_port(), op = h.op_raw(), "refused a packet to a peer VM");
-                self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+                self.answer_with_rst(vm.index, h, touched);
                 return Disposition::Done;
             }
             Verdict::ResetBoth(why) => {
                 count_refusal(&vm.counters, why);
                 warn_limited!(vm.warn, vm = %vm.config.name, ?why, dst_cid = h.dst_cid(), dst_port = h.dst_port(), op = h.op_raw(), "reset a connection between VMs");
-                self.owe_rst(vm.index, h.reply(Op::Rst), touched);
-                self.owe_rst(to, rst_towards_destination(h), touched);
+                self.reset_both(vm.index, to, h, touched);
                 return Disposition::Done;
             }
         }
@@ -181,7 +192,7 @@ impl Switch {
             vm.counters
                 .drop_peer_unreachable
                 .fetch_add(1, Ordering::Relaxed);
-            self.owe_rst(vm.index, h.reply(Op::Rst), touched);
+            self.answer_with_rst(vm.index, h, touched);
             return Disposition::Done;
         };
         mark(touched, to);
@@ -191,12 +202,16 @@ impl Switch {
         }
         let dmem = datt.memory();
         let mut offset = 0;
+        let mut pops = RX_POP_BUDGET;
+        // One more look after re-arming the receiver's kicks, for buffers posted meanwhile.
+        let mut rearmed = false;
         loop {
             match deliver(
                 dst,
                 &datt,
                 &dmem,
                 &mut rx.starved_since,
+                &mut pops,
                 mem,
                 pkt,
                 &mut offset,
@@ -209,40 +224,63 @@ impl Switch {
                 Progress::Failed => {
                     drop(rx);
                     self.peers().forget(h);
-                    self.owe_rst(vm.index, h.reply(Op::Rst), touched);
-                    self.owe_rst(to, rst_towards_destination(h), touched);
+                    self.reset_both(vm.index, to, h, touched);
                     return Disposition::Done;
                 }
                 Progress::NoBuffer => {
-                    // Ask for a kick when buffers come; if some came meanwhile, go on.
-                    if let Ok(true) = datt.enable_kicks(RX) {
+                    // Ask for a kick when buffers come; if some came meanwhile, look once more.
+                    if !rearmed && pops > 0 && datt.enable_kicks(RX).unwrap_or(false) {
+                        rearmed = true;
                         continue;
                     }
                     rx.start_starving();
+                    dst.rx_starved.store(true, Ordering::Release);
                     dst.counters
                         .rx_buffer_stalls
                         .fetch_add(1, Ordering::Relaxed);
                     hold(vm, att, &mut rx, pkt, offset);
+                    drop(rx);
+                    if pops == 0 {
+                        // The receiver keeps posting unusable buffers: its own fill takes over.
+                        dst.request_resume();
+                    }
                     return Disposition::Held;
                 }
             }
         }
     }
 
-    /// Queues an RST for VM `to` and counts it; `to` joins `touched`, whose RX queues the caller
-    /// fills at the end of its work. Past the reply queue's hard limit (a guest that posts no RX
-    /// buffers while a peer keeps provoking resets) the RST is dropped and counted.
-    pub(super) fn owe_rst(&self, to: usize, rst: PacketHeader, touched: &mut Vec<usize>) {
+    /// Answers `h`, a packet of VM `vm`, with an RST, unless `h` is an RST itself.
+    pub(super) fn answer_with_rst(&self, vm: usize, h: &PacketHeader, touched: &mut Vec<usize>) {
+        if let Some(rst) = h.rst_reply() {
+            self.owe_rst(vm, rst, Cause::Own, touched);
+        }
+    }
+
+    /// Resets the connection of `h` (a packet from VM `from` to VM `to`) on both sides.
+    fn reset_both(&self, from: usize, to: usize, h: &PacketHeader, touched: &mut Vec<usize>) {
+        self.answer_with_rst(from, h, touched);
+        self.owe_rst(to, rst_towards_destination(h), Cause::Peer, touched);
+    }
+
+    /// Queues `rst` for VM `to` and counts it; `to` joins `touched`, whose RX queues the caller
+    /// fills at the end of its work. Packets of the same connection still held for `to` are
+    /// dropped and their chains returned, so the RST never overtakes them (SPEC.md §10). Past
+    /// the peer-reply limit (a guest that posts no RX buffers while peers keep provoking
+    /// resets) an RST caused by a peer is dropped and counted.
+    pub(super) fn owe_rst(
+        &self,
+        to: usize,
+        rst: PacketHeader,
+        cause: Cause,
+        touched: &mut Vec<usize>,
+    ) {
         let Some(vm) = self.vm(to) else {
             return;
         };
-        if vm.rx().replies.push_bounded(rst) {
-            vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            vm.counters
-                .drop_reply_overflow
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let mut dropped = Vec::new();
+        vm.rx().owe_rst(rst, cause, &vm.counters, &mut dropped);
+        self.return_held(dropped);
         mark(touched, to);
     }
 
@@ -251,11 +289,7 @@ impl Switch {
     pub(super) fn queue_owed_rsts(&self, owed: Vec<OwedRst>) -> Vec<usize> {
         let mut touched = Vec::new();
         for o in owed {
-            if let Some(vm) = self.vm(o.vm) {
-                vm.rx().replies.push(o.header);
-                vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
-                mark(&mut touched, o.vm);
-            }
+            self.owe_rst(o.vm, o.header, Cause::Peer, &mut touched);
         }
         touched
     }

@@ -1,107 +1,106 @@
 //! Control packets the device owes a guest that belong to no live connection: mostly RSTs that
 //! refuse a request or answer a packet for an unknown connection.
 //!
-//! The queue is bounded. The TX path checks [`ReplyQueue::has_room`] before it takes a packet
-//! that may need a reply, so a guest that floods requests without posting RX buffers stalls its
-//! own TX queue instead of growing this one (SPEC.md §7).
+//! Two bounded FIFOs, by who caused the reply (SPEC.md §11):
+//! - **the VM's own**: answers to its own packets and host-side events. The TX path checks
+//!   [`ReplyQueue::has_room`] before it takes a packet that may need a reply, so a guest that
+//!   floods requests without posting RX buffers stalls its own TX queue instead of growing
+//!   this one.
+//! - **caused by other VMs**: RSTs a peer's packet provoked. They never count against the VM's
+//!   own room, so a peer cannot stall the VM's TX queue; past [`PEER_REPLY_CAP`] they are
+//!   dropped and counted.
 
 use std::collections::VecDeque;
 
-use sockbypass_wire::{Op, PacketHeader};
+use sockbypass_wire::PacketHeader;
 
-/// Replies a VM may have waiting before its TX queue stalls.
+/// The VM's own replies that may wait before its TX queue stalls.
 pub const REPLY_QUEUE_CAP: usize = 256;
-/// Replies a VM may have waiting at all, counting RSTs that other VMs' packets caused; past it
-/// such RSTs are dropped and counted (SPEC.md §11).
-pub const REPLY_QUEUE_HARD_CAP: usize = 4 * REPLY_QUEUE_CAP;
+/// Replies caused by other VMs that may wait; past it they are dropped and counted in
+/// `drop_reply_overflow`.
+pub const PEER_REPLY_CAP: usize = 1024;
 
-/// A bounded FIFO of headers to send to one guest.
+/// The replies waiting for one guest's RX buffers.
 #[derive(Debug, Default)]
 pub struct ReplyQueue {
-    queue: VecDeque<PacketHeader>,
+    own: VecDeque<PacketHeader>,
+    from_peers: VecDeque<PacketHeader>,
 }
 
 impl ReplyQueue {
     /// Whether the TX path may take another packet (each takes at most one reply).
     pub fn has_room(&self) -> bool {
-        self.queue.len() < REPLY_QUEUE_CAP
+        self.own.len() < REPLY_QUEUE_CAP
     }
 
-    /// Queues an RST answering `to` (addresses swapped). RSTs are never answered.
-    pub fn rst_for(&mut self, to: &PacketHeader) {
-        if to.op() == Some(Op::Rst) {
-            return;
-        }
-        self.push(to.reply(Op::Rst));
-    }
-
-    /// Queues a header. Host-side events may exceed the soft cap by at most one per connection,
-    /// which `max_conns` bounds.
+    /// Queues a reply the VM's own packet or a host event caused. Host-side events may exceed
+    /// the cap by at most one per connection, which `max_conns` bounds.
     pub fn push(&mut self, hdr: PacketHeader) {
-        self.queue.push_back(hdr);
+        self.own.push_back(hdr);
     }
 
-    /// Queues a header unless [`REPLY_QUEUE_HARD_CAP`] replies already wait. Returns whether it
-    /// was queued.
-    pub fn push_bounded(&mut self, hdr: PacketHeader) -> bool {
-        if self.queue.len() >= REPLY_QUEUE_HARD_CAP {
+    /// Queues a reply another VM's packet caused, unless [`PEER_REPLY_CAP`] already wait.
+    /// Returns whether it was queued.
+    pub fn push_from_peer(&mut self, hdr: PacketHeader) -> bool {
+        if self.from_peers.len() >= PEER_REPLY_CAP {
             return false;
         }
-        self.queue.push_back(hdr);
+        self.from_peers.push_back(hdr);
         true
     }
 
-    /// The next reply.
+    /// The next reply: the VM's own first.
     pub fn pop(&mut self) -> Option<PacketHeader> {
-        self.queue.pop_front()
-    }
-
-    /// Puts a reply back at the front (no RX buffer for it after all).
-    pub fn unpop(&mut self, hdr: PacketHeader) {
-        self.queue.push_front(hdr);
+        self.own.pop_front().or_else(|| self.from_peers.pop_front())
     }
 
     /// Number of waiting replies.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.own.len() + self.from_peers.len()
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.own.is_empty() && self.from_peers.is_empty()
     }
 
     /// Forgets everything (the guest is gone).
     pub fn clear(&mut self) {
-        self.queue.clear();
+        self.own.clear();
+        self.from_peers.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sockbypass_wire::Op;
 
     #[test]
-    fn rst_answers_swap_addresses_and_never_answer_rst() {
+    fn own_replies_fill_the_room_and_peer_replies_do_not() {
         let mut q = ReplyQueue::default();
-        q.rst_for(&PacketHeader::stream(Op::Request, 3, 1000, 9, 80));
-        q.rst_for(&PacketHeader::stream(Op::Rst, 3, 1000, 9, 80));
-        assert_eq!(q.len(), 1);
-        let r = q.pop().expect("one reply");
-        assert_eq!(
-            (r.src_cid(), r.src_port(), r.dst_cid(), r.dst_port()),
-            (9, 80, 3, 1000)
-        );
-        assert_eq!(r.op(), Some(Op::Rst));
-    }
-
-    #[test]
-    fn has_room_until_cap() {
-        let mut q = ReplyQueue::default();
+        for _ in 0..PEER_REPLY_CAP {
+            assert!(q.push_from_peer(PacketHeader::default()));
+        }
+        assert!(!q.push_from_peer(PacketHeader::default()), "peer cap");
+        assert!(q.has_room(), "peers' replies leave the VM's own room");
         for _ in 0..REPLY_QUEUE_CAP {
             assert!(q.has_room());
             q.push(PacketHeader::default());
         }
         assert!(!q.has_room());
+        assert_eq!(q.len(), PEER_REPLY_CAP + REPLY_QUEUE_CAP);
+    }
+
+    #[test]
+    fn own_replies_go_first() {
+        let mut q = ReplyQueue::default();
+        let peer = PacketHeader::stream(Op::Rst, 4, 1, 3, 2);
+        let own = PacketHeader::stream(Op::Rst, 5, 1, 3, 2);
+        assert!(q.push_from_peer(peer));
+        q.push(own);
+        assert_eq!(q.pop(), Some(own));
+        assert_eq!(q.pop(), Some(peer));
+        assert_eq!(q.pop(), None);
     }
 }

@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 
 use std::time::Instant;
 
-use sockbypass_wire::{parse_rx_chain_into, Op, PacketHeader, RxBuffer};
+use sockbypass_wire::consts::MAX_QUEUE_SIZE;
+use sockbypass_wire::{parse_rx_chain_into, PacketHeader, RxBuffer};
 
 use super::attachment::{Attachment, MemGuard, RX, TX};
-use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Progress};
+use super::inbound::Held;
+use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Cause, Progress};
 use super::peer_table::OwedRst;
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
@@ -28,6 +30,9 @@ pub struct RxReport {
     pub out_of_buffers: bool,
     /// The guest was interrupted for the RX used ring.
     pub notified: bool,
+    /// The budget of RX chains was spent with work left; the rest was handed back
+    /// ([`VmPort::request_resume`]).
+    pub more: bool,
 }
 
 /// Which source gets the next RX buffer.
@@ -37,14 +42,22 @@ enum Source {
     Host,
 }
 
+/// RX chains one fill (or one delivery from a sender's walk) may take, usable or not. A guest
+/// that keeps posting buffers, even unusable ones, never keeps a thread longer than this: the
+/// rest is handed back through [`VmPort::request_resume`].
+pub const RX_POP_BUDGET: u32 = 1024;
+const _: () = assert!(RX_POP_BUDGET as usize == MAX_QUEUE_SIZE);
+
 impl Switch {
-    /// Delivers what VM `index` is owed into its RX queue, as far as buffers allow.
+    /// Delivers what VM `index` is owed into its RX queue, as far as buffers (and the budget
+    /// of RX chains) allow.
     pub fn fill_rx(&self, index: usize) -> RxReport {
         let mut report = RxReport::default();
         let Some(vm) = self.vm(index) else {
             return report;
         };
         let mut owed: Vec<OwedRst> = Vec::new();
+        let mut dropped: Vec<Held> = Vec::new();
         let mut rx = vm.rx();
         let Some(att) = vm.attachment() else {
             return report;
@@ -53,6 +66,8 @@ impl Switch {
         let before = vm.counters.rx_packets.load(Ordering::Relaxed);
         let mut host_idle = false;
         let mut starved = false;
+        let mut pops = RX_POP_BUDGET;
+        let mut rearmed = false;
         loop {
             let source = {
                 let has_host = !host_idle && rx.host.has_work_for_guest();
@@ -75,21 +90,34 @@ impl Switch {
                 }
             };
             let progressed = match source {
-                Source::Reply => self.fill_reply(vm, &att, &mem, &mut rx, &mut report),
-                Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut host_idle),
-                Source::Peer => self.fill_peer(vm, &att, &mem, &mut rx, &mut owed),
+                Source::Reply => fill_reply(vm, &att, &mem, &mut rx, &mut pops, &mut report),
+                Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut pops, &mut host_idle),
+                Source::Peer => {
+                    self.fill_peer(vm, &att, &mem, &mut rx, &mut pops, &mut owed, &mut dropped)
+                }
             };
-            if !progressed {
-                report.out_of_buffers = true;
-                vm.counters.rx_buffer_stalls.fetch_add(1, Ordering::Relaxed);
-                rx.start_starving();
-                // Ask for a kick when buffers come; if some came meanwhile, go on.
-                match att.enable_kicks(RX) {
-                    Ok(true) => continue,
-                    _ => {
-                        starved = true;
-                        break;
-                    }
+            if progressed {
+                continue;
+            }
+            if pops == 0 {
+                // The budget is spent with work left: come back later, not now.
+                report.more = true;
+                break;
+            }
+            report.out_of_buffers = true;
+            vm.counters.rx_buffer_stalls.fetch_add(1, Ordering::Relaxed);
+            rx.start_starving();
+            // Ask for a kick when buffers come; if some came meanwhile, look once more.
+            match att.enable_kicks(RX) {
+                Ok(true) if !rearmed => rearmed = true,
+                Ok(true) => {
+                    // Buffers keep coming as fast as they go: finish later.
+                    report.more = true;
+                    break;
+                }
+                _ => {
+                    starved = true;
+                    break;
                 }
             }
         }
@@ -103,6 +131,10 @@ impl Switch {
         if report.packets > 0 {
             report.notified = att.notify(RX).unwrap_or(false);
         }
+        if report.more {
+            vm.request_resume();
+        }
+        self.return_held(dropped);
         if !owed.is_empty() {
             // Only fills: the caller may hold a TX lock, and fills take none.
             for vm in self.queue_owed_rsts(owed) {
@@ -112,38 +144,18 @@ impl Switch {
         report
     }
 
-    /// Delivers the next reply. Returns `false` when no RX buffer was free.
-    fn fill_reply(
-        &self,
-        vm: &VmPort,
-        att: &Attachment,
-        mem: &MemGuard,
-        rx: &mut RxSide,
-        report: &mut RxReport,
-    ) -> bool {
-        let mut buf = RxBuffer::default();
-        if !take_buffer(vm, att, mem, &mut rx.starved_since, &mut buf) {
-            return false;
-        };
-        if let Some(hdr) = rx.replies.pop() {
-            if deliver_header(vm, att, mem, &buf, &hdr, 0) {
-                report.replies_sent += 1;
-            }
-        } else {
-            att.unpop(RX);
-        }
-        true
-    }
-
     /// Delivers the packet at the front of the inbound queue (or as much of it as buffers
     /// allow). Returns `false` when no RX buffer was free.
+    #[allow(clippy::too_many_arguments)]
     fn fill_peer(
         &self,
         vm: &VmPort,
         att: &Attachment,
         mem: &MemGuard,
         rx: &mut RxSide,
+        pops: &mut u32,
         owed: &mut Vec<OwedRst>,
+        dropped: &mut Vec<Held>,
     ) -> bool {
         let Some(front) = rx.inbound.front_mut() else {
             return true;
@@ -174,6 +186,7 @@ impl Switch {
             att,
             mem,
             starved_since,
+            pops,
             &smem,
             &front.packet,
             &mut front.offset,
@@ -183,20 +196,28 @@ impl Switch {
         match progress {
             Progress::NoBuffer => return false,
             Progress::Complete => count_forwarded(sender, &header),
-            Progress::Failed => {
-                self.peers().forget(&header);
-                owed.push(OwedRst {
-                    vm: sender_index,
-                    header: header.reply(Op::Rst),
-                });
-                rx.replies.push(rst_towards_destination(&header));
-                vm.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
-            }
+            Progress::Failed => {}
         }
         rx.inbound.pop();
         sender.held_sub(1);
         sender.return_chain(&satt, &smem, TX, head, 0);
         mark(&mut rx.senders_done, sender_index);
+        if progress == Progress::Failed {
+            // The connection is gone: an RST to each side.
+            self.peers().forget(&header);
+            if let Some(rst) = header.rst_reply() {
+                owed.push(OwedRst {
+                    vm: sender_index,
+                    header: rst,
+                });
+            }
+            rx.owe_rst(
+                rst_towards_destination(&header),
+                Cause::Peer,
+                &vm.counters,
+                dropped,
+            );
+        }
         true
     }
 
@@ -210,16 +231,40 @@ impl Switch {
     }
 }
 
+/// Delivers the next reply. Returns `false` when no RX buffer was free.
+fn fill_reply(
+    vm: &VmPort,
+    att: &Attachment,
+    mem: &MemGuard,
+    rx: &mut RxSide,
+    pops: &mut u32,
+    report: &mut RxReport,
+) -> bool {
+    let mut buf = RxBuffer::default();
+    if !take_buffer(vm, att, mem, &mut rx.starved_since, pops, &mut buf) {
+        return false;
+    };
+    if let Some(hdr) = rx.replies.pop() {
+        if deliver_header(vm, att, mem, &buf, &hdr, 0) {
+            report.replies_sent += 1;
+        }
+    } else {
+        att.unpop(RX);
+    }
+    true
+}
+
 /// Delivers the next host packet. Returns `false` when no RX buffer was free.
 fn fill_host(
     vm: &VmPort,
     att: &Attachment,
     mem: &MemGuard,
     rx: &mut RxSide,
+    pops: &mut u32,
     host_idle: &mut bool,
 ) -> bool {
     let mut buf = RxBuffer::default();
-    if !take_buffer(vm, att, mem, &mut rx.starved_since, &mut buf) {
+    if !take_buffer(vm, att, mem, &mut rx.starved_since, pops, &mut buf) {
         return false;
     };
     match rx.host.next_packet_for_guest(mem, &buf, &vm.counters) {
@@ -235,18 +280,24 @@ fn fill_host(
 }
 
 /// Pops the next usable RX buffer into `buf`, ending a wait for buffers if one was running;
-/// false when the queue has none. Unusable chains go back with used length 0.
+/// false when the queue has none, or when `pops` (the caller's budget of RX chains, usable or
+/// not) is spent. Unusable chains go back with used length 0.
 pub fn take_buffer(
     vm: &VmPort,
     att: &Attachment,
     mem: &MemGuard,
     starved_since: &mut Option<Instant>,
+    pops: &mut u32,
     buf: &mut RxBuffer,
 ) -> bool {
     loop {
+        if *pops == 0 {
+            return false;
+        }
         let Some(chain) = att.pop(RX, mem) else {
             return false;
         };
+        *pops -= 1;
         let head = chain.head_index();
         match parse_rx_chain_into(chain, buf) {
             Ok(()) => {

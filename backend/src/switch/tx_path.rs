@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sockbypass_wire::consts::HOST_CID;
+use sockbypass_wire::consts::{HOST_CID, MAX_QUEUE_SIZE};
 use sockbypass_wire::{parse_tx_chain_into, Op, TxPacket};
 
 use super::attachment::{Attachment, MemGuard, RX, TX};
@@ -28,7 +28,14 @@ pub struct TxReport {
     pub held: u32,
     /// The guest was interrupted for the TX used ring.
     pub notified: bool,
+    /// The walk took its budget of chains with more available; the rest was handed back
+    /// ([`super::VmPort::request_resume`]) for a later walk.
+    pub more: bool,
 }
+
+/// Chains one TX walk takes at most: the queue's size, and never more than this (SPEC.md §11).
+pub const TX_WALK_BUDGET: u32 = 1024;
+const _: () = assert!(TX_WALK_BUDGET as usize == MAX_QUEUE_SIZE);
 
 impl Switch {
     /// Moves the available work of VM `index`'s TX queue, then asks the guest for a kick when
@@ -54,7 +61,7 @@ impl Switch {
             return report;
         }
         let mut tx = vm.tx();
-        tx.stalled_on_replies = false;
+        vm.tx_stalled_on_replies.store(false, Ordering::Relaxed);
         let Some(att) = vm.attachment() else {
             return report;
         };
@@ -64,15 +71,23 @@ impl Switch {
         // One guard on guest memory for the whole walk (a memory table sent meanwhile applies
         // from the next walk; the guard keeps the old mapping alive until then).
         let mem = att.memory();
+        let budget = u32::from(att.queue_size(TX)).min(TX_WALK_BUDGET);
         'walk: loop {
             if let Err(e) = att.disable_kicks(TX) {
                 warn_limited!(vm.warn, vm = %vm.config.name, error = %e, "TX queue unusable");
                 break;
             }
             loop {
+                if report.chains >= budget {
+                    // A guest that refills its ring as fast as it drains never keeps the walk:
+                    // the rest is handed back, and the next VM gets its turn.
+                    report.more = true;
+                    vm.counters.tx_walks_cut.fetch_add(1, Ordering::Relaxed);
+                    break 'walk;
+                }
                 if !vm.rx().replies.has_room() {
                     report.stalled_on_replies = true;
-                    tx.stalled_on_replies = true;
+                    vm.tx_stalled_on_replies.store(true, Ordering::Release);
                     break 'walk;
                 }
                 let Some(chain) = att.pop(TX, &mem) else {
@@ -81,6 +96,16 @@ impl Switch {
                 let head = chain.head_index();
                 report.chains += 1;
                 vm.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                if !att.claim_tx(head) {
+                    // Published again while the device still holds it: no used entry (the
+                    // first copy gets the one entry), nothing held twice.
+                    report.malformed += 1;
+                    vm.counters
+                        .drop_head_in_flight
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn_limited!(vm.warn, vm = %vm.config.name, head, "dropped a TX head published while still in flight");
+                    continue;
+                }
                 let disposition = match parse_tx_chain_into(chain, &mut pkt) {
                     Ok(()) => self.route(vm, &att, &mem, &pkt, &mut touched),
                     Err(e) => {
@@ -109,8 +134,13 @@ impl Switch {
                 }
             }
         }
+        drop(tx);
         if report.chains > report.held {
             report.notified = att.notify(TX).unwrap_or(false);
+        }
+        if report.more && rearm {
+            // Kicks stay off: whoever serves the VM comes back for the rest.
+            vm.request_resume();
         }
         // Interrupt each receiver once for the whole walk, and send what it was owed (a fill
         // only when something waits: packets delivered directly need none).
@@ -124,7 +154,7 @@ impl Switch {
             }
         }
         touched.clear();
-        tx.touched = touched;
+        vm.tx().touched = touched;
         report
     }
 
@@ -163,9 +193,7 @@ impl Switch {
                 vm.counters
                     .drop_peer_unreachable
                     .fetch_add(1, Ordering::Relaxed);
-                if h.op() != Some(Op::Rst) {
-                    self.owe_rst(vm.index, h.reply(Op::Rst), touched);
-                }
+                self.answer_with_rst(vm.index, h, touched);
                 Disposition::Done
             }
         }

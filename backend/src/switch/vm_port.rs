@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use sockbypass_wire::PacketHeader;
+
 use crate::config::VmConfig;
 use crate::host::HostEndpoint;
 use crate::logging::RateLimiter;
@@ -12,13 +16,12 @@ use crate::metrics::VmCounters;
 
 use super::attachment::{AtomicMem, Attachment, GuestMem, Vring, RX, TX};
 use super::inbound::{Held, InboundQueue};
+use super::peer_path::Cause;
 use super::replies::ReplyQueue;
 
 /// State serialised by the TX lock: only one thread walks a VM's TX queue at a time.
 #[derive(Debug, Default)]
 pub struct TxSide {
-    /// The last walk stopped because the reply queue was full.
-    pub stalled_on_replies: bool,
     /// VMs whose RX queues this walk wrote into (their interrupts are sent once, at the end).
     /// Kept between walks so that its allocation is reused.
     pub touched: Vec<usize>,
@@ -45,6 +48,33 @@ pub struct RxSide {
 }
 
 impl RxSide {
+    /// Queues `rst` for this VM and counts it (in `drop_reply_overflow` when a peer-caused RST
+    /// finds the peer-reply queue full). Packets of the same connection still held here move
+    /// to `dropped`, for the caller to return once the lock is released: the RST must not
+    /// overtake them (SPEC.md §10).
+    pub fn owe_rst(
+        &mut self,
+        rst: PacketHeader,
+        cause: Cause,
+        counters: &VmCounters,
+        dropped: &mut Vec<Held>,
+    ) {
+        self.inbound.take_connection(&rst, dropped);
+        let queued = match cause {
+            Cause::Own => {
+                self.replies.push(rst);
+                true
+            }
+            Cause::Peer => self.replies.push_from_peer(rst),
+        };
+        let counter = if queued {
+            &counters.rst_sent
+        } else {
+            &counters.drop_reply_overflow
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Marks the start of a wait for RX buffers (if not already waiting).
     pub fn start_starving(&mut self) {
         if self.starved_since.is_none() {
@@ -81,6 +111,19 @@ pub struct VmPort {
     /// thread looks at its RX ring each loop (without waiting for a kick) until a fill empties
     /// what waits.
     pub rx_starved: AtomicBool,
+    /// The last TX walk stopped because the VM's reply queue was full; a fill that sends
+    /// replies resumes it. An atomic, so that RX paths never take the TX lock to read it.
+    pub tx_stalled_on_replies: AtomicBool,
+    /// Raised when a queue of the current attachment breaks; the switch then detaches the VM
+    /// ([`super::Switch::reset_if_broken`]).
+    needs_reset: Arc<AtomicBool>,
+    /// The VM broke a queue and was detached: its rings are not bound again until the
+    /// frontend resets the device, stops a ring or reconnects.
+    quarantined: AtomicBool,
+    /// Written to hand the VM's remaining work back to whoever serves it (its vhost-user
+    /// worker, which forwards to the owning poll thread): a walk that spent its budget, or a
+    /// fill that freed room for a stalled TX walk, ends here instead of looping.
+    resume: EventFd,
     lifecycle: Mutex<()>,
     memory: Mutex<Option<AtomicMem>>,
     attachment: RwLock<Option<Attachment>>,
@@ -96,8 +139,8 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl VmPort {
     /// A detached VM.
-    pub fn new(index: usize, config: VmConfig, host: HostEndpoint) -> Self {
-        VmPort {
+    pub fn new(index: usize, config: VmConfig, host: HostEndpoint) -> std::io::Result<Self> {
+        Ok(VmPort {
             index,
             config,
             counters: Arc::new(VmCounters::default()),
@@ -105,6 +148,10 @@ impl VmPort {
             warn: RateLimiter::per_packet(),
             held: AtomicUsize::new(0),
             rx_starved: AtomicBool::new(false),
+            tx_stalled_on_replies: AtomicBool::new(false),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+            quarantined: AtomicBool::new(false),
+            resume: EventFd::new(EFD_NONBLOCK)?,
             lifecycle: Mutex::new(()),
             memory: Mutex::new(None),
             attachment: RwLock::new(None),
@@ -118,7 +165,7 @@ impl VmPort {
                 senders_done: Vec::new(),
                 host_turn: false,
             }),
-        }
+        })
     }
 
     /// The guest's CID.
@@ -198,7 +245,12 @@ impl VmPort {
         let Some(mem) = lock(&self.memory).clone() else {
             return false;
         };
-        let Some(att) = Attachment::new(mem, vrings, self.counters.clone()) else {
+        if self.quarantined.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(att) =
+            Attachment::new(mem, vrings, self.counters.clone(), self.needs_reset.clone())
+        else {
             return false;
         };
         if !(att.is_live(RX) && att.is_live(TX)) {
@@ -221,7 +273,7 @@ impl VmPort {
     /// what other VMs must clean up, or `None` if the VM was not attached. The caller holds
     /// [`VmPort::lifecycle`].
     pub fn unbind(&self) -> Option<Detached> {
-        let mut tx = lock(&self.tx);
+        let _tx = lock(&self.tx);
         let mut rx = lock(&self.rx);
         let att = self
             .attachment
@@ -232,12 +284,43 @@ impl VmPort {
         rx.replies.clear();
         rx.reset_event_owed = false;
         rx.starved_since = None;
-        tx.stalled_on_replies = false;
+        self.tx_stalled_on_replies.store(false, Ordering::Relaxed);
         let inbound = rx.inbound.drain_all();
         att.map(|a| Detached {
             generation: a.generation(),
             inbound,
         })
+    }
+
+    /// Takes the hint that a queue broke (see [`Attachment::is_broken`] for the truth).
+    pub fn take_needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Relaxed) && self.needs_reset.swap(false, Ordering::AcqRel)
+    }
+
+    /// Keeps the VM detached until [`VmPort::lift_quarantine`].
+    pub fn quarantine(&self) {
+        self.quarantined.store(true, Ordering::Release);
+    }
+
+    /// The frontend reset the device, stopped a ring or reconnected: the VM may attach again.
+    pub fn lift_quarantine(&self) {
+        self.quarantined.store(false, Ordering::Release);
+    }
+
+    /// Whether the VM is kept detached after breaking a queue.
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
+    }
+
+    /// Asks whoever serves this VM to come back to it (see the `resume` field).
+    pub fn request_resume(&self) {
+        // A full eventfd counter (2^64 - 2 writes unread) still means "come back": ignore it.
+        let _ = self.resume.write(1);
+    }
+
+    /// The eventfd behind [`VmPort::request_resume`], for the VM's vhost-user worker to watch.
+    pub fn resume_fd(&self) -> &EventFd {
+        &self.resume
     }
 
     /// Counts `n` more of this VM's chains held by other VMs.

@@ -219,10 +219,26 @@ impl Harness {
     }
 }
 
+/// How long a test daemon may take to stop. A daemon that does not stop (a thread spinning
+/// on a guest's ring, a deadlock) fails the test instead of hanging the suite.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
+        let Some(d) = self.daemon.take() else {
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // The daemon stops on its own thread; if it never does, that thread is left behind
+        // (the test process ends with the test binary) and the test fails here.
+        let _ = std::thread::Builder::new()
+            .name("harness-shutdown".into())
+            .spawn(move || {
+                d.shutdown();
+                let _ = done_tx.send(());
+            });
+        if done_rx.recv_timeout(SHUTDOWN_DEADLINE).is_err() && !std::thread::panicking() {
+            panic!("the daemon did not stop within {SHUTDOWN_DEADLINE:?}");
         }
     }
 }
