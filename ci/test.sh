@@ -21,6 +21,11 @@ step "cargo test --workspace"
 export SOCKBYPASS_HOSTILE_CHAINS="${SOCKBYPASS_HOSTILE_CHAINS:-10000}"
 cargo test --workspace 2>&1 | tee target/test-output.log
 
+# A fault no guest can cause (a panicking poll thread) is injected with a fail point, which
+# only a `--features failpoints` build has.
+step "fail-point tests (--features failpoints)"
+cargo test -p sockbypassd --features failpoints --test thread_panic 2>&1 | tee -a target/test-output.log
+
 # The device tests ran with the default poll mode (adaptive); run them again in the two others.
 : > target/test-modes.log
 for mode in poll event; do

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const AFTER_HELP: &str = "\
 VM SPEC:
   name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]
+      [,max_conns_per_peer=N][,host_buffer_bytes=N]
 
   name       VM name: letters, digits, `_`, `.`, `-`
   cid        guest CID, 3..=4294967294, unique across VMs
@@ -16,7 +17,12 @@ VM SPEC:
   uds        optional host-side Unix socket path for this VM, unique
   groups     `+`-separated group names
   ports      `+`-separated vsock port numbers (0..=4294967294)
-  max_conns  connection limit of this VM, at least 1 (default: 1024)
+  max_conns  connection limit of this VM, 1..=1024 (default: 1024)
+  max_conns_per_peer
+             connections one other VM may open to this one (default: max_conns / 2)
+  host_buffer_bytes
+             bytes this VM's host connections may buffer in all, 4096..=1073741824
+             (default: 33554432)
 
 EXAMPLE:
   sockbypassd \\
@@ -26,6 +32,7 @@ EXAMPLE:
 CONFIG FILE (--config):
   log_level = \"info\"
   poll_mode = \"adaptive\"      # poll_threads, poll_budget_us, poll_cpus = \"2-3\" too
+  half_open_timeout_ms = 10000
 
   [[vm]]
   name = \"web\"
@@ -80,6 +87,10 @@ pub struct Cli {
     /// CPUs to pin poll threads to, e.g. `2,3` or `2-5` [default: no pinning]
     #[arg(long = "poll-cpus", value_name = "LIST")]
     pub poll_cpus: Option<String>,
+
+    /// Milliseconds a VM-to-VM connection may wait for its RESPONSE before both sides get an RST [default: 10000]
+    #[arg(long = "half-open-timeout-ms", value_name = "MS")]
+    pub half_open_timeout_ms: Option<String>,
 }
 
 #[cfg(test)]

@@ -39,6 +39,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// A daemon thread panicked (see [`crate::failure`]).
+    #[error("{0}")]
+    ThreadFailed(String),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd")]
+    Eventfd(#[source] std::io::Error),
     /// Waiting for a termination signal failed.
     #[error("cannot wait for signals")]
     Signals(#[source] std::io::Error),
@@ -92,8 +98,8 @@ impl DaemonHandle {
         if let Some(mut engine) = self.engine.take() {
             engine.stop();
         }
-        for (control, vm) in self.controls.iter().zip(&self.config.vms) {
-            control.stop(&vm.socket);
+        for control in &self.controls {
+            control.stop();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -140,12 +146,15 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             })?,
         );
     for (index, listener) in listeners.into_iter().enumerate() {
-        let control = ServerControl::default();
+        let control = ServerControl::new().map_err(DaemonError::Eventfd)?;
         let name = format!("vm-{}", config.vms[index].name);
-        let (sw, ctl) = (switch.clone(), control.clone());
+        let (sw, ctl, thread) = (switch.clone(), control.clone(), name.clone());
         let t = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || server::serve(sw, index, listener, ctl))
+            .spawn(move || {
+                let failure = sw.failure().clone();
+                failure.guard(&thread, || server::serve(sw, index, listener, ctl));
+            })
             .map_err(|source| DaemonError::Thread { name, source })?;
         handle.controls.push(control);
         handle.threads.push(t);
@@ -155,7 +164,10 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let sw = switch.clone();
     let t = std::thread::Builder::new()
         .name("host-io".into())
-        .spawn(move || host_io_loop(&sw, &poller, &stop))
+        .spawn(move || {
+            let failure = sw.failure().clone();
+            failure.guard("host-io", || host_io_loop(&sw, &poller, &stop));
+        })
         .map_err(|source| DaemonError::Thread {
             name: "host-io".into(),
             source,
@@ -192,11 +204,14 @@ fn host_io_loop(switch: &Switch, poller: &HostPoller, stop: &AtomicBool) {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, then reports its counters and stops cleanly.
-/// SIGUSR1 reports the counters and carries on.
+/// SIGUSR1 reports the counters and carries on. A daemon thread that panics stops the daemon
+/// too, and the panic is returned as the error.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let signals = crate::signals::TerminationSignals::block().map_err(DaemonError::Signals)?;
     let handle = start(config)?;
-    loop {
+    let failure = handle.switch().failure().clone();
+    failure.wake_main_thread_on_failure();
+    while failure.message().is_none() {
         let sig = signals.wait().map_err(DaemonError::Signals)?;
         handle.log_counters();
         if sig != libc::SIGUSR1 {
@@ -205,5 +220,8 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
     }
     handle.shutdown();
-    Ok(())
+    match failure.message() {
+        Some(message) => Err(DaemonError::ThreadFailed(message)),
+        None => Ok(()),
+    }
 }

@@ -8,6 +8,7 @@
 //! | [`logging`] | `tracing` setup and rate-limited warnings |
 //! | [`daemon`] | starts the switch, one vhost-user server per VM, and the host I/O thread |
 //! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects |
+//! | [`failure`] | a panicking daemon thread stops the daemon with a non-zero exit |
 //! | [`switch`] | TX and RX paths, routing, per-VM state and locks |
 //! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention |
 //! | [`metrics`] | per-VM counters, one per drop reason |
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod failure;
 pub mod host;
 pub mod logging;
 pub mod metrics;

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
         }
     };
     sockbypassd::logging::init(config.log_level.as_deref());
-    match sockbypassd::daemon::run(config) {
+    // Fail points for tests (`--features failpoints` and `FAILPOINTS`); nothing otherwise.
+    let scenario = fail::FailScenario::setup();
+    let outcome = sockbypassd::daemon::run(config);
+    scenario.teardown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sockbypassd: {}", sockbypassd::error_chain(&e));

@@ -77,6 +77,12 @@ counters!(
         drop_policy,
         /// REQUESTs to a peer VM refused because either VM is at `max_conns`.
         drop_conn_limit,
+        /// VM-to-VM connections this guest opened that got no RESPONSE within the half-open
+        /// timeout: freed, and both sides reset.
+        expired_half_open,
+        /// Host connections refused (guest- or host-started) because the VM's host buffer
+        /// budget (`host_buffer_bytes`) had less than one connection's smallest grant left.
+        drop_host_budget,
         /// Packets to a CID that is no attached VM (answered with RST).
         drop_peer_unreachable,
         /// Packets that contradict their VM-to-VM connection's state (a second REQUEST, a late

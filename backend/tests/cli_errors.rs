@@ -185,3 +185,44 @@ fn invalid_poll_settings() {
     let line = fails(&["--vm", &vm, "--poll-cpus", "4096"]);
     assert_mentions(&line, "CPU 4096");
 }
+
+#[test]
+fn huge_cpu_ranges_fail_before_they_are_expanded() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = spec(dir.path(), "web", 3);
+    // Expanded first, this range would need about 800 GB.
+    let line = fails(&["--vm", &vm, "--poll-cpus", "0-99999999999"]);
+    assert_mentions(&line, "CPU 99999999999");
+    assert_mentions(&line, "below 1024");
+    let line = fails(&["--vm", &vm, "--poll-cpus", "0-1024"]);
+    assert_mentions(&line, "CPU 1024");
+}
+
+#[test]
+fn limits_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let line = fails(&[
+        "--vm",
+        &format!("name=web,cid=3,socket={d}/w.sock,max_conns=5000"),
+    ]);
+    assert_mentions(&line, "max_conns must be in 1..=1024, got 5000");
+    let line = fails(&[
+        "--vm",
+        &format!("name=web,cid=3,socket={d}/w.sock,max_conns=8,max_conns_per_peer=9"),
+    ]);
+    assert_mentions(&line, "max_conns_per_peer must be in 1..=8");
+    let line = fails(&[
+        "--vm",
+        &format!("name=web,cid=3,socket={d}/w.sock,host_buffer_bytes=100"),
+    ]);
+    assert_mentions(
+        &line,
+        "host_buffer_bytes must be in 4096..=1073741824, got 100",
+    );
+    let vm = spec(dir.path(), "web", 3);
+    let line = fails(&["--vm", &vm, "--half-open-timeout-ms", "0"]);
+    assert_mentions(&line, "half-open timeout must be in 1..=3600000 ms, got 0");
+    let line = fails(&["--vm", &vm, "--half-open-timeout-ms", "soon"]);
+    assert_mentions(&line, "--half-open-timeout-ms: `soon` is not a number");
+}

@@ -181,7 +181,10 @@ fn a_head_published_again_while_held_is_refused() {
         );
     }
     let k = h.counters("x");
-    assert_eq!((k.drop_head_in_flight, k.queue_broken), (ROUNDS * PER_ROUND, 0));
+    assert_eq!(
+        (k.drop_head_in_flight, k.queue_broken),
+        (ROUNDS * PER_ROUND, 0)
+    );
     let (gx, gb) = (h.gauges("x"), h.gauges("b"));
     assert_eq!(gx.held_chains, 1, "x: {gx:?}");
     assert_eq!(gb.inbound_queued, 1, "b: {gb:?}");

@@ -237,13 +237,47 @@ pub enum ConfigError {
         /// The bad port.
         port: u32,
     },
-    /// `max_conns = 0`.
-    #[error("VM `{vm}`: max_conns must be at least 1, got {max_conns}")]
+    /// `max_conns` is 0 or above [`super::MAX_CONNS_LIMIT`].
+    #[error("VM `{vm}`: max_conns must be in 1..={max}, got {max_conns}")]
     InvalidMaxConns {
         /// The VM.
         vm: String,
         /// The bad limit.
         max_conns: u32,
+        /// The largest allowed.
+        max: u32,
+    },
+    /// `max_conns_per_peer` is 0 or above the VM's `max_conns`.
+    #[error(
+        "VM `{vm}`: max_conns_per_peer must be in 1..={max_conns} (its max_conns), got {value}"
+    )]
+    InvalidMaxConnsPerPeer {
+        /// The VM.
+        vm: String,
+        /// The bad value.
+        value: u32,
+        /// The VM's `max_conns`.
+        max_conns: u32,
+    },
+    /// `host_buffer_bytes` outside its range.
+    #[error("VM `{vm}`: host_buffer_bytes must be in {min}..={max}, got {value}")]
+    InvalidHostBuffer {
+        /// The VM.
+        vm: String,
+        /// The bad value.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// `--half-open-timeout-ms` / `half_open_timeout_ms` outside its range.
+    #[error("half-open timeout must be in 1..={max} ms, got {value}")]
+    InvalidHalfOpenTimeout {
+        /// The bad value.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
     },
     /// A numeric flag that is not a number.
     #[error("{key}: `{value}` is not a number")]
@@ -278,6 +312,15 @@ pub enum ConfigError {
     InvalidCpuList {
         /// The value given.
         value: String,
+    },
+    /// A CPU number in `--poll-cpus` at or above the CPU set size (checked before a range is
+    /// expanded).
+    #[error("CPU {cpu} in the poll CPU list is too large: CPU numbers are below {limit}")]
+    CpuBeyondLimit {
+        /// The number given (as text: it may not even fit a machine word).
+        cpu: String,
+        /// The limit.
+        limit: usize,
     },
     /// A CPU in `--poll-cpus` is not one this process may run on.
     #[error("CPU {cpu} in the poll CPU list is not available to this process (it may use CPUs {allowed})")]

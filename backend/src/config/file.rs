@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::poll::{parse_cpu_list, PollConfig};
-use super::{ConfigError, VmConfig, DEFAULT_MAX_CONNS};
+use super::{
+    ConfigError, VmConfig, DEFAULT_HALF_OPEN_TIMEOUT_MS, DEFAULT_HOST_BUFFER_BYTES,
+    DEFAULT_MAX_CONNS,
+};
 
 /// The contents of a config file, before the checks of [`super::validate`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileConfig {
     /// The `[[vm]]` tables, in file order.
     pub vms: Vec<VmConfig>,
@@ -18,6 +21,19 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Top-level `poll_*` keys over the defaults.
     pub poll: PollConfig,
+    /// Top-level `half_open_timeout_ms`, else the default.
+    pub half_open_timeout_ms: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            vms: Vec::new(),
+            log_level: None,
+            poll: PollConfig::default(),
+            half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+        }
+    }
 }
 
 /// The top level of the file.
@@ -31,6 +47,7 @@ struct RawFile {
     poll_threads: Option<u32>,
     poll_budget_us: Option<u64>,
     poll_cpus: Option<String>,
+    half_open_timeout_ms: Option<u64>,
 }
 
 /// One `[[vm]]` table.
@@ -45,6 +62,8 @@ struct RawVm {
     groups: Vec<String>,
     ports: Option<Vec<u32>>,
     max_conns: Option<u32>,
+    max_conns_per_peer: Option<u32>,
+    host_buffer_bytes: Option<u64>,
 }
 
 impl From<RawVm> for VmConfig {
@@ -57,6 +76,8 @@ impl From<RawVm> for VmConfig {
             groups: raw.groups,
             ports: raw.ports,
             max_conns: raw.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+            max_conns_per_peer: raw.max_conns_per_peer,
+            host_buffer_bytes: raw.host_buffer_bytes.unwrap_or(DEFAULT_HOST_BUFFER_BYTES),
         }
     }
 }
@@ -90,6 +111,9 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         vms: raw.vm.into_iter().map(VmConfig::from).collect(),
         log_level: raw.log_level,
         poll,
+        half_open_timeout_ms: raw
+            .half_open_timeout_ms
+            .unwrap_or(DEFAULT_HALF_OPEN_TIMEOUT_MS),
     })
 }
 
@@ -184,26 +208,16 @@ socket = "/run/sb/db.sock"
             FileConfig {
                 vms: vec![
                     VmConfig {
-                        name: "web".to_owned(),
-                        cid: 3,
-                        socket: PathBuf::from("/run/sb/web.sock"),
                         uds: Some(PathBuf::from("/run/sb/web.vsock")),
                         groups: vec!["prod".to_owned(), "db".to_owned()],
                         ports: Some(vec![22, 80]),
                         max_conns: 16,
+                        ..VmConfig::new("web", 3, "/run/sb/web.sock")
                     },
-                    VmConfig {
-                        name: "db".to_owned(),
-                        cid: 4,
-                        socket: PathBuf::from("/run/sb/db.sock"),
-                        uds: None,
-                        groups: Vec::new(),
-                        ports: None,
-                        max_conns: DEFAULT_MAX_CONNS,
-                    },
+                    VmConfig::new("db", 4, "/run/sb/db.sock"),
                 ],
                 log_level: Some("sockbypassd=debug".to_owned()),
-                poll: PollConfig::default(),
+                ..FileConfig::default()
             }
         );
     }

@@ -23,6 +23,19 @@ pub use poll::{parse_cpu_list, PollConfig, PollMode, DEFAULT_POLL_BUDGET_US};
 
 /// `max_conns` of a VM that does not set it.
 pub const DEFAULT_MAX_CONNS: u32 = 1024;
+/// The largest `max_conns` a VM may have (SPEC.md §11).
+pub const MAX_CONNS_LIMIT: u32 = 1024;
+/// `host_buffer_bytes` of a VM that does not set it: what its host connections may hold in
+/// all, waiting for host programs that read slower than the guest writes.
+pub const DEFAULT_HOST_BUFFER_BYTES: u64 = 32 << 20;
+/// The smallest `host_buffer_bytes`: one host connection's smallest grant.
+pub const MIN_HOST_BUFFER_BYTES: u64 = 4096;
+/// The largest `host_buffer_bytes`.
+pub const MAX_HOST_BUFFER_BYTES: u64 = 1 << 30;
+/// How long a VM-to-VM connection may wait for its RESPONSE, unless configured.
+pub const DEFAULT_HALF_OPEN_TIMEOUT_MS: u64 = 10_000;
+/// The longest half-open timeout.
+pub const MAX_HALF_OPEN_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Everything the daemon needs to start, already checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +47,9 @@ pub struct DaemonConfig {
     pub log_level: Option<String>,
     /// The poll engine: each `--poll-*` flag, else the file's `poll_*` key, else the default.
     pub poll: PollConfig,
+    /// How long a VM-to-VM connection may wait for its RESPONSE before the switch frees it and
+    /// resets both sides (`--half-open-timeout-ms`, `half_open_timeout_ms`).
+    pub half_open_timeout_ms: u64,
 }
 
 /// One VM: its vsock identity and the sockets that serve it.
@@ -51,11 +67,51 @@ pub struct VmConfig {
     pub groups: Vec<String>,
     /// Port list (never 4294967295, `VMADDR_PORT_ANY`); `None` if not given.
     pub ports: Option<Vec<u32>>,
-    /// Connection limit, at least 1; [`DEFAULT_MAX_CONNS`] if not given.
+    /// Connection limit, 1..=[`MAX_CONNS_LIMIT`]; [`DEFAULT_MAX_CONNS`] if not given.
     pub max_conns: u32,
+    /// How many of this VM's connections one other VM may open to it; half of `max_conns`
+    /// (at least 1) if not given ([`VmConfig::peer_conn_limit`]).
+    pub max_conns_per_peer: Option<u32>,
+    /// Bytes this VM's host connections may buffer in all ([`DEFAULT_HOST_BUFFER_BYTES`] if
+    /// not given).
+    pub host_buffer_bytes: u64,
+}
+
+impl VmConfig {
+    /// A VM with every optional setting at its default.
+    pub fn new(name: impl Into<String>, cid: u64, socket: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            name: name.into(),
+            cid,
+            socket: socket.into(),
+            uds: None,
+            groups: Vec::new(),
+            ports: None,
+            max_conns: DEFAULT_MAX_CONNS,
+            max_conns_per_peer: None,
+            host_buffer_bytes: DEFAULT_HOST_BUFFER_BYTES,
+        }
+    }
+
+    /// How many of this VM's connections one other VM may have opened to it.
+    pub fn peer_conn_limit(&self) -> u32 {
+        self.max_conns_per_peer
+            .unwrap_or((self.max_conns / 2).max(1))
+    }
 }
 
 impl DaemonConfig {
+    /// A configuration of `vms` with every daemon-wide setting at its default (not yet
+    /// checked: call [`DaemonConfig::validate`]).
+    pub fn with_vms(vms: Vec<VmConfig>) -> Self {
+        DaemonConfig {
+            vms,
+            log_level: None,
+            poll: PollConfig::default(),
+            half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+        }
+    }
+
     /// Builds the configuration from the command line: reads `--config` (if any), parses every
     /// `--vm`, merges the VMs of both and checks them together.
     pub fn from_cli(cli: &Cli) -> Result<DaemonConfig, ConfigError> {
@@ -86,10 +142,18 @@ impl DaemonConfig {
         if let Some(list) = &cli.poll_cpus {
             poll.cpus = Some(parse_cpu_list(list)?);
         }
+        let half_open_timeout_ms = match &cli.half_open_timeout_ms {
+            Some(ms) => ms.parse().map_err(|_| ConfigError::InvalidNumber {
+                key: "--half-open-timeout-ms",
+                value: ms.clone(),
+            })?,
+            None => file.half_open_timeout_ms,
+        };
         let config = DaemonConfig {
             vms,
             log_level: cli.log_level.clone().or(file.log_level),
             poll,
+            half_open_timeout_ms,
         };
         config.validate()?;
         Ok(config)
@@ -103,6 +167,7 @@ impl DaemonConfig {
             vms: parsed.vms,
             log_level: parsed.log_level,
             poll: parsed.poll,
+            half_open_timeout_ms: parsed.half_open_timeout_ms,
         };
         config.validate()?;
         Ok(config)
@@ -113,6 +178,12 @@ impl DaemonConfig {
     /// socket directories.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.poll.validate()?;
+        if self.half_open_timeout_ms == 0 || self.half_open_timeout_ms > MAX_HALF_OPEN_TIMEOUT_MS {
+            return Err(ConfigError::InvalidHalfOpenTimeout {
+                value: self.half_open_timeout_ms,
+                max: MAX_HALF_OPEN_TIMEOUT_MS,
+            });
+        }
         if let Some(level) = &self.log_level {
             tracing_subscriber::EnvFilter::try_new(level).map_err(|source| {
                 ConfigError::InvalidLogLevel {
@@ -161,22 +232,14 @@ mod tests {
             DaemonConfig {
                 vms: vec![
                     VmConfig {
-                        name: "web".to_owned(),
-                        cid: 3,
-                        socket: dir.path().join("web.sock"),
-                        uds: None,
                         groups: vec!["prod".to_owned()],
                         ports: Some(vec![22]),
-                        max_conns: DEFAULT_MAX_CONNS,
+                        ..VmConfig::new("web", 3, dir.path().join("web.sock"))
                     },
                     VmConfig {
-                        name: "db".to_owned(),
-                        cid: 4,
-                        socket: dir.path().join("db.sock"),
                         uds: Some(dir.path().join("db.vsock")),
-                        groups: Vec::new(),
-                        ports: None,
                         max_conns: 8,
+                        ..VmConfig::new("db", 4, dir.path().join("db.sock"))
                     },
                 ],
                 log_level: Some("warn".to_owned()),
@@ -185,6 +248,7 @@ mod tests {
                     budget_us: 75,
                     ..PollConfig::default()
                 },
+                half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
             }
         );
     }

@@ -87,28 +87,43 @@ fn cpu_list_text(cpus: &[usize]) -> String {
     parts.join(",")
 }
 
-/// Parses a CPU list such as `0,2-3`.
+/// CPU numbers a list may name: below the kernel's CPU set size (`CPU_SETSIZE`), which no
+/// `sched_setaffinity` mask can exceed.
+pub const CPU_LIMIT: usize = 1024;
+const _: () = assert!(libc::CPU_SETSIZE as usize == CPU_LIMIT);
+
+/// Parses a CPU list such as `0,2-3`. Every number is checked against [`CPU_LIMIT`] before a
+/// range is expanded, so `0-99999999999` fails at once instead of filling memory.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
     let bad = || ConfigError::InvalidCpuList {
         value: text.to_owned(),
+    };
+    let cpu = |s: &str| -> Result<usize, ConfigError> {
+        let n: usize = s.trim().parse().map_err(|_| bad())?;
+        if n >= CPU_LIMIT {
+            return Err(ConfigError::CpuBeyondLimit {
+                cpu: s.trim().to_owned(),
+                limit: CPU_LIMIT,
+            });
+        }
+        Ok(n)
     };
     let mut cpus = Vec::new();
     for part in text.split(',') {
         let part = part.trim();
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
+                let (a, b) = (cpu(a)?, cpu(b)?);
                 if a > b {
                     return Err(bad());
                 }
                 cpus.extend(a..=b);
             }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
+            None => cpus.push(cpu(part)?),
         }
     }
+    cpus.sort_unstable();
+    cpus.dedup();
     Ok(cpus)
 }
 

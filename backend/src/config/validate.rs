@@ -8,7 +8,7 @@ use std::path::Path;
 
 use sockbypass_wire::consts::{CID_ANY, MIN_GUEST_CID};
 
-use super::{ConfigError, VmConfig};
+use super::{ConfigError, VmConfig, MAX_CONNS_LIMIT, MAX_HOST_BUFFER_BYTES, MIN_HOST_BUFFER_BYTES};
 
 /// `VMADDR_PORT_ANY`: never a real port.
 const PORT_ANY: u32 = u32::MAX;
@@ -84,10 +84,28 @@ fn check_vm(vm: &VmConfig) -> Result<(), ConfigError> {
             port: *port,
         });
     }
-    if vm.max_conns == 0 {
+    if vm.max_conns == 0 || vm.max_conns > MAX_CONNS_LIMIT {
         return Err(ConfigError::InvalidMaxConns {
             vm: name(),
             max_conns: vm.max_conns,
+            max: MAX_CONNS_LIMIT,
+        });
+    }
+    if let Some(per_peer) = vm.max_conns_per_peer {
+        if per_peer == 0 || per_peer > vm.max_conns {
+            return Err(ConfigError::InvalidMaxConnsPerPeer {
+                vm: name(),
+                value: per_peer,
+                max_conns: vm.max_conns,
+            });
+        }
+    }
+    if !(MIN_HOST_BUFFER_BYTES..=MAX_HOST_BUFFER_BYTES).contains(&vm.host_buffer_bytes) {
+        return Err(ConfigError::InvalidHostBuffer {
+            vm: name(),
+            value: vm.host_buffer_bytes,
+            min: MIN_HOST_BUFFER_BYTES,
+            max: MAX_HOST_BUFFER_BYTES,
         });
     }
     Ok(())
@@ -184,19 +202,15 @@ fn check_parent_dir(vm: &VmConfig, key: &'static str, path: &Path) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_MAX_CONNS;
     use std::path::PathBuf;
 
     /// A valid VM whose sockets live in `dir`.
     fn vm(dir: &Path, name: &str, cid: u64) -> VmConfig {
         VmConfig {
-            name: name.to_owned(),
-            cid,
-            socket: dir.join(format!("{name}.sock")),
             uds: Some(dir.join(format!("{name}.vsock"))),
             groups: vec!["prod".to_owned()],
             ports: Some(vec![0, 22, u32::MAX - 1]),
-            max_conns: DEFAULT_MAX_CONNS,
+            ..VmConfig::new(name, cid, dir.join(format!("{name}.sock")))
         }
     }
 
@@ -443,7 +457,7 @@ mod tests {
         a.max_conns = 0;
         let e = check(&[a]);
         assert!(
-            matches!(&e, ConfigError::InvalidMaxConns { vm, max_conns: 0 } if vm == "a"),
+            matches!(&e, ConfigError::InvalidMaxConns { vm, max_conns: 0, .. } if vm == "a"),
             "{e:?}"
         );
     }

@@ -1,4 +1,4 @@
-//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]`.
+//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N][,max_conns_per_peer=N][,host_buffer_bytes=N]`.
 //!
 //! Only the syntax is checked here; value rules (CID range, name characters, ...) are in
 //! [`super::validate`] so that `--vm` and `--config` VMs are held to the same rules.
@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::{ConfigError, VmConfig, DEFAULT_MAX_CONNS};
+use super::{ConfigError, VmConfig, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS};
 
 /// Every key a spec may have, in the order `--help` lists them.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 9] = [
     "name",
     "cid",
     "socket",
@@ -17,6 +17,8 @@ const KEYS: [&str; 7] = [
     "groups",
     "ports",
     "max_conns",
+    "max_conns_per_peer",
+    "host_buffer_bytes",
 ];
 
 impl VmConfig {
@@ -51,7 +53,7 @@ impl VmConfig {
             }
             values[slot] = Some(value);
         }
-        let [name, cid, socket, uds, groups, ports, max_conns] = values;
+        let [name, cid, socket, uds, groups, ports, max_conns, per_peer, host_buffer] = values;
         let name = required(spec, "name", name)?;
         let cid = required(spec, "cid", cid)?;
         let socket = required(spec, "socket", socket)?;
@@ -80,6 +82,13 @@ impl VmConfig {
             max_conns: match max_conns {
                 Some(max_conns) => number(spec, "max_conns", max_conns)?,
                 None => DEFAULT_MAX_CONNS,
+            },
+            max_conns_per_peer: per_peer
+                .map(|v| number(spec, "max_conns_per_peer", v))
+                .transpose()?,
+            host_buffer_bytes: match host_buffer {
+                Some(v) => number(spec, "host_buffer_bytes", v)?,
+                None => DEFAULT_HOST_BUFFER_BYTES,
             },
         })
     }
@@ -136,15 +145,7 @@ mod tests {
     fn minimal_spec() {
         assert_eq!(
             VmConfig::from_spec("name=web,cid=3,socket=/run/sb/web.sock").unwrap(),
-            VmConfig {
-                name: "web".to_owned(),
-                cid: 3,
-                socket: PathBuf::from("/run/sb/web.sock"),
-                uds: None,
-                groups: Vec::new(),
-                ports: None,
-                max_conns: DEFAULT_MAX_CONNS,
-            }
+            VmConfig::new("web", 3, "/run/sb/web.sock")
         );
     }
 
@@ -156,13 +157,11 @@ mod tests {
             )
             .unwrap(),
             VmConfig {
-                name: "web".to_owned(),
-                cid: 4_294_967_296,
-                socket: PathBuf::from("/run/sb/a=b.sock"),
                 uds: Some(PathBuf::from("/run/sb/web.vsock")),
                 groups: vec!["prod".to_owned(), "db".to_owned()],
                 ports: Some(vec![22, 80, 0]),
                 max_conns: 7,
+                ..VmConfig::new("web", 4_294_967_296, "/run/sb/a=b.sock")
             }
         );
     }

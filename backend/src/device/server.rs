@@ -4,7 +4,6 @@
 //! (its connections end), and the socket is served again for the next frontend, so a QEMU
 //! restart or a `reconnect=1` chardev finds the daemon waiting. Other VMs never notice.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use std::os::fd::AsRawFd;
 
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::switch::{DetachReason, Switch, VmPort};
 
@@ -50,10 +50,14 @@ pub enum ServerError {
 }
 
 /// Lets the daemon stop a VM's server thread.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ServerControl {
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<ShutdownHandle>>>,
+    /// Written by [`ServerControl::stop`]: the server thread waits for a frontend on this and
+    /// the listener together, so stopping needs nothing from the file system (the socket's
+    /// path may be gone).
+    wake: Arc<EventFd>,
 }
 
 impl std::fmt::Debug for ServerControl {
@@ -65,8 +69,17 @@ impl std::fmt::Debug for ServerControl {
 }
 
 impl ServerControl {
+    /// A control for a server that runs.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ServerControl {
+            stop: Arc::new(AtomicBool::new(false)),
+            current: Arc::new(Mutex::new(None)),
+            wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+        })
+    }
+
     /// Asks the server to stop, and ends the current frontend connection.
-    pub fn stop(&self, socket: &Path) {
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self
             .current
@@ -76,8 +89,8 @@ impl ServerControl {
         {
             h.shutdown();
         }
-        // Wake a thread blocked in accept().
-        let _ = std::os::unix::net::UnixStream::connect(socket);
+        // Wake a thread waiting for a frontend. A full counter still wakes it.
+        let _ = self.wake.write(1);
     }
 
     fn stopping(&self) -> bool {
@@ -115,6 +128,49 @@ fn watch_resume(daemon: &VhostUserDaemon<VsockDevice>, vm: &VmPort, name: &str) 
     }
 }
 
+/// Waits until a frontend connects to `listener` (`true`) or `control` is stopped (`false`).
+/// The accept that follows does not block: the connection is already queued.
+fn wait_for_frontend(listener: &Listener, control: &ServerControl, name: &str) -> bool {
+    loop {
+        if control.stopping() {
+            return false;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: control.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call, and both
+        // descriptors stay open (the caller owns the listener, `control` the eventfd).
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(vm = %name, error = %e, "waiting for a frontend failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            return true;
+        }
+        if fds[0].revents != 0 {
+            tracing::warn!(vm = %name, revents = fds[0].revents, "vhost-user listener failed; retrying");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Serves VM `index` on `listener` until `control` stops it.
 pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control: ServerControl) {
     let Some(vm) = switch.vm(index).cloned() else {
@@ -135,6 +191,9 @@ pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control:
                 continue;
             }
         };
+        if !wait_for_frontend(&listener, &control, &name) {
+            break;
+        }
         if let Err(e) = daemon.start(&mut listener) {
             if !control.stopping() {
                 tracing::warn!(vm = %name, error = %e, "vhost-user accept failed; retrying");

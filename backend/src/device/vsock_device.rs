@@ -122,6 +122,15 @@ impl VhostUserBackend for VsockDevice {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // A panic stops the daemon (see `failure.rs`) instead of silently ending this worker.
+        let failure = self.switch.failure().clone();
+        failure.guard("vring worker", || self.on_event(device_event, vrings));
+        Ok(())
+    }
+}
+
+impl VsockDevice {
+    fn on_event(&self, device_event: u16, vrings: &[Vring]) {
         let event = usize::from(device_event);
         if event == RESUME_EVENT {
             if let Some(vm) = self.switch.vm(self.index) {
@@ -132,7 +141,7 @@ impl VhostUserBackend for VsockDevice {
         self.switch.bind(self.index, vrings);
         if (event < NUM_QUEUES || event == RESUME_EVENT) && self.switch.on_kick(self.index) {
             // A poll thread owns this VM: it was told, and does the work.
-            return Ok(());
+            return;
         }
         match event {
             TX_QUEUE => self.switch.service(self.index),
@@ -149,7 +158,6 @@ impl VhostUserBackend for VsockDevice {
             other => tracing::debug!(event = other, "ignoring unknown device event"),
         }
         self.switch.reset_if_broken(self.index);
-        Ok(())
     }
 }
 

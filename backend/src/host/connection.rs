@@ -19,8 +19,12 @@ use sockbypass_wire::consts::{SHUTDOWN_RCV, SHUTDOWN_SEND};
 
 use super::credit::{LocalCredit, PeerCredit};
 
-/// Receive buffer the device advertises to guests for host connections.
+/// Receive buffer the device advertises to guests for a host connection, when the VM's host
+/// buffer budget has room for it.
 pub const HOST_BUF_ALLOC: u32 = 256 * 1024;
+/// The smallest receive buffer a host connection is opened with; with less left in the VM's
+/// budget, the connection is refused.
+pub const MIN_HOST_BUF_ALLOC: u32 = 4096;
 
 /// Identifies a host connection within one VM: (guest port, host port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,7 +74,8 @@ pub struct HostConn {
     pub peer: PeerCredit,
     /// Credit for data from the guest.
     pub local: LocalCredit,
-    /// Guest bytes the host socket has not taken yet (at most `local.buf_alloc`).
+    /// Guest bytes the host socket has not taken yet (at most `local.buf_alloc`; its capacity,
+    /// reserved once, is that too).
     pub to_host: VecDeque<u8>,
     /// SHUTDOWN flags the guest sent.
     pub guest_shutdown: u32,
@@ -102,14 +107,14 @@ pub enum Verdict {
 }
 
 impl HostConn {
-    /// A connection in `state` over `stream`.
-    pub fn new(stream: UnixStream, token: u64, state: ConnState) -> Self {
+    /// A connection in `state` over `stream`, granting the guest `buf_alloc` bytes of buffer.
+    pub fn new(stream: UnixStream, token: u64, state: ConnState, buf_alloc: u32) -> Self {
         HostConn {
             stream,
             token,
             state,
             peer: PeerCredit::default(),
-            local: LocalCredit::new(HOST_BUF_ALLOC),
+            local: LocalCredit::new(buf_alloc),
             to_host: VecDeque::new(),
             guest_shutdown: 0,
             shutdown_sent: 0,

@@ -19,7 +19,9 @@ use sockbypass_wire::consts::{HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND
 use sockbypass_wire::segments::io_would_block;
 use sockbypass_wire::{Op, PacketHeader, RxBuffer, TxPacket};
 
-use super::connection::{ConnKey, ConnState, HostConn, Verdict};
+use super::connection::{
+    ConnKey, ConnState, HostConn, Verdict, HOST_BUF_ALLOC, MIN_HOST_BUF_ALLOC,
+};
 use super::poller::{token, HostPoller, LISTENER_ID};
 use super::uds::{self, MAX_CONNECT_LINE};
 use crate::logging::RateLimiter;
@@ -34,6 +36,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection the guest closed may wait for the host to take the last bytes.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Host programs accepted on one VM's `uds` per readiness event.
+const ACCEPT_BATCH: usize = 64;
 /// First port the device hands out on CID 2 for host-started connections.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -52,6 +56,10 @@ pub struct HostEndpoint {
     guest_cid: u64,
     uds: Option<PathBuf>,
     max_conns: usize,
+    /// Bytes the connections may buffer in all (`host_buffer_bytes`).
+    buffer_budget: u64,
+    /// Bytes granted to the live connections (the sum of their `buf_alloc`).
+    granted: u64,
     poller: HostPoller,
     listener: Option<UnixListener>,
     conns: HashMap<ConnKey, HostConn>,
@@ -71,6 +79,7 @@ impl HostEndpoint {
         guest_cid: u64,
         uds: Option<PathBuf>,
         max_conns: usize,
+        buffer_budget: u64,
         poller: HostPoller,
     ) -> io::Result<Self> {
         let listener = match &uds {
@@ -86,6 +95,8 @@ impl HostEndpoint {
             guest_cid,
             uds,
             max_conns,
+            buffer_budget,
+            granted: 0,
             poller,
             listener,
             conns: HashMap::new(),
@@ -102,6 +113,35 @@ impl HostEndpoint {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Buffer bytes granted to the live connections: what they may hold in all, never more
+    /// than the VM's `host_buffer_bytes`.
+    pub fn granted_bytes(&self) -> u64 {
+        self.granted
+    }
+
+    /// The buffer a new connection gets: [`HOST_BUF_ALLOC`], or what is left of the budget if
+    /// less; `None` when less than [`MIN_HOST_BUF_ALLOC`] is left.
+    fn next_grant(&self) -> Option<u32> {
+        let left = self.buffer_budget.saturating_sub(self.granted);
+        let grant = u32::try_from(left.min(u64::from(HOST_BUF_ALLOC))).ok()?;
+        (grant >= MIN_HOST_BUF_ALLOC).then_some(grant)
+    }
+
+    /// Adds `conn` under `key`, its grant counted against the budget.
+    fn insert(&mut self, key: ConnKey, conn: HostConn) {
+        self.granted += u64::from(conn.local.buf_alloc);
+        self.by_token.insert(conn.token, key);
+        if let Some(old) = self.conns.insert(key, conn) {
+            self.release(&old);
+        }
+    }
+
+    fn release(&mut self, conn: &HostConn) {
+        self.poller.forget(&conn.stream);
+        self.by_token.remove(&conn.token);
+        self.granted = self.granted.saturating_sub(u64::from(conn.local.buf_alloc));
     }
 
     /// The guest's driver is live: host programs may connect.
@@ -145,8 +185,7 @@ impl HostEndpoint {
 
     fn free(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.remove(&key) {
-            self.poller.forget(&conn.stream);
-            self.by_token.remove(&conn.token);
+            self.release(&conn);
         }
     }
 
@@ -250,6 +289,16 @@ impl HostEndpoint {
             );
             return refuse(replies);
         }
+        let Some(grant) = self.next_grant() else {
+            counters.drop_host_budget.fetch_add(1, Ordering::Relaxed);
+            warn_limited!(
+                self.warn,
+                vm = self.vm_index,
+                granted = self.granted,
+                "host buffer budget spent, refusing guest connect"
+            );
+            return refuse(replies);
+        };
         let target = uds::guest_target_path(uds_path, key.host_port);
         let stream = match uds::connect_nonblocking(&target) {
             Ok(s) => s,
@@ -264,11 +313,10 @@ impl HostEndpoint {
             tracing::warn!(error = %e, "cannot watch host connection; RST");
             return refuse(replies);
         }
-        let mut conn = HostConn::new(stream, tok, ConnState::Established);
+        let mut conn = HostConn::new(stream, tok, ConnState::Established, grant);
         conn.peer.update(h.buf_alloc(), h.fwd_cnt());
         conn.owed.response = true;
-        self.conns.insert(key, conn);
-        self.by_token.insert(tok, key);
+        self.insert(key, conn);
         counters.host_conns_opened.fetch_add(1, Ordering::Relaxed);
         self.activate(key);
     }
@@ -312,6 +360,10 @@ impl HostEndpoint {
                     .is_err()
                 {
                     return Verdict::Reset;
+                }
+                if conn.to_host.capacity() == 0 {
+                    // Once, and exactly the grant: credit keeps the backlog within it.
+                    conn.to_host.reserve_exact(conn.local.buf_alloc as usize);
                 }
                 conn.to_host.extend(&chunk[..n as usize]);
                 off += n;
@@ -424,11 +476,11 @@ impl HostEndpoint {
         counters: &VmCounters,
     ) {
         if id == LISTENER_ID {
-            self.accept_all();
+            self.accept_all(counters);
             return;
         }
         if self.handshakes.contains_key(&id) {
-            self.progress_handshake(id);
+            self.progress_handshake(id, counters);
             return;
         }
         let tok = token(self.vm_index, id);
@@ -458,8 +510,10 @@ impl HostEndpoint {
         }
     }
 
-    fn accept_all(&mut self) {
-        loop {
+    /// Accepts the host programs waiting on `uds`, at most [`ACCEPT_BATCH`] per event (the
+    /// listener stays readable, so the rest come with the next turn of the host thread).
+    fn accept_all(&mut self, counters: &VmCounters) {
+        for _ in 0..ACCEPT_BATCH {
             let Some(listener) = &self.listener else {
                 return;
             };
@@ -495,11 +549,11 @@ impl HostEndpoint {
                 },
             );
             // The line may already be there.
-            self.progress_handshake(id);
+            self.progress_handshake(id, counters);
         }
     }
 
-    fn progress_handshake(&mut self, id: u64) {
+    fn progress_handshake(&mut self, id: u64, counters: &VmCounters) {
         let Some(hs) = self.handshakes.get_mut(&id) else {
             return;
         };
@@ -531,7 +585,7 @@ impl HostEndpoint {
                 };
                 self.poller.forget(&hs.stream);
                 match uds::parse_connect_line(&hs.line) {
-                    Ok(port) => self.open_for_host(id, hs.stream, port),
+                    Ok(port) => self.open_for_host(id, hs.stream, port, counters),
                     Err(e) => {
                         warn_limited!(self.warn, vm = self.vm_index, error = %e, "bad CONNECT line from host program");
                     }
@@ -546,10 +600,27 @@ impl HostEndpoint {
         }
     }
 
-    fn open_for_host(&mut self, id: u64, stream: UnixStream, guest_port: u32) {
+    fn open_for_host(
+        &mut self,
+        id: u64,
+        stream: UnixStream,
+        guest_port: u32,
+        counters: &VmCounters,
+    ) {
         if !self.guest_present {
             return;
         }
+        let Some(grant) = self.next_grant() else {
+            // The host program sees its connection closed.
+            counters.drop_host_budget.fetch_add(1, Ordering::Relaxed);
+            warn_limited!(
+                self.warn,
+                vm = self.vm_index,
+                granted = self.granted,
+                "host buffer budget spent, refusing host connect"
+            );
+            return;
+        };
         let host_port = self.alloc_host_port();
         let key = ConnKey {
             guest_port,
@@ -565,11 +636,11 @@ impl HostEndpoint {
             ConnState::AwaitingGuest {
                 deadline: Instant::now() + CONNECT_TIMEOUT,
             },
+            grant,
         );
         conn.host_readable = false;
         conn.owed.request = true;
-        self.conns.insert(key, conn);
-        self.by_token.insert(tok, key);
+        self.insert(key, conn);
         self.activate(key);
     }
 

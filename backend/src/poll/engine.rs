@@ -145,8 +145,10 @@ impl PollEngine {
                 counters: engine.counters[k].clone(),
                 stop: engine.stop.clone(),
             };
+            let name = format!("sb-poll-{k}");
+            let failure = switch.failure().clone();
             let handle = std::thread::Builder::new()
-                .name(format!("sb-poll-{k}"))
+                .name(name.clone())
                 .spawn(move || {
                     if let Some(cpu) = cpu {
                         // A failure is logged, not fatal: the thread runs unpinned.
@@ -154,7 +156,7 @@ impl PollEngine {
                             tracing::warn!(cpu, error = %e, "cannot pin poll thread");
                         }
                     }
-                    ctx.run();
+                    failure.guard(&name, || ctx.run());
                 })?;
             engine.threads.push(handle);
         }
@@ -199,6 +201,8 @@ impl ThreadCtx {
     fn run(&self) {
         let mut idle_since = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            // Tests make a poll thread panic here (`--features failpoints`, `FAILPOINTS`).
+            fail::fail_point!("poll-thread-loop");
             self.counters.loops.fetch_add(1, Ordering::Relaxed);
             let moved = self.one_pass();
             if moved > 0 {

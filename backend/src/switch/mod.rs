@@ -44,11 +44,12 @@ pub mod vm_port;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
 use crate::config::DaemonConfig;
+use crate::failure::Failure;
 use crate::host::{HostEndpoint, HostPoller};
 use crate::metrics::VmCountersSnapshot;
 use crate::poll::Waker;
@@ -57,7 +58,7 @@ pub use rx_path::RxReport;
 pub use tx_path::TxReport;
 pub use vm_port::VmPort;
 
-use peer_table::PeerTable;
+use peer_table::{ConnLimits, PeerTable};
 use policy::VmPolicy;
 
 /// Why a VM lost its attachment.
@@ -114,6 +115,8 @@ pub struct VmGauges {
     pub inbound_queued: usize,
     /// Connections with host programs.
     pub host_conns: usize,
+    /// Buffer bytes granted to the host connections (at most `host_buffer_bytes`).
+    pub host_buffer_granted: u64,
 }
 
 /// All VMs of the daemon and the routing between them.
@@ -125,6 +128,7 @@ pub struct Switch {
     by_cid: HashMap<u64, usize, foldhash::fast::RandomState>,
     peers: Mutex<PeerTable>,
     poll_owners: OnceLock<Vec<Arc<Waker>>>,
+    failure: Arc<Failure>,
 }
 
 impl Switch {
@@ -138,6 +142,7 @@ impl Switch {
                 vm.cid,
                 vm.uds.clone(),
                 vm.max_conns as usize,
+                vm.host_buffer_bytes,
                 poller.clone(),
             )
             .map_err(|source| SwitchError::HostListener {
@@ -158,17 +163,27 @@ impl Switch {
             vms.push(Arc::new(port));
         }
         let peers = PeerTable::new(
-            config
-                .vms
-                .iter()
-                .map(|vm| (VmPolicy::new(vm), vm.max_conns as usize)),
+            config.vms.iter().map(|vm| {
+                let limits = ConnLimits {
+                    max_conns: vm.max_conns as usize,
+                    per_peer: vm.peer_conn_limit() as usize,
+                };
+                (VmPolicy::new(vm), limits)
+            }),
+            Duration::from_millis(config.half_open_timeout_ms),
         );
         Ok(Switch {
             vms,
             by_cid,
             peers: Mutex::new(peers),
             poll_owners: OnceLock::new(),
+            failure: Failure::new(),
         })
+    }
+
+    /// Where the daemon's threads record a panic ([`Failure::guard`]).
+    pub fn failure(&self) -> &Arc<Failure> {
+        &self.failure
     }
 
     /// The VM-to-VM connection table.
@@ -189,11 +204,6 @@ impl Switch {
     /// The VM at `index`.
     pub fn vm(&self, index: usize) -> Option<&Arc<VmPort>> {
         self.vms.get(index)
-    }
-
-    /// The VM owning `cid`.
-    pub fn vm_by_cid(&self, cid: u64) -> Option<&Arc<VmPort>> {
-        self.by_cid.get(&cid).and_then(|i| self.vms.get(*i))
     }
 
     /// The VM named `name`.
@@ -217,6 +227,7 @@ impl Switch {
             queued_replies: rx.replies.len(),
             inbound_queued: rx.inbound.len(),
             host_conns: rx.host.connection_count(),
+            host_buffer_granted: rx.host.granted_bytes(),
         })
     }
 
@@ -300,7 +311,15 @@ impl Switch {
     /// Expires timed-out host handshakes and connections of every VM, and closed VM-to-VM
     /// connections whose final RST never came; detaches VMs whose queues broke.
     pub fn sweep(&self, now: Instant) {
-        self.peers().sweep(now);
+        let expired = self.peers().sweep(now);
+        for vm in expired.initiators.iter().filter_map(|&i| self.vm(i)) {
+            vm.counters
+                .expired_half_open
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for peer in self.queue_owed_rsts(expired.rsts) {
+            self.fill_rx(peer);
+        }
         for vm in &self.vms {
             self.reset_if_broken(vm.index);
             {

@@ -3,8 +3,10 @@
 //! Every packet between two VMs is checked here before it moves: policy on REQUEST, the
 //! connection's state for every other op, and the receiver's credit for RW. The table never
 //! touches a queue; it returns a [`Verdict`] and the switch acts on it. It is bounded: a VM takes
-//! part in at most `max_conns` connections, and a closed connection's entry is freed on its RST
-//! or [`CLOSING_TIMEOUT`] after both directions were shut.
+//! part in at most `max_conns` connections, of which one other VM may have opened at most
+//! `max_conns_per_peer`; a closed connection's entry is freed on its RST or [`CLOSING_TIMEOUT`]
+//! after both directions were shut, and a connection that never got its RESPONSE is freed (and
+//! both sides reset) after the half-open timeout.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,7 +35,8 @@ type Key = (Addr, Addr);
 pub enum Refused {
     /// Policy refused a REQUEST (§7).
     Policy(Refusal),
-    /// One of the two VMs is at its `max_conns`.
+    /// One of the two VMs is at its `max_conns`, or the initiator already opened
+    /// `max_conns_per_peer` connections to the receiver.
     ConnLimit,
     /// The packet names no connection.
     NoConnection,
@@ -78,6 +81,8 @@ impl Credit {
 struct PeerConn {
     vms: [usize; 2],
     initiator: usize,
+    /// When the REQUEST passed (for the half-open timeout).
+    opened: Instant,
     established: bool,
     shut: [u32; 2],
     closing_since: Option<Instant>,
@@ -105,7 +110,27 @@ impl PeerConn {
 struct VmSlot {
     policy: VmPolicy,
     max_conns: usize,
+    /// Connections one other VM may have opened to this one.
+    per_peer: usize,
     conns: usize,
+}
+
+/// The limits of one VM in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections the VM takes part in at most (`max_conns`).
+    pub max_conns: usize,
+    /// Connections one other VM may have opened to it (`max_conns_per_peer`).
+    pub per_peer: usize,
+}
+
+/// What [`PeerTable::sweep`] freed.
+#[derive(Debug, Default)]
+pub struct Expired {
+    /// RSTs owed for half-open connections that timed out: one to each side.
+    pub rsts: Vec<OwedRst>,
+    /// The initiator of each half-open connection that timed out (for its counter).
+    pub initiators: Vec<usize>,
 }
 
 /// An RST the switch owes a VM because a connection ended without its say.
@@ -124,6 +149,10 @@ pub struct PeerTable {
     /// several times cheaper than SipHash on these 24-byte keys).
     conns: HashMap<Key, PeerConn, foldhash::quality::RandomState>,
     vms: Vec<VmSlot>,
+    /// Live connections by (initiator, receiver), for `max_conns_per_peer`; a VM's connections
+    /// to itself are not counted here.
+    opened_by: HashMap<(usize, usize), usize, foldhash::fast::RandomState>,
+    half_open_timeout: Duration,
 }
 
 /// The VMs of a connection, each once (a VM may connect to itself: it counts once).
@@ -154,18 +183,25 @@ fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
 }
 
 impl PeerTable {
-    /// A table for VMs with these policies and `max_conns`, in switch order.
-    pub fn new(vms: impl IntoIterator<Item = (VmPolicy, usize)>) -> Self {
+    /// A table for VMs with these policies and limits, in switch order. A connection that
+    /// gets no RESPONSE within `half_open_timeout` is freed by [`PeerTable::sweep`].
+    pub fn new(
+        vms: impl IntoIterator<Item = (VmPolicy, ConnLimits)>,
+        half_open_timeout: Duration,
+    ) -> Self {
         PeerTable {
             conns: HashMap::default(),
             vms: vms
                 .into_iter()
-                .map(|(policy, max_conns)| VmSlot {
+                .map(|(policy, limits)| VmSlot {
                     policy,
-                    max_conns,
+                    max_conns: limits.max_conns,
+                    per_peer: limits.per_peer,
                     conns: 0,
                 })
                 .collect(),
+            opened_by: HashMap::default(),
+            half_open_timeout,
         }
     }
 
@@ -174,17 +210,9 @@ impl PeerTable {
         self.vms.get(vm).map_or(0, |s| s.conns)
     }
 
-    /// Whether policy lets VM `from` reach VM `to` at all (a shared group).
-    pub fn shares_group(&self, from: usize, to: usize) -> bool {
-        match (self.vms.get(from), self.vms.get(to)) {
-            (Some(a), Some(b)) => a.policy.shares_group(&b.policy),
-            _ => false,
-        }
-    }
-
     /// Checks one valid packet from VM `from` (whose CID the header's `src_cid` already matched)
     /// to VM `to`, and updates the connection it names. `now` is read only when a connection
-    /// starts closing.
+    /// opens or starts closing.
     pub fn on_packet(
         &mut self,
         from: usize,
@@ -197,7 +225,7 @@ impl PeerTable {
             return Verdict::Ignore;
         };
         if op == Op::Request {
-            return self.on_request(from, to, key, side, h);
+            return self.on_request(from, to, key, side, h, now);
         }
         let Some(conn) = self.conns.get_mut(&key) else {
             return if op == Op::Rst {
@@ -259,6 +287,7 @@ impl PeerTable {
         key: Key,
         side: usize,
         h: &PacketHeader,
+        now: impl FnOnce() -> Instant,
     ) -> Verdict {
         if let Some(old) = self.conns.get(&key) {
             if old.closing_since.is_none() {
@@ -277,6 +306,9 @@ impl PeerTable {
         if a.conns >= a.max_conns || b.conns >= b.max_conns {
             return Verdict::Refuse(Refused::ConnLimit);
         }
+        if from != to && self.opened_by.get(&(from, to)).copied().unwrap_or(0) >= b.per_peer {
+            return Verdict::Refuse(Refused::ConnLimit);
+        }
         let mut vms = [0; 2];
         vms[side] = from;
         vms[1 - side] = to;
@@ -288,6 +320,7 @@ impl PeerTable {
             PeerConn {
                 vms,
                 initiator: side,
+                opened: now(),
                 established: false,
                 shut: [0; 2],
                 closing_since: None,
@@ -299,6 +332,9 @@ impl PeerTable {
                 slot.conns += 1;
             }
         }
+        if from != to {
+            *self.opened_by.entry((from, to)).or_insert(0) += 1;
+        }
         Verdict::Forward
     }
 
@@ -309,7 +345,21 @@ impl PeerTable {
                 slot.conns = slot.conns.saturating_sub(1);
             }
         }
+        let pair = (conn.vms[conn.initiator], conn.vms[1 - conn.initiator]);
+        if pair.0 != pair.1 {
+            if let Some(n) = self.opened_by.get_mut(&pair) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.opened_by.remove(&pair);
+                }
+            }
+        }
         Some(conn)
+    }
+
+    /// Connections VM `from` opened to VM `to` that are still in the table.
+    pub fn opened_by(&self, from: usize, to: usize) -> usize {
+        self.opened_by.get(&(from, to)).copied().unwrap_or(0)
     }
 
     /// Forgets the connection `h` names, if any (its packet could not be delivered).
@@ -344,20 +394,40 @@ impl PeerTable {
         owed
     }
 
-    /// Frees closed connections whose final RST did not come within [`CLOSING_TIMEOUT`].
-    pub fn sweep(&mut self, now: Instant) {
+    /// Frees closed connections whose final RST did not come within [`CLOSING_TIMEOUT`], and
+    /// half-open connections whose RESPONSE did not come within the half-open timeout; the
+    /// latter owe an RST to each side.
+    pub fn sweep(&mut self, now: Instant) -> Expired {
+        let half_open = self.half_open_timeout;
         let expired: Vec<Key> = self
             .conns
             .iter()
             .filter(|(_, c)| {
                 c.closing_since
                     .is_some_and(|t| now.saturating_duration_since(t) >= CLOSING_TIMEOUT)
+                    || (!c.established && now.saturating_duration_since(c.opened) >= half_open)
             })
             .map(|(k, _)| *k)
             .collect();
+        let mut out = Expired::default();
         for key in expired {
-            self.remove(&key);
+            let Some(conn) = self.remove(&key) else {
+                continue;
+            };
+            if conn.established {
+                continue;
+            }
+            out.initiators.push(conn.vms[conn.initiator]);
+            let addrs = [key.0, key.1];
+            for side in 0..2 {
+                let (me, peer) = (addrs[1 - side], addrs[side]);
+                out.rsts.push(OwedRst {
+                    vm: conn.vms[side],
+                    header: PacketHeader::stream(Op::Rst, me.cid, me.port, peer.cid, peer.port),
+                });
+            }
         }
+        out
     }
 }
 
@@ -369,24 +439,28 @@ mod tests {
 
     const A: u64 = 3;
     const B: u64 = 4;
+    const HALF_OPEN: Duration = Duration::from_secs(10);
 
     fn table(max: usize) -> PeerTable {
         let vm = |groups: &[&str], ports: Option<Vec<u32>>| {
             VmPolicy::new(&VmConfig {
-                name: "x".into(),
-                cid: 0,
-                socket: "/s".into(),
-                uds: None,
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
                 ports,
-                max_conns: 1,
+                ..VmConfig::new("x", 0, "/s")
             })
         };
-        PeerTable::new([
-            (vm(&["g"], None), max),
-            (vm(&["g"], Some(vec![80])), max),
-            (vm(&["other"], None), max),
-        ])
+        let limits = ConnLimits {
+            max_conns: max,
+            per_peer: max,
+        };
+        PeerTable::new(
+            [
+                (vm(&["g"], None), limits),
+                (vm(&["g"], Some(vec![80])), limits),
+                (vm(&["other"], None), limits),
+            ],
+            HALF_OPEN,
+        )
     }
 
     fn pkt(op: Op, src: (u64, u32), dst: (u64, u32)) -> PacketHeader {
@@ -553,5 +627,70 @@ mod tests {
         assert_eq!(owed[0].header.dst_port(), 7);
         assert_eq!(owed[1].header.dst_port(), 1000);
         assert_eq!((t.count(0), t.count(1)), (0, 0));
+    }
+
+    #[test]
+    fn one_peer_takes_at_most_its_share_of_a_vms_connections() {
+        let now = Instant::now();
+        let limits = |max_conns, per_peer| ConnLimits {
+            max_conns,
+            per_peer,
+        };
+        let vm = || {
+            VmPolicy::new(&VmConfig {
+                groups: vec!["g".into()],
+                ..VmConfig::new("x", 0, "/s")
+            })
+        };
+        // b (index 1) takes 4 connections, at most 2 from any one VM.
+        let mut t = PeerTable::new(
+            [
+                (vm(), limits(8, 8)),
+                (vm(), limits(4, 2)),
+                (vm(), limits(8, 8)),
+            ],
+            HALF_OPEN,
+        );
+        let req = |from: u64, port: u32| pkt(Op::Request, (from, port), (B, 80));
+        assert_eq!(t.on_packet(0, 1, &req(A, 1), || now), Verdict::Forward);
+        assert_eq!(t.on_packet(0, 1, &req(A, 2), || now), Verdict::Forward);
+        assert_eq!(
+            t.on_packet(0, 1, &req(A, 3), || now),
+            Verdict::Refuse(Refused::ConnLimit),
+            "a third from the same VM"
+        );
+        assert_eq!(t.on_packet(2, 1, &req(5, 1), || now), Verdict::Forward);
+        assert_eq!(t.opened_by(0, 1), 2);
+        // b's own connections to a count against a's share of nobody: b opens to a freely.
+        let own = pkt(Op::Request, (B, 9), (A, 7));
+        assert_eq!(t.on_packet(1, 0, &own, || now), Verdict::Forward);
+        assert_eq!(t.count(1), 4);
+        // A freed connection gives the share back.
+        let rst = pkt(Op::Rst, (A, 1), (B, 80));
+        assert_eq!(t.on_packet(0, 1, &rst, || now), Verdict::Forward);
+        assert_eq!(t.opened_by(0, 1), 1);
+        assert_eq!(t.on_packet(0, 1, &req(A, 3), || now), Verdict::Forward);
+    }
+
+    #[test]
+    fn a_connection_without_response_expires_and_resets_both_sides() {
+        let now = Instant::now();
+        let mut t = table(8);
+        open(&mut t, now); // an answered connection: it never expires
+        let req = pkt(Op::Request, (A, 1001), (B, 80));
+        assert_eq!(t.on_packet(0, 1, &req, || now), Verdict::Forward);
+        assert!(t.sweep(now + HALF_OPEN / 2).rsts.is_empty());
+        let gone = t.sweep(now + HALF_OPEN);
+        assert_eq!(gone.initiators, vec![0]);
+        let mut rsts: Vec<_> = gone.rsts.iter().map(|o| (o.vm, o.header)).collect();
+        rsts.sort_by_key(|(vm, _)| *vm);
+        assert_eq!(
+            rsts,
+            vec![
+                (0, PacketHeader::stream(Op::Rst, B, 80, A, 1001)),
+                (1, PacketHeader::stream(Op::Rst, A, 1001, B, 80)),
+            ]
+        );
+        assert_eq!((t.count(0), t.count(1), t.opened_by(0, 1)), (1, 1, 1));
     }
 }

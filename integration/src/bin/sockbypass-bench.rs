@@ -21,7 +21,7 @@ use sockbypass_integration::guests::netns::NetNs;
 use sockbypass_integration::guests::qemu::{vhost_net_available, GuestSpec, Nic, QemuGuest};
 use sockbypass_integration::guests::results::{results, RESULT};
 use sockbypass_integration::guests::{accel, interrupt};
-use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_MAX_CONNS};
+use sockbypassd::config::{DaemonConfig, VmConfig};
 
 /// Bypass vs virtio-net between two guests on this host.
 #[derive(Debug, Parser)]
@@ -194,21 +194,15 @@ fn measure(
 ) -> Result<ModeRun, Box<dyn std::error::Error>> {
     let dir = setup.dir;
     let vm = |name: &str, cid: u64| VmConfig {
-        name: name.into(),
-        cid,
-        socket: dir.join(format!("{name}.sock")),
-        uds: None,
         groups: vec!["bench".into()],
-        ports: None,
-        max_conns: DEFAULT_MAX_CONNS,
+        ..VmConfig::new(name, cid, dir.join(format!("{name}.sock")))
     };
     let config = DaemonConfig {
-        vms: vec![vm("server", 3), vm("client", 4)],
-        log_level: None,
         poll: sockbypassd::config::PollConfig {
             mode: mode.parse()?,
             ..sockbypassd::config::PollConfig::default()
         },
+        ..DaemonConfig::with_vms(vec![vm("server", 3), vm("client", 4)])
     };
     config.validate()?;
     let daemon = sockbypassd::daemon::start(config)?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sockbypass_integration::{TestVm, VmOptions};
 use sockbypass_wire::consts::HOST_CID;
-use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_MAX_CONNS};
+use sockbypassd::config::{DaemonConfig, VmConfig};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -35,23 +35,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let socket = dir.join("vm3.sock");
     let uds = dir.join("vm3.vsock");
     let vm_config = |name: &str, cid: u64, group: &str| VmConfig {
-        name: name.into(),
-        cid,
-        socket: dir.join(format!("{name}.sock")),
         uds: (cid == 3).then(|| uds.clone()),
         groups: vec![group.into()],
-        ports: None,
-        max_conns: DEFAULT_MAX_CONNS,
+        ..VmConfig::new(name, cid, dir.join(format!("{name}.sock")))
     };
-    let config = DaemonConfig {
-        vms: vec![
-            vm_config("vm3", 3, "demo"),
-            vm_config("vm4", 4, "demo"),
-            vm_config("vm5", 5, "other"),
-        ],
-        log_level: None,
-        poll: sockbypassd::config::PollConfig::default(),
-    };
+    let config = DaemonConfig::with_vms(vec![
+        vm_config("vm3", 3, "demo"),
+        vm_config("vm4", 4, "demo"),
+        vm_config("vm5", 5, "other"),
+    ]);
     config.validate()?;
     let daemon = sockbypassd::daemon::start(config)?;
     println!(

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use sockbypassd::config::{DaemonConfig, PollConfig, PollMode, VmConfig, DEFAULT_MAX_CONNS};
+use sockbypassd::config::{DaemonConfig, PollConfig, PollMode, VmConfig};
 use sockbypassd::daemon::DaemonHandle;
 use sockbypassd::poll::PollCountersSnapshot;
 
@@ -50,21 +50,17 @@ impl BenchDaemon {
         let dir = tempfile::tempdir().map_err(MicrobenchError::TempDir)?;
         let names: Vec<String> = (0..vms).map(|i| format!("vm{i}")).collect();
         let config = DaemonConfig {
-            vms: names
-                .iter()
-                .zip(FIRST_CID..)
-                .map(|(name, cid)| VmConfig {
-                    name: name.clone(),
-                    cid,
-                    socket: dir.path().join(format!("{name}.sock")),
-                    uds: None,
-                    groups: vec!["bench".into()],
-                    ports: None,
-                    max_conns: DEFAULT_MAX_CONNS,
-                })
-                .collect(),
-            log_level: None,
             poll,
+            ..DaemonConfig::with_vms(
+                names
+                    .iter()
+                    .zip(FIRST_CID..)
+                    .map(|(name, cid)| VmConfig {
+                        groups: vec!["bench".into()],
+                        ..VmConfig::new(name.clone(), cid, dir.path().join(format!("{name}.sock")))
+                    })
+                    .collect(),
+            )
         };
         config.validate()?;
         let daemon = sockbypassd::daemon::start(config)?;

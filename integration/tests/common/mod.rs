@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sockbypass_integration::{DriverConfig, TestVm, VmOptions};
-use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_MAX_CONNS};
+use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS};
 use sockbypassd::daemon::{self, DaemonHandle};
 use sockbypassd::metrics::VmCountersSnapshot;
 use sockbypassd::switch::VmGauges;
@@ -35,6 +35,10 @@ pub struct VmSpec {
     pub groups: Vec<&'static str>,
     /// Ports peers may connect to (`ports=`); `None` means any.
     pub ports: Option<Vec<u32>>,
+    /// `max_conns_per_peer`; `None` for the default.
+    pub max_conns_per_peer: Option<u32>,
+    /// `host_buffer_bytes`.
+    pub host_buffer_bytes: u64,
 }
 
 impl VmSpec {
@@ -47,6 +51,8 @@ impl VmSpec {
             max_conns: DEFAULT_MAX_CONNS,
             groups: vec!["test"],
             ports: None,
+            max_conns_per_peer: None,
+            host_buffer_bytes: DEFAULT_HOST_BUFFER_BYTES,
         }
     }
 
@@ -67,6 +73,18 @@ impl VmSpec {
         self.max_conns = n;
         self
     }
+
+    /// Sets how many connections one other VM may open to this one.
+    pub fn max_conns_per_peer(mut self, n: u32) -> Self {
+        self.max_conns_per_peer = Some(n);
+        self
+    }
+
+    /// Sets the byte budget of the VM's host connections.
+    pub fn host_buffer_bytes(mut self, n: u64) -> Self {
+        self.host_buffer_bytes = n;
+        self
+    }
 }
 
 /// A running daemon in a temporary directory. Dropping it stops the daemon and deletes the
@@ -83,26 +101,20 @@ impl Harness {
 
     /// Like [`Harness::start`] with explicit poll engine settings.
     pub fn start_with_poll(vms: &[VmSpec], poll: sockbypassd::config::PollConfig) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Harness::start_in(harness_config_in(dir.path(), vms, poll), dir)
+    }
+
+    /// A daemon with `config` (from [`harness_config`], then changed), in the directory its
+    /// sockets name.
+    pub fn start_config(config: (DaemonConfig, tempfile::TempDir)) -> Harness {
+        Harness::start_in(config.0, config.1)
+    }
+
+    fn start_in(config: DaemonConfig, dir: tempfile::TempDir) -> Harness {
         sockbypassd::logging::init(Some(
             &std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
         ));
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = DaemonConfig {
-            vms: vms
-                .iter()
-                .map(|v| VmConfig {
-                    name: v.name.to_string(),
-                    cid: v.cid,
-                    socket: dir.path().join(format!("{}.sock", v.name)),
-                    uds: v.uds.then(|| dir.path().join(format!("{}.vsock", v.name))),
-                    groups: v.groups.iter().map(|g| g.to_string()).collect(),
-                    ports: v.ports.clone(),
-                    max_conns: v.max_conns,
-                })
-                .collect(),
-            log_level: None,
-            poll,
-        };
         config.validate().expect("test config is valid");
         let daemon = daemon::start(config).expect("daemon starts");
         Harness {
@@ -240,6 +252,39 @@ impl Drop for Harness {
         if done_rx.recv_timeout(SHUTDOWN_DEADLINE).is_err() && !std::thread::panicking() {
             panic!("the daemon did not stop within {SHUTDOWN_DEADLINE:?}");
         }
+    }
+}
+
+/// The configuration [`Harness::start_with_poll`] would use, and the temporary directory its
+/// sockets live in, for a test to change before [`Harness::start_config`].
+pub fn harness_config(
+    vms: &[VmSpec],
+    poll: sockbypassd::config::PollConfig,
+) -> (DaemonConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    (harness_config_in(dir.path(), vms, poll), dir)
+}
+
+fn harness_config_in(
+    dir: &std::path::Path,
+    vms: &[VmSpec],
+    poll: sockbypassd::config::PollConfig,
+) -> DaemonConfig {
+    DaemonConfig {
+        poll,
+        ..DaemonConfig::with_vms(
+            vms.iter()
+                .map(|v| VmConfig {
+                    uds: v.uds.then(|| dir.join(format!("{}.vsock", v.name))),
+                    groups: v.groups.iter().map(|g| g.to_string()).collect(),
+                    ports: v.ports.clone(),
+                    max_conns: v.max_conns,
+                    max_conns_per_peer: v.max_conns_per_peer,
+                    host_buffer_bytes: v.host_buffer_bytes,
+                    ..VmConfig::new(v.name, v.cid, dir.join(format!("{}.sock", v.name)))
+                })
+                .collect(),
+        )
     }
 }
 
