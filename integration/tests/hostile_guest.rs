@@ -10,6 +10,7 @@
 
 mod common;
 mod hostile_chains;
+mod hostile_steps;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use common::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
 use common::transfer::{run, Job};
 use common::{random_bytes, wait_until, Harness, VmSpec};
 use hostile_chains::ChainMaker;
+use hostile_steps::RingAttacker;
 use rand::SeedableRng;
 use sockbypass_integration::{DriverConfig, StreamId, TestVm, VmOptions, VsockDriver};
 use sockbypass_wire::consts::{F_RING_INDIRECT_DESC, TX_QUEUE};
@@ -296,5 +298,137 @@ fn a_hostile_guest_cannot_disturb_other_vms_or_the_daemon() {
         "x's state drained: {:?}",
         h.gauges("x")
     );
+    check_gauges(&h);
+}
+
+/// How long the reference run of the a↔b stream lasts (x only burns CPU).
+const REFERENCE: Duration = Duration::from_secs(3);
+
+/// Runs the a↔b stream on `ab` in two threads while `during` runs on this thread; returns the
+/// bytes a and b moved and the time it took. The stream stops once `during` returns.
+fn stream_while(
+    a: &mut TestVm,
+    b: &mut TestVm,
+    ab: (StreamId, StreamId),
+    during: impl FnOnce(),
+) -> (u64, Duration) {
+    let stop = AtomicBool::new(false);
+    let start = std::time::Instant::now();
+    let rounds = std::thread::scope(|s| {
+        let ta = s.spawn(|| stream_a(a.driver_mut(), ab.0, &stop));
+        let tb = s.spawn(|| stream_b(b.driver_mut(), ab.1));
+        let stop_stream = StopOnDrop(&stop);
+        during();
+        drop(stop_stream);
+        let (ra, rb) = (
+            ta.join().expect("a's stream"),
+            tb.join().expect("b's stream"),
+        );
+        assert_eq!(ra, rb);
+        ra
+    });
+    (rounds * 2 * ROUND as u64, start.elapsed())
+}
+
+#[test]
+fn a_hostile_guests_ring_states_cannot_disturb_other_vms_or_the_daemon() {
+    count_panics();
+    let steps: u64 = env_or("SOCKBYPASS_HOSTILE_STEPS", 1000);
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()).rotate_left(32))
+        .unwrap_or(1);
+    let seed: u64 = env_or("SOCKBYPASS_HOSTILE_SEED", clock);
+    println!("hostile ring states: {steps} steps, SOCKBYPASS_HOSTILE_SEED={seed}");
+
+    let h = Harness::start(&[
+        VmSpec::new("a", 3),
+        VmSpec::new("b", 4),
+        VmSpec::new("x", 5).max_conns(X_MAX_CONNS),
+    ]);
+    let (mut a, mut b) = (h.vm("a"), h.vm("b"));
+    let mut options = VmOptions {
+        memory_size: 4 << 20,
+        ..VmOptions::default()
+    };
+    options.frontend.features |= 1 << F_RING_INDIRECT_DESC;
+    options.driver.raw_record_limit = 64;
+    options.driver.rst_unknown_packets = false;
+    let mut x = TestVm::connect(h.socket("x"), options).expect("vm x");
+    h.wait_attached("x");
+    let ab = connect_peers(&mut a, &mut b, STREAM_PORT, T);
+    b.driver_mut().listen(B_TRAP).expect("trap");
+    a.driver_mut().listen(A_TRAP).expect("trap");
+    let mut attacker = RingAttacker::new(
+        &mut x,
+        seed,
+        &[3, 4, 5, 6],
+        &[B_TRAP, A_TRAP, 80, 1000, 1001],
+        STREAM_PORT,
+    );
+
+    // The reference: the stream alone, with a thread burning CPU where the attacker will run.
+    let (ref_bytes, ref_time) = stream_while(&mut a, &mut b, ab, || {
+        let end = std::time::Instant::now() + REFERENCE;
+        while std::time::Instant::now() < end {
+            std::hint::spin_loop();
+        }
+    });
+    let rss_before = rss_kib();
+    let mut resets = 0u64;
+    let (bytes, time) = stream_while(&mut a, &mut b, ab, || {
+        // Breaks counted before x's last reset were already cleaned up by it.
+        let mut broken_before_reset = 0;
+        for _ in 0..steps {
+            attacker.step(&mut x);
+            if h.counters("x").queue_broken > broken_before_reset {
+                assert!(
+                    wait_until(T, || !h.is_attached("x")),
+                    "x broke a queue and was not detached: {:?} {:?}",
+                    h.counters("x"),
+                    h.gauges("x")
+                );
+                attacker.needs_reset = true;
+            }
+            if attacker.needs_reset {
+                attacker.recover(&mut x);
+                broken_before_reset = h.counters("x").queue_broken;
+                resets += 1;
+            }
+            check_gauges(&h);
+        }
+    });
+    let rss_after = rss_kib();
+    let (reference, attacked) = (
+        ref_bytes as f64 / ref_time.as_secs_f64(),
+        bytes as f64 / time.as_secs_f64(),
+    );
+    println!("steps: {}", attacker.report());
+    println!(
+        "a↔b: {:.1} MB/s alone, {:.1} MB/s beside the attack ({:.0}%); {resets} resets of x, \
+         {} breaks; RSS {rss_before} KiB -> {rss_after} KiB",
+        reference / 1e6,
+        attacked / 1e6,
+        100.0 * attacked / reference,
+        h.counters("x").queue_broken,
+    );
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
+    assert!(
+        attacked >= reference / 2.0,
+        "a↔b kept {:.0}% of their throughput",
+        100.0 * attacked / reference
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < RSS_GROWTH_LIMIT_KIB,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    for vm in ["a", "b"] {
+        let k = h.counters(vm);
+        assert_eq!(k.malformed_total() + k.queue_broken, 0, "{vm}: {k:?}");
+    }
+    // x comes back clean and reaches a peer.
+    attacker.recover(&mut x);
+    let (idx, idb) = connect_peers(&mut x, &mut b, 7100, T);
+    send_and_expect(&mut x, idx, &mut b, idb, b"after the storm", T);
     check_gauges(&h);
 }

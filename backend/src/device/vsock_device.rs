@@ -123,8 +123,9 @@ impl VhostUserBackend for VsockDevice {
         _thread_id: usize,
     ) -> io::Result<()> {
         // A panic stops the daemon (see `failure.rs`) instead of silently ending this worker.
-        let failure = self.switch.failure().clone();
-        failure.guard("vring worker", || self.on_event(device_event, vrings));
+        self.switch
+            .failure()
+            .guard("vring worker", || self.on_event(device_event, vrings));
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
+};
 
 use sockbypass_wire::consts::{EVENT_QUEUE, MAX_QUEUE_SIZE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 
@@ -265,17 +267,8 @@ impl Attachment {
             return None;
         }
         let q = state.get_queue_mut();
-        match q.avail_idx(&**mem, Ordering::Acquire) {
-            Ok(idx) if idx.0 == q.next_avail() => return None,
-            Ok(_) => {}
-            Err(e) => {
-                drop(state);
-                self.break_on(queue, Broken::RingOutsideMemory, &e);
-                return None;
-            }
-        }
-        // `iter` reads the index again (the guest may have published more meanwhile) and
-        // refuses one more than the queue size ahead of the device.
+        // `iter` reads the available index and refuses one more than the queue size ahead of
+        // the device.
         let chain = match q.iter(mem.clone()) {
             Ok(mut it) => it.next(),
             Err(e) => {
@@ -288,8 +281,8 @@ impl Attachment {
                 return None;
             }
         };
-        if chain.is_none() {
-            // Chains were pending but the ring slot could not be read.
+        if chain.is_none() && slot_unreadable(q, mem) {
+            // Chains were pending, but their ring slot is outside guest memory.
             drop(state);
             self.break_on(
                 queue,
@@ -396,6 +389,17 @@ impl Attachment {
         self.break_on(queue, Broken::RingOutsideMemory, &e);
         e
     }
+}
+
+/// Whether the available-ring slot the device would read next lies outside guest memory (an
+/// empty ring is never that: `iter` returned `None` because nothing was pending).
+fn slot_unreadable(q: &virtio_queue::Queue, mem: &GuestMem) -> bool {
+    let Some(slot) = q.next_avail().checked_rem(q.size()) else {
+        return false;
+    };
+    let addr = q.avail_ring() + 4 + 2 * u64::from(slot);
+    mem.load::<u16>(vm_memory::GuestAddress(addr), Ordering::Relaxed)
+        .is_err()
 }
 
 /// Whether a queue is started and enabled, so the device may use it.

@@ -5,7 +5,7 @@
 use super::attachment::TX;
 use super::inbound::Held;
 use super::peer_path::mark;
-use super::{DetachReason, Switch, Vring};
+use super::{DetachReason, Switch, VmPort, Vring};
 
 impl Switch {
     /// Binds the rings of VM `index` (called from the vhost-user worker with its vrings).
@@ -33,6 +33,34 @@ impl Switch {
             return;
         };
         let _life = vm.lifecycle();
+        self.detach_locked(vm, reason);
+    }
+
+    /// Detaches VM `index` if one of its queues broke, and keeps it detached until its
+    /// frontend resets the device or reconnects (SPEC.md §9.1): its peers get RSTs, its held
+    /// chains go back, and no loop ever spins on the broken ring. Call with no lock of the
+    /// switch held (the thread's top level). Returns whether it detached the VM.
+    pub fn reset_if_broken(&self, index: usize) -> bool {
+        let Some(vm) = self.vm(index) else {
+            return false;
+        };
+        if !vm.take_needs_reset() {
+            return false;
+        }
+        // Under the lifecycle lock: a frontend that reset the device meanwhile (detach, then
+        // the quarantine lifted) leaves a fresh attachment here, or none, and no quarantine.
+        let _life = vm.lifecycle();
+        if vm.with_attachment(|a| a.is_broken()) != Some(true) {
+            return false;
+        }
+        vm.quarantine();
+        self.detach_locked(vm, DetachReason::QueueBroken);
+        true
+    }
+
+    /// [`Switch::detach`] for a caller that holds `vm`'s lifecycle lock.
+    fn detach_locked(&self, vm: &VmPort, reason: DetachReason) {
+        let index = vm.index;
         let Some(gone) = vm.unbind() else {
             return;
         };

@@ -271,22 +271,6 @@ impl Switch {
         rx
     }
 
-    /// Detaches VM `index` if one of its queues broke, and keeps it detached until its
-    /// frontend resets the device or reconnects (SPEC.md §9.1): its peers get RSTs, its held
-    /// chains go back, and no loop ever spins on the broken ring. Call with no lock of the
-    /// switch held (the thread's top level). Returns whether it detached the VM.
-    pub fn reset_if_broken(&self, index: usize) -> bool {
-        let Some(vm) = self.vm(index) else {
-            return false;
-        };
-        if !vm.take_needs_reset() || vm.with_attachment(|a| a.is_broken()) != Some(true) {
-            return false;
-        }
-        vm.quarantine();
-        self.detach(index, DetachReason::QueueBroken);
-        true
-    }
-
     /// Hands the VMs to poll threads: VM *i* to `wakers[i % wakers.len()]`. Called once, by the
     /// poll engine; until then (and in event mode) kicks are served where they arrive.
     pub fn set_poll_owners(&self, wakers: Vec<Arc<Waker>>) {

@@ -134,7 +134,6 @@ impl Switch {
                 }
             }
         }
-        drop(tx);
         if report.chains > report.held {
             report.notified = att.notify(TX).unwrap_or(false);
         }
@@ -154,7 +153,7 @@ impl Switch {
             }
         }
         touched.clear();
-        vm.tx().touched = touched;
+        tx.touched = touched;
         report
     }
 
