@@ -300,6 +300,34 @@ pub fn test_poll_config() -> sockbypassd::config::PollConfig {
     poll
 }
 
+/// A connection to `listener` (a host program's), waited for at most `timeout`; panics naming
+/// `what` after that. The stream is blocking, with `timeout` as its read and write timeouts, so
+/// a host program in a test never waits forever either.
+pub fn accept_within(listener: &UnixListener, timeout: Duration, what: &str) -> UnixStream {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let end = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking stream");
+                s.set_read_timeout(Some(timeout)).expect("read timeout");
+                s.set_write_timeout(Some(timeout)).expect("write timeout");
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < end,
+                    "{what}: no connection within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{what}: accept failed: {e}"),
+        }
+    }
+}
+
 /// Polls `cond` every millisecond until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
