@@ -12,9 +12,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{wait_until, Harness, VmSpec};
+use common::{accept_within, wait_until, Harness, VmSpec};
 use serde_json::Value;
 use sockbypass_integration::bench::plan::wait_for_server;
 use sockbypass_integration::guests::accel::{self, Accel};
@@ -86,9 +86,15 @@ fn stock_af_vsock_between_guests_to_the_host_and_across_groups() {
     // A host echo server where guests reach CID 2 port 6000.
     let listener = s.h.host_listener("b", 6000);
     let echo = std::thread::spawn(move || {
-        let (mut c, _) = listener.accept().expect("host accepts the guest");
+        // b connects once both guests booted and its other checks ran, all within its run.
+        let mut c = accept_within(&listener, 2 * BOOT + RUN, "the host echo program");
         let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + RUN;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "the guest's echo stream did not end"
+            );
             match c.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {

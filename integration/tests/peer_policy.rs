@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::peers::{connect_peers, drive, send_and_expect};
-use common::{wait_until, Harness, VmSpec};
+use common::{accept_within, wait_until, Harness, VmSpec};
 use sockbypass_integration::{DriverError, StreamState, TestVm, TxLayout};
 use sockbypass_wire::{Op, PacketHeader};
 
@@ -187,7 +187,7 @@ fn connection_limit_refuses_past_max_conns_and_frees_on_close() {
         .driver_mut()
         .connect_blocking(2, 9000, T)
         .expect("a host connection while at the peer limit");
-    let (mut host, _) = listener.accept().expect("host accepts");
+    let mut host = accept_within(&listener, T, "the host program");
     a.driver_mut().send_all(id, b"host", T).expect("send");
     let mut four = [0u8; 4];
     host.read_exact(&mut four).expect("host reads");

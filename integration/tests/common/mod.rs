@@ -146,7 +146,17 @@ impl Harness {
         s.write_all(format!("CONNECT {port}\n").as_bytes())?;
         let mut line = Vec::new();
         let mut b = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !line.ends_with(b"\n") {
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no OK line within 10 s: {:?}",
+                        String::from_utf8_lossy(&line)
+                    ),
+                ));
+            }
             if s.read(&mut b)? == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
