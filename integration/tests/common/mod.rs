@@ -310,6 +310,23 @@ pub fn test_poll_config() -> sockbypassd::config::PollConfig {
     poll
 }
 
+/// Whether this is a CI run (`CI=true`): there, a test that cannot run is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test that cannot run for `reason` (something the project installs is missing, or cannot be
+/// built): with `CI=true` that fails the test; on a developer's machine the test is skipped,
+/// with the reason printed. Returns `None` for the caller to return early.
+pub fn cannot_run<T>(reason: &str) -> Option<T> {
+    assert!(
+        !in_ci(),
+        "CI=true: this test could not run, which is a failure in CI: {reason}"
+    );
+    eprintln!("SKIPPED (CI would fail): {reason}");
+    None
+}
+
 /// A connection to `listener` (a host program's), waited for at most `timeout`; panics naming
 /// `what` after that. The stream is blocking, with `timeout` as its read and write timeouts, so
 /// a host program in a test never waits forever either.
