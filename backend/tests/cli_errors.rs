@@ -2,15 +2,38 @@
 //! line on stderr that starts with `sockbypassd: ` and names the problem.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a refused configuration may take to exit: a configuration accepted by mistake
+/// starts a daemon that would otherwise run forever.
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+/// Runs the binary with `args` until it exits; kills it and fails after [`EXIT_WITHIN`].
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sockbypassd"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sockbypassd");
+    let deadline = Instant::now() + EXIT_WITHIN;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("args {args:?}: still running after {EXIT_WITHIN:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("sockbypassd's output")
+}
 
 /// Runs the binary with `args` and returns its stderr after checking status 2 and one line.
 fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sockbypassd"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run sockbypassd");
+    let out = run(args);
     let stderr = String::from_utf8(out.stderr).expect("stderr is UTF-8");
     assert_eq!(
         out.status.code(),

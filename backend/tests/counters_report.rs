@@ -87,7 +87,17 @@ fn sigusr1_reports_counters_and_sigterm_stops_with_a_final_report() {
     signal(&daemon.0, libc::SIGTERM);
     wait_line(&lines, &["VM counters", "web"]);
     wait_line(&lines, &["stopping"]);
-    let status = daemon.0.wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon still runs 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "exit status {status}");
     assert!(!socket.exists(), "the socket is removed on a clean stop");
 }

@@ -395,8 +395,14 @@ BUSYBOX=/bin/busybox
 ! is_dynamic "$BUSYBOX" || die "$BUSYBOX is dynamically linked: install busybox-static"
 cp "$BUSYBOX" "$STAGE/bin/busybox"
 mapfile -t APPLETS < <("$BUSYBOX" --list)
+# Looked up in a table, not with `printf | grep -q`: grep -q exits at the first match, printf
+# may then die of SIGPIPE, and pipefail turned that into a missing applet now and then.
+declare -A HAVE_APPLET=()
+for a in "${APPLETS[@]}"; do
+    HAVE_APPLET[$a]=1
+done
 for a in "${REQUIRED_APPLETS[@]}"; do
-    printf '%s\n' "${APPLETS[@]}" | grep -qx -- "$a" || die "busybox has no '$a' applet"
+    [ -n "${HAVE_APPLET[$a]:-}" ] || die "busybox has no '$a' applet"
 done
 for a in "${APPLETS[@]}"; do
     case "$a" in busybox | */* | '') continue ;; esac
@@ -431,7 +437,7 @@ for t in "${TOOLS[@]}"; do
     fi
     progress "guest tool: /bin/${t##*/} ($(du -h "$t" | cut -f1))"
     # Debian's busybox sh runs its own applet for a name it knows, whatever is in /bin.
-    if printf '%s\n' "${APPLETS[@]}" | grep -qx -- "${t##*/}"; then
+    if [ -n "${HAVE_APPLET[${t##*/}]:-}" ]; then
         progress "warning: ${t##*/} is also a busybox applet: call it as /bin/${t##*/} in the guest"
     fi
 done

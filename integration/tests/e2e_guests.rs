@@ -3,8 +3,9 @@
 //! SPEC.md §4 (routing), §4.2 (delivery), §6 (host endpoints), §7 (policy) and §8.3 (a VM that
 //! dies, and its replacement on the same socket).
 //!
-//! These tests boot VMs, so `cargo test` skips them (`#[ignore]`); `ci/test.sh` builds the
-//! guest image and runs them with `--ignored`, or reports them as skipped with the reason.
+//! These tests boot VMs, so `cargo test` skips them (`#[ignore]`); `ci/e2e.sh` builds the
+//! guest image and runs them with `--ignored`. A test that cannot run (no guest image, no
+//! QEMU) fails with `CI=true`, and elsewhere is skipped with the reason.
 //! Under TCG (no working KVM) a boot takes seconds and every figure is slow; no timing is
 //! asserted except that a refused connect fails at once rather than hanging.
 
@@ -12,14 +13,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{wait_until, Harness, VmSpec};
+use common::{accept_within, cannot_run, wait_until, Harness, VmSpec};
 use serde_json::Value;
 use sockbypass_integration::bench::plan::wait_for_server;
 use sockbypass_integration::guests::accel::{self, Accel};
 use sockbypass_integration::guests::image::GuestImage;
-use sockbypass_integration::guests::qemu::{GuestSpec, QemuGuest};
+use sockbypass_integration::guests::qemu::{qemu_version, GuestSpec, QemuGuest};
 use sockbypass_integration::guests::results::results_of;
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -32,16 +33,29 @@ struct Setup {
     accel: Accel,
 }
 
-fn setup(vms: &[VmSpec]) -> Setup {
-    let image = GuestImage::ensure().expect("guest image (integration/guest/build-image.sh)");
+/// The daemon, the guest image and the accelerator; `None` (after printing why) when the
+/// image or QEMU is missing outside CI.
+fn setup(vms: &[VmSpec]) -> Option<Setup> {
+    let image = match GuestImage::ensure() {
+        Ok(image) => image,
+        Err(e) => {
+            return cannot_run(&format!(
+                "the guest image could not be built (integration/guest/build-image.sh): {e}"
+            ))
+        }
+    };
+    match qemu_version() {
+        Ok(version) => eprintln!("QEMU: {version}"),
+        Err(e) => return cannot_run(&format!("QEMU cannot run: {e}")),
+    }
     let cache = image.kernel.parent().expect("cache dir").to_path_buf();
     let (accel, why) = accel::choose(&image, &cache).expect("accelerator");
     eprintln!("accelerator: {why}");
-    Setup {
+    Some(Setup {
         h: Harness::start(vms),
         image,
         accel,
-    }
+    })
 }
 
 impl Setup {
@@ -78,17 +92,25 @@ fn serve() -> String {
 #[test]
 #[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
 fn stock_af_vsock_between_guests_to_the_host_and_across_groups() {
-    let s = setup(&[
+    let Some(s) = setup(&[
         VmSpec::new("a", 3),
         VmSpec::new("b", 4),
         VmSpec::new("c", 5).groups(&["other"]),
-    ]);
+    ]) else {
+        return;
+    };
     // A host echo server where guests reach CID 2 port 6000.
     let listener = s.h.host_listener("b", 6000);
     let echo = std::thread::spawn(move || {
-        let (mut c, _) = listener.accept().expect("host accepts the guest");
+        // b connects once both guests booted and its other checks ran, all within its run.
+        let mut c = accept_within(&listener, 2 * BOOT + RUN, "the host echo program");
         let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + RUN;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "the guest's echo stream did not end"
+            );
             match c.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
@@ -151,7 +173,9 @@ fn stock_af_vsock_between_guests_to_the_host_and_across_groups() {
 #[test]
 #[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
 fn a_guest_killed_mid_stream_and_a_new_vm_on_the_same_socket() {
-    let s = setup(&[VmSpec::new("a", 3), VmSpec::new("b", 4)]);
+    let Some(s) = setup(&[VmSpec::new("a", 3), VmSpec::new("b", 4)]) else {
+        return;
+    };
     let mut a = s.boot("a", &serve());
     let addr = format!("vsock:3:{PORT}");
     let mut b = s.boot(

@@ -5,12 +5,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{random_bytes, random_chunks, sha256, wait_until, Harness, VmSpec};
+use common::{accept_within, random_bytes, random_chunks, sha256, wait_until, Harness, VmSpec};
 use sockbypass_integration::{StreamState, TestVm, VmOptions};
 use sockbypass_wire::consts::HOST_CID;
 use sockbypass_wire::Op;
+use sockbypassd::host::connection::HOST_BUF_ALLOC;
 
 const T: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
@@ -43,8 +44,7 @@ fn guest_connects_to_host_listener_and_1mib_each_way_is_byte_exact() {
     let to_guest = random_bytes(MIB, 2);
     let (exp_host, to_guest2) = (sha256(&to_host), to_guest.clone());
     let host = thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(T)).expect("timeout");
+        let mut s = accept_within(&listener, T, "the host program");
         let mut got = vec![0u8; MIB];
         s.read_exact(&mut got).expect("host reads 1 MiB");
         host_send(&mut s, &to_guest2, 3);
@@ -88,10 +88,16 @@ fn host_connects_with_connect_line_and_1mib_each_way_is_byte_exact() {
     let host = thread::spawn(move || {
         let mut s = std::os::unix::net::UnixStream::connect(uds).expect("connect uds");
         s.set_read_timeout(Some(T)).expect("timeout");
+        s.set_write_timeout(Some(T)).expect("timeout");
         s.write_all(b"CONNECT 6000\n").expect("CONNECT");
         let mut line = Vec::new();
         let mut b = [0u8; 1];
+        let deadline = Instant::now() + T;
         while !line.ends_with(b"\n") {
+            assert!(
+                Instant::now() < deadline,
+                "no OK line within {T:?}: {line:?}"
+            );
             assert_eq!(
                 s.read(&mut b).expect("OK line"),
                 1,
@@ -178,6 +184,8 @@ fn host_to_guest_never_exceeds_guest_credit_and_resumes_on_credit_update() {
     let writer_data = data.clone();
     let writer = thread::spawn(move || {
         let mut s = std::os::unix::net::UnixStream::connect(uds).expect("uds");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        s.set_write_timeout(Some(T)).expect("timeout");
         s.write_all(b"CONNECT 6000\n").expect("CONNECT");
         let mut ok = [0u8; 3];
         s.read_exact(&mut ok).expect("OK");
@@ -199,7 +207,14 @@ fn host_to_guest_never_exceeds_guest_credit_and_resumes_on_credit_update() {
     );
     // Read and announce the freed space: the rest arrives, never past the credit.
     let mut got = Vec::new();
+    let deadline = Instant::now() + T;
     while got.len() < data.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} bytes arrived within {T:?}",
+            got.len(),
+            data.len()
+        );
         let mut chunk = Vec::new();
         vm.driver_mut().recv(id, &mut chunk).expect("recv");
         got.extend_from_slice(&chunk);
@@ -226,9 +241,7 @@ fn guest_to_host_credit_is_enforced_and_a_violation_resets() {
         .driver_mut()
         .connect_blocking(HOST_CID, 5001, T)
         .expect("connect");
-    let (_host, _) = listener.accept().expect("accept");
-    // The host program never reads. The device grants 256 KiB; the driver respects it, so a
-    // send of 1 MiB stalls at about that, and the device buffers no more than it granted.
+    let _host = accept_within(&listener, T, "the host program");
     let info = vm.driver().stream_info(id).expect("info");
     assert_eq!(info.peer_buf_alloc, 256 * 1024, "device advertises 256 KiB");
     // Now cheat: a raw RW beyond the granted credit.
@@ -255,4 +268,90 @@ fn guest_to_host_credit_is_enforced_and_a_violation_resets() {
         )
         .expect("RST for the violating connection");
     assert_eq!(rst.header.src_cid(), HOST_CID);
+}
+
+/// The host program does not read while the guest keeps sending: the host socket fills, then
+/// the device's buffer for the connection, and then the guest's credit stops it. The device
+/// never holds more than it granted (`HOST_BUF_ALLOC`, SPEC.md §11), holds exactly that once the
+/// guest knows the device's latest `fwd_cnt`, and every byte arrives once the host reads.
+#[test]
+fn a_host_program_that_does_not_read_gets_at_most_the_granted_bytes_buffered() {
+    let grant = HOST_BUF_ALLOC as usize;
+    let h = Harness::start(&[VmSpec::new("a", 3)]);
+    let listener = h.host_listener("a", 5002);
+    let mut vm = h.vm("a");
+    let id = vm
+        .driver_mut()
+        .connect_blocking(HOST_CID, 5002, T)
+        .expect("connect");
+    let mut host = accept_within(&listener, T, "the host program");
+    let info = vm.driver().stream_info(id).expect("info");
+    assert_eq!(info.peer_buf_alloc, HOST_BUF_ALLOC, "the grant");
+    let data = random_bytes(2 * MIB, 12);
+    let mut sent = 0;
+    let mut peak = 0;
+    // Until the guest's credit runs out; then once more, after asking the device for its
+    // latest fwd_cnt (it announces freed space only every quarter of the buffer).
+    for round in 0..2 {
+        if round == 1 {
+            let info = vm.driver().stream_info(id).expect("info");
+            let before = info.counters.credit_updates_received;
+            vm.driver_mut().request_credit(id).expect("CREDIT_REQUEST");
+            vm.driver_mut()
+                .wait_until(T, "a CREDIT_UPDATE", |d| {
+                    let info = d.stream_info(id)?;
+                    Ok((info.counters.credit_updates_received > before).then_some(()))
+                })
+                .expect("the device answers with its fwd_cnt");
+        }
+        let deadline = Instant::now() + T;
+        loop {
+            let d = vm.driver_mut();
+            sent += d.send(id, &data[sent..]).expect("send");
+            d.pump(Duration::from_millis(2)).expect("pump");
+            let buffered = h.gauges("a").host_buffered_bytes;
+            peak = peak.max(buffered);
+            assert!(
+                buffered <= grant,
+                "the device buffers {buffered} bytes, over the {grant} it granted"
+            );
+            if d.stream_info(id).expect("info").credit == 0 && d.tx_in_flight() == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the guest's credit never ran out (sent {sent}, buffered {buffered})"
+            );
+        }
+    }
+    assert!(
+        sent < data.len(),
+        "credit stopped the guest before it sent everything"
+    );
+    assert_eq!(
+        h.gauges("a").host_buffered_bytes,
+        grant,
+        "with the host socket full, the device holds exactly its grant (sent {sent})"
+    );
+    assert_eq!(peak, grant);
+
+    // The host reads: every byte arrives in order, and the guest sends the rest as the
+    // device's buffer drains and credit comes back.
+    let want = data.clone();
+    let reader = thread::spawn(move || {
+        let mut got = vec![0u8; want.len()];
+        host.read_exact(&mut got)
+            .expect("the host reads everything");
+        sha256(&got)
+    });
+    vm.driver_mut()
+        .send_all(id, &data[sent..], T)
+        .expect("the rest goes once the host reads");
+    assert_eq!(reader.join().expect("reader"), sha256(&data), "byte-exact");
+    assert!(
+        wait_until(T, || h.gauges("a").host_buffered_bytes == 0),
+        "the device's buffer drained: {:?}",
+        h.gauges("a")
+    );
+    assert_eq!(h.counters("a").drop_credit_violation, 0);
 }

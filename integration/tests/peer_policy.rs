@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::peers::{connect_peers, drive, send_and_expect};
-use common::{wait_until, Harness, VmSpec};
+use common::{accept_within, wait_until, Harness, VmSpec};
 use sockbypass_integration::{DriverError, StreamState, TestVm, TxLayout};
 use sockbypass_wire::{Op, PacketHeader};
 
@@ -187,7 +187,7 @@ fn connection_limit_refuses_past_max_conns_and_frees_on_close() {
         .driver_mut()
         .connect_blocking(2, 9000, T)
         .expect("a host connection while at the peer limit");
-    let (mut host, _) = listener.accept().expect("host accepts");
+    let mut host = accept_within(&listener, T, "the host program");
     a.driver_mut().send_all(id, b"host", T).expect("send");
     let mut four = [0u8; 4];
     host.read_exact(&mut four).expect("host reads");
@@ -324,24 +324,61 @@ fn packets_naming_no_connection_get_rst_and_never_reach_the_peer() {
     assert_eq!(h.counters("b").rx_packets, b_rx + 1);
 }
 
+/// SPEC.md §4 routes a packet for an attached VM of the daemon through the connection table
+/// (§4.1) and the policy (§7), with no exception for the sender itself; a VM shares its own
+/// groups, so it may connect to itself, and it takes part in that connection once (§4.1:
+/// "A VM takes part in at most `max_conns` VM-to-VM connections"). A VM with no groups shares
+/// none, not even with itself, so policy refuses it.
 #[test]
-fn a_connection_to_itself_is_refused_or_counts_once() {
-    let h = Harness::start(&[VmSpec::new("a", 3).max_conns(2), VmSpec::new("b", 4)]);
-    let (mut a, mut b) = (h.vm("a"), h.vm("b"));
+fn a_connection_to_itself_is_accepted_and_counts_once() {
+    let h = Harness::start(&[
+        VmSpec::new("a", 3).max_conns(2),
+        VmSpec::new("b", 4),
+        VmSpec::new("c", 5).groups(&[]),
+    ]);
+    let (mut a, mut b, mut c) = (h.vm("a"), h.vm("b"), h.vm("c"));
     a.driver_mut().listen(5000).expect("listen");
-    let id = a.driver_mut().connect(3, 5000).expect("REQUEST to itself");
-    let state = a
+    let id = a
         .driver_mut()
-        .wait_state(id, |s| s != StreamState::Connecting, T)
-        .expect("an answer");
-    if state == StreamState::Reset {
-        assert_eq!(h.gauges("a").peer_conns, 0, "refused: nothing kept");
-    } else {
-        assert!(a.driver_mut().accept(5000).expect("accept").is_some());
-        assert_eq!(h.gauges("a").peer_conns, 1, "one connection, counted once");
-    }
-    // Either way a has room for one more connection under max_conns = 2.
+        .connect_blocking(3, 5000, T)
+        .expect("a connects to itself");
+    let accepted = a
+        .driver_mut()
+        .accept_blocking(5000, T)
+        .expect("a accepts its own connection");
+    let local_port = a.driver().stream_info(id).expect("info").local_port;
+    let info = a.driver().stream_info(accepted).expect("info");
+    assert_eq!((info.peer_cid, info.peer_port), (3, local_port));
+    assert_eq!(h.gauges("a").peer_conns, 1, "one connection, counted once");
+    // Data flows both ways within the VM.
+    let d = a.driver_mut();
+    d.send_all(id, b"to myself", T).expect("send");
+    assert_eq!(d.recv_exact(accepted, 9, T).expect("recv"), b"to myself");
+    d.send_all(accepted, b"and back", T).expect("send back");
+    assert_eq!(d.recv_exact(id, 8, T).expect("recv back"), b"and back");
+
+    // Under max_conns = 2 the self-connection takes one place: one more fits, a third does not.
     let (ida, idb) = connect_peers(&mut a, &mut b, 5000, T);
     send_and_expect(&mut a, ida, &mut b, idb, b"room", T);
-    assert!(h.gauges("a").peer_conns <= 2, "{:?}", h.gauges("a"));
+    assert_eq!(h.gauges("a").peer_conns, 2, "{:?}", h.gauges("a"));
+    assert_refused(&mut a, 4, 5000);
+    assert_eq!(h.counters("a").drop_conn_limit, 1);
+    assert_eq!(h.counters("a").drop_policy, 0);
+    assert_eq!(h.counters("a").drop_protocol, 0);
+
+    // Closing it frees its one place.
+    a.driver_mut()
+        .close_blocking(id, T)
+        .expect("the self-connection closes");
+    assert!(
+        wait_until(T, || h.gauges("a").peer_conns == 1),
+        "entry freed: {:?}",
+        h.gauges("a")
+    );
+
+    // A VM with no group shares none with itself.
+    c.driver_mut().listen(5000).expect("listen");
+    assert_refused(&mut c, 5, 5000);
+    assert_eq!(h.counters("c").drop_policy, 1);
+    assert_eq!(c.driver_mut().accept(5000).expect("accept"), None);
 }

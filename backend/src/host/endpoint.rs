@@ -144,6 +144,11 @@ impl HostEndpoint {
         self.granted = self.granted.saturating_sub(u64::from(conn.local.buf_alloc));
     }
 
+    /// Guest bytes waiting in the connections' buffers for their host programs to take.
+    pub fn buffered_to_host(&self) -> usize {
+        self.conns.values().map(|c| c.to_host.len()).sum()
+    }
+
     /// The guest's driver is live: host programs may connect.
     pub fn guest_attached(&mut self) {
         self.guest_present = true;

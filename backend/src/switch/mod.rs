@@ -117,6 +117,9 @@ pub struct VmGauges {
     pub host_conns: usize,
     /// Buffer bytes granted to the host connections (at most `host_buffer_bytes`).
     pub host_buffer_granted: u64,
+    /// Guest bytes the device holds for host programs that have not taken them yet (at most
+    /// each connection's grant, so at most `host_buffer_granted`; SPEC.md §11).
+    pub host_buffered_bytes: usize,
 }
 
 /// All VMs of the daemon and the routing between them.
@@ -228,6 +231,7 @@ impl Switch {
             inbound_queued: rx.inbound.len(),
             host_conns: rx.host.connection_count(),
             host_buffer_granted: rx.host.granted_bytes(),
+            host_buffered_bytes: rx.host.buffered_to_host(),
         })
     }
 

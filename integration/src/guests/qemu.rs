@@ -14,6 +14,16 @@ use super::netns::NetNs;
 use super::results::{exit_status, READY};
 use super::{interrupt, GuestError};
 
+/// The QEMU binary guests run in.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// QEMU's version line, or why QEMU cannot run here.
+pub fn qemu_version() -> Result<String, GuestError> {
+    let out = super::run(Command::new(QEMU).arg("--version").stdin(Stdio::null()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
 /// A virtio-net NIC on a tap inside a namespace.
 #[derive(Debug, Clone)]
 pub struct Nic {
@@ -75,7 +85,7 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
         append.push(format!("sb.ip={}", nic.ip));
     }
     let mut args: Vec<String> = vec![
-        "qemu-system-x86_64".into(),
+        QEMU.into(),
         "-machine".into(),
         format!("q35,accel={},memory-backend=mem", accel.qemu_name()),
         "-cpu".into(),

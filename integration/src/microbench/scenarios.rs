@@ -240,7 +240,7 @@ pub fn latency(pair: &mut Pair, len: u32, count: u32) -> Result<Latency, Microbe
     Ok(Latency {
         p50_ns: at(0.5),
         p99_ns: at(0.99),
-        samples: count,
+        samples: u32::try_from(samples.len()).unwrap_or(u32::MAX),
     })
 }
 

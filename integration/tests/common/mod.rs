@@ -146,7 +146,17 @@ impl Harness {
         s.write_all(format!("CONNECT {port}\n").as_bytes())?;
         let mut line = Vec::new();
         let mut b = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !line.ends_with(b"\n") {
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no OK line within 10 s: {:?}",
+                        String::from_utf8_lossy(&line)
+                    ),
+                ));
+            }
             if s.read(&mut b)? == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
@@ -298,6 +308,51 @@ pub fn test_poll_config() -> sockbypassd::config::PollConfig {
             .expect("SOCKBYPASS_TEST_POLL_MODE is poll, event or adaptive");
     }
     poll
+}
+
+/// Whether this is a CI run (`CI=true`): there, a test that cannot run is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test that cannot run for `reason` (something the project installs is missing, or cannot be
+/// built): with `CI=true` that fails the test; on a developer's machine the test is skipped,
+/// with the reason printed. Returns `None` for the caller to return early.
+pub fn cannot_run<T>(reason: &str) -> Option<T> {
+    assert!(
+        !in_ci(),
+        "CI=true: this test could not run, which is a failure in CI: {reason}"
+    );
+    eprintln!("SKIPPED (CI would fail): {reason}");
+    None
+}
+
+/// A connection to `listener` (a host program's), waited for at most `timeout`; panics naming
+/// `what` after that. The stream is blocking, with `timeout` as its read and write timeouts, so
+/// a host program in a test never waits forever either.
+pub fn accept_within(listener: &UnixListener, timeout: Duration, what: &str) -> UnixStream {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let end = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking stream");
+                s.set_read_timeout(Some(timeout)).expect("read timeout");
+                s.set_write_timeout(Some(timeout)).expect("write timeout");
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < end,
+                    "{what}: no connection within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{what}: accept failed: {e}"),
+        }
+    }
 }
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes.

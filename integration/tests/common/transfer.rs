@@ -141,8 +141,9 @@ pub fn run(d: &mut VsockDriver, jobs: &mut [Job], timeout: Duration, who: &str) 
     });
 }
 
-/// Steps `jobs` and pumps `d` until `stop` says so (it sees the jobs before every round).
-pub fn run_until(
+/// Steps `jobs` and pumps `d` until `stop` says so (it sees the jobs before every round). It
+/// has no deadline of its own: `stop` brings it ([`run`] does).
+fn run_until(
     d: &mut VsockDriver,
     jobs: &mut [Job],
     who: &str,
