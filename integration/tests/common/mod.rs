@@ -204,6 +204,24 @@ impl Harness {
         vm
     }
 
+    /// A VM whose guest driver posts `initial` RX buffers (for the connection set-up) and no
+    /// more until the test says so (`set_rx_refill(true)`, `post_rx_buffers`): packets for it
+    /// wait in the switch. `driver` sets the rest of the driver.
+    pub fn vm_without_rx_buffers(&self, name: &str, initial: u16, driver: DriverConfig) -> TestVm {
+        let mut vm = self.vm_with(
+            name,
+            DriverConfig {
+                rx_buffers: Some(0),
+                ..driver
+            },
+        );
+        vm.driver_mut().set_rx_refill(false);
+        vm.driver_mut()
+            .post_rx_buffers(initial)
+            .expect("set-up RX buffers");
+        vm
+    }
+
     /// Waits until the daemon has bound VM `name`'s rings. A frontend's connect returns before
     /// that (the daemon binds on the first ring event), and until then peers' REQUESTs to it
     /// are refused, as for any detached VM.
