@@ -26,6 +26,7 @@ EXAMPLE:
 CONFIG FILE (--config):
   log_level = \"info\"
   poll_mode = \"adaptive\"      # poll_threads, poll_budget_us, poll_cpus = \"2-3\" too
+  seccomp = \"kill\"
 
   [[vm]]
   name = \"web\"
@@ -80,6 +81,10 @@ pub struct Cli {
     /// CPUs to pin poll threads to, e.g. `2,3` or `2-5` [default: no pinning]
     #[arg(long = "poll-cpus", value_name = "LIST")]
     pub poll_cpus: Option<String>,
+
+    /// System calls outside the daemon's allowlist: kill (the daemon dies with SIGSYS), log (the kernel logs them), off (no filter) [default: kill]
+    #[arg(long = "seccomp", value_name = "MODE")]
+    pub seccomp: Option<String>,
 }
 
 #[cfg(test)]

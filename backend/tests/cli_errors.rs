@@ -185,3 +185,25 @@ fn invalid_poll_settings() {
     let line = fails(&["--vm", &vm, "--poll-cpus", "4096"]);
     assert_mentions(&line, "CPU 4096");
 }
+
+#[test]
+fn invalid_seccomp_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = spec(dir.path(), "web", 3);
+    let line = fails(&["--vm", &vm, "--seccomp", "strict"]);
+    assert_eq!(
+        line,
+        "sockbypassd: invalid seccomp mode `strict`: expected off, log or kill"
+    );
+    let file = dir.path().join("sockbypass.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "seccomp = \"on\"\n[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{}/web.sock\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let line = fails(&["--config", file.to_str().unwrap()]);
+    assert_mentions(&line, "invalid seccomp mode `on`");
+}

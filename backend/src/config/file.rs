@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::poll::{parse_cpu_list, PollConfig};
-use super::{ConfigError, VmConfig, DEFAULT_MAX_CONNS};
+use super::{ConfigError, SeccompMode, VmConfig, DEFAULT_MAX_CONNS};
 
 /// The contents of a config file, before the checks of [`super::validate`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Top-level `poll_*` keys over the defaults.
     pub poll: PollConfig,
+    /// Top-level `seccomp`, if present.
+    pub seccomp: Option<SeccompMode>,
 }
 
 /// The top level of the file.
@@ -31,6 +33,7 @@ struct RawFile {
     poll_threads: Option<u32>,
     poll_budget_us: Option<u64>,
     poll_cpus: Option<String>,
+    seccomp: Option<String>,
 }
 
 /// One `[[vm]]` table.
@@ -86,10 +89,12 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     if let Some(list) = &raw.poll_cpus {
         poll.cpus = Some(parse_cpu_list(list)?);
     }
+    let seccomp = raw.seccomp.as_deref().map(str::parse).transpose()?;
     Ok(FileConfig {
         vms: raw.vm.into_iter().map(VmConfig::from).collect(),
         log_level: raw.log_level,
         poll,
+        seccomp,
     })
 }
 
@@ -204,7 +209,21 @@ socket = "/run/sb/db.sock"
                 ],
                 log_level: Some("sockbypassd=debug".to_owned()),
                 poll: PollConfig::default(),
+                seccomp: None,
             }
+        );
+    }
+
+    #[test]
+    fn seccomp_key() {
+        assert_eq!(
+            parse_ok("seccomp = \"off\"\n").seccomp,
+            Some(SeccompMode::Off)
+        );
+        let e = parse_err("seccomp = \"on\"\n");
+        assert_eq!(
+            e.to_string(),
+            "invalid seccomp mode `on`: expected off, log or kill"
         );
     }
 

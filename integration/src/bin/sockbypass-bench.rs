@@ -209,6 +209,7 @@ fn measure(
             mode: mode.parse()?,
             ..sockbypassd::config::PollConfig::default()
         },
+        seccomp: sockbypassd::config::SeccompMode::default(),
     };
     config.validate()?;
     let daemon = sockbypassd::daemon::start(config)?;

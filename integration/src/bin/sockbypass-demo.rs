@@ -51,6 +51,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ],
         log_level: None,
         poll: sockbypassd::config::PollConfig::default(),
+        seccomp: sockbypassd::config::SeccompMode::default(),
     };
     config.validate()?;
     let daemon = sockbypassd::daemon::start(config)?;

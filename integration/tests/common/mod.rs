@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sockbypass_integration::{DriverConfig, TestVm, VmOptions};
-use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_MAX_CONNS};
+use sockbypassd::config::{DaemonConfig, SeccompMode, VmConfig, DEFAULT_MAX_CONNS};
 use sockbypassd::daemon::{self, DaemonHandle};
 use sockbypassd::metrics::VmCountersSnapshot;
 use sockbypassd::switch::VmGauges;
@@ -102,6 +102,9 @@ impl Harness {
                 .collect(),
             log_level: None,
             poll,
+            // The daemon as it ships: every daemon thread confined, so a call outside the
+            // allowlist kills the test process with SIGSYS.
+            seccomp: SeccompMode::Kill,
         };
         config.validate().expect("test config is valid");
         let daemon = daemon::start(config).expect("daemon starts");
