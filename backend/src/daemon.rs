@@ -13,6 +13,7 @@ use crate::device::server::{self, ServerControl, ServerError};
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
 use crate::poll::{PollCountersSnapshot, PollEngine};
+use crate::seccomp::{SeccompError, ThreadFilter};
 use crate::switch::{Switch, SwitchError};
 
 /// How often the host I/O thread expires handshakes and stale connections.
@@ -39,6 +40,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// Waiting for a termination signal failed.
     #[error("cannot wait for signals")]
     Signals(#[source] std::io::Error),
@@ -54,6 +58,7 @@ pub struct DaemonHandle {
     controls: Vec<ServerControl>,
     threads: Vec<JoinHandle<()>>,
     engine: Option<PollEngine>,
+    filter: ThreadFilter,
 }
 
 impl DaemonHandle {
@@ -117,6 +122,7 @@ impl Drop for DaemonHandle {
 
 /// Starts the daemon: binds every socket (so bad paths fail now), then starts the threads.
 pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
+    let filter = ThreadFilter::build(config.seccomp)?;
     let poller = HostPoller::new().map_err(DaemonError::Epoll)?;
     let switch = Arc::new(Switch::new(&config, &poller)?);
     let mut listeners = Vec::with_capacity(config.vms.len());
@@ -131,21 +137,23 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         controls: Vec::new(),
         threads: Vec::new(),
         engine: None,
+        filter: filter.clone(),
     };
-    handle.engine =
-        Some(
-            PollEngine::start(&switch, &config.poll).map_err(|source| DaemonError::Thread {
+    handle.engine = Some(
+        PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {
+            DaemonError::Thread {
                 name: "sb-poll".into(),
                 source,
-            })?,
-        );
+            }
+        })?,
+    );
     for (index, listener) in listeners.into_iter().enumerate() {
         let control = ServerControl::default();
         let name = format!("vm-{}", config.vms[index].name);
-        let (sw, ctl) = (switch.clone(), control.clone());
+        let (sw, ctl, f) = (switch.clone(), control.clone(), filter.clone());
         let t = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || server::serve(sw, index, listener, ctl))
+            .spawn(move || server::serve(sw, index, listener, ctl, &f))
             .map_err(|source| DaemonError::Thread { name, source })?;
         handle.controls.push(control);
         handle.threads.push(t);
@@ -155,7 +163,10 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let sw = switch.clone();
     let t = std::thread::Builder::new()
         .name("host-io".into())
-        .spawn(move || host_io_loop(&sw, &poller, &stop))
+        .spawn(move || {
+            filter.confine_current_thread();
+            host_io_loop(&sw, &poller, &stop)
+        })
         .map_err(|source| DaemonError::Thread {
             name: "host-io".into(),
             source,
@@ -192,10 +203,13 @@ fn host_io_loop(switch: &Switch, poller: &HostPoller, stop: &AtomicBool) {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM, then reports its counters and stops cleanly.
-/// SIGUSR1 reports the counters and carries on.
+/// SIGUSR1 reports the counters and carries on. Once started, the calling (main) thread is
+/// confined by the seccomp filter like the daemon's own threads.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let signals = crate::signals::TerminationSignals::block().map_err(DaemonError::Signals)?;
     let handle = start(config)?;
+    handle.filter.apply()?;
+    crate::seccomp::test_forbidden_call_if_asked();
     loop {
         let sig = signals.wait().map_err(DaemonError::Signals)?;
         handle.log_counters();

@@ -13,6 +13,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::seccomp::ThreadFilter;
 use crate::switch::{DetachReason, Switch};
 
 use super::VsockDevice;
@@ -98,8 +99,16 @@ pub fn bind(switch: &Switch, index: usize) -> Result<Listener, ServerError> {
     })
 }
 
-/// Serves VM `index` on `listener` until `control` stops it.
-pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control: ServerControl) {
+/// Serves VM `index` on `listener` until `control` stops it: the body of the VM's server
+/// thread, which first confines itself with `filter` (its vhost-user threads inherit it).
+pub fn serve(
+    switch: Arc<Switch>,
+    index: usize,
+    mut listener: Listener,
+    control: ServerControl,
+    filter: &ThreadFilter,
+) {
+    filter.confine_current_thread();
     let Some(vm) = switch.vm(index).cloned() else {
         return;
     };
