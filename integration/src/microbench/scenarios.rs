@@ -35,6 +35,8 @@ pub struct Settings {
     pub repeat: u32,
     /// `--poll-threads`.
     pub poll_threads: u32,
+    /// `--seccomp` of the daemon (the shipped default, `kill`, unless told otherwise).
+    pub seccomp: SeccompMode,
     /// `--poll-budget-us`.
     pub budget_us: u64,
     /// Pin the driver thread to the first allowed CPU and the poll threads to the others
@@ -125,7 +127,7 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
     }
     // Started before this thread is pinned: the daemon checks its CPU list against the
     // starting thread's affinity.
-    let daemon = BenchDaemon::start(2 * most, poll)?;
+    let daemon = BenchDaemon::start_with(2 * most, poll, s.seccomp)?;
     let pinned = if pin {
         sockbypassd::affinity::pin_current_thread(cpus[0]).ok()
     } else {
