@@ -102,9 +102,7 @@ impl Harness {
                 .collect(),
             log_level: None,
             poll,
-            // The daemon as it ships: every daemon thread confined, so a call outside the
-            // allowlist kills the test process with SIGSYS.
-            seccomp: SeccompMode::Kill,
+            seccomp: test_seccomp_mode(),
         };
         config.validate().expect("test config is valid");
         let daemon = daemon::start(config).expect("daemon starts");
@@ -240,6 +238,19 @@ pub fn test_poll_config() -> sockbypassd::config::PollConfig {
             .expect("SOCKBYPASS_TEST_POLL_MODE is poll, event or adaptive");
     }
     poll
+}
+
+/// The seccomp mode of test daemons: `kill`, as the daemon ships, so every daemon thread is
+/// confined and a system call outside the allowlist kills the test process with SIGSYS. To
+/// find which call that was, run the tests again with `SOCKBYPASS_TEST_SECCOMP=log` and read
+/// the kernel's log (`dmesg | grep type=1326`).
+pub fn test_seccomp_mode() -> SeccompMode {
+    match std::env::var("SOCKBYPASS_TEST_SECCOMP") {
+        Ok(mode) => mode
+            .parse()
+            .expect("SOCKBYPASS_TEST_SECCOMP is off, log or kill"),
+        Err(_) => SeccompMode::Kill,
+    }
 }
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes.
