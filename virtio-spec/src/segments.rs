@@ -321,7 +321,7 @@ impl Segments {
                 break;
             };
             let want = (seg.len - off).min(left);
-            let addr = GuestAddress(seg.addr.0.wrapping_add(u64::from(off)));
+            let addr = byte_addr(seg.addr, off, want)?;
             let slices = mem
                 .get_slices(addr, want as usize, access)
                 .map_err(|source| unmapped(addr, want as usize, source))?;
@@ -439,7 +439,7 @@ fn first_slice<M: GuestMemory + ?Sized>(
 where
     for<'a> vm_memory::bitmap::BS<'a, M::Bitmap>: BitmapSlice,
 {
-    let addr = GuestAddress(base.0.wrapping_add(u64::from(off)));
+    let addr = byte_addr(base, off, want)?;
     let mut it = mem
         .get_slices(addr, want as usize, access)
         .map_err(|source| unmapped(addr, want as usize, source))?;
@@ -452,6 +452,20 @@ where
             source: GuestMemoryError::InvalidGuestAddress(addr),
         }),
     }
+}
+
+/// The address `off` bytes into a buffer starting at `base`. A buffer that runs past the top of
+/// the address space (a list built by hand; a parsed chain never has one) does not wrap around
+/// to address 0: the bytes past the top are unmapped.
+fn byte_addr(base: GuestAddress, off: u32, want: u32) -> Result<GuestAddress, SegmentError> {
+    base.0
+        .checked_add(u64::from(off))
+        .map(GuestAddress)
+        .ok_or(SegmentError::Unmapped {
+            addr: base.0,
+            len: want as usize,
+            source: GuestMemoryError::InvalidGuestAddress(base),
+        })
 }
 
 fn unmapped(addr: GuestAddress, len: usize, source: GuestMemoryError) -> SegmentError {
@@ -617,6 +631,27 @@ mod tests {
             unmapped.read_bytes(&m, 0, &mut buf),
             Err(SegmentError::Unmapped { .. })
         ));
+    }
+
+    #[test]
+    fn a_buffer_past_the_top_of_the_address_space_does_not_wrap_to_zero() {
+        // Found by the `chains` fuzz target: the bytes of this buffer past 2^64 used to be read
+        // from (and written to) guest address 0 onwards.
+        let m = mem();
+        m.write_slice(&[7u8; 16], GuestAddress(0))
+            .expect("low memory");
+        let s = segs(&[(u64::MAX - 3, 64)]);
+        let mut buf = [0u8; 8];
+        assert!(matches!(
+            s.read_bytes(&m, 8, &mut buf),
+            Err(SegmentError::Unmapped { .. })
+        ));
+        assert_eq!(buf, [0u8; 8], "nothing was read from address 0");
+        assert!(s.write_bytes(&m, 8, &[1u8; 8]).is_err());
+        let low: [u8; 16] = m.read_obj(GuestAddress(0)).expect("raw");
+        assert_eq!(low, [7u8; 16], "nothing was written at address 0");
+        let dst = segs(&[(0x100, 8)]);
+        assert!(copy_between(&m, &s, 8, &m, &dst, 0, 8).is_err());
     }
 
     #[test]
