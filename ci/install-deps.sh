@@ -2,9 +2,10 @@
 # Installs what the tests and the demo need, idempotently. Safe to run again and again.
 #
 # That is the Rust toolchain's fmt and clippy (checked, not fetched: rustup's servers are not
-# reachable from every machine) and the Debian packages for real guests: QEMU, the pieces of the
-# guest image (busybox, cpio), iproute2 for the virtio-net baseline's namespace, and valgrind
-# for the instruction-count perf gate (ci/perf-gate.sh). The guest
+# reachable from every machine), cargo-fuzz, and the Debian packages for real guests: QEMU, the
+# pieces of the guest image (busybox, cpio), iproute2 for the virtio-net baseline's namespace,
+# valgrind for the instruction-count perf gate (ci/perf-gate.sh), and g++ for libFuzzer
+# (ci/fuzz.sh). The guest
 # kernel itself is fetched by integration/guest/build-image.sh.
 set -euo pipefail
 
@@ -25,9 +26,18 @@ for comp in fmt clippy; do
     fi
 done
 
+# cargo-fuzz for ci/fuzz.sh. It runs on the stable toolchain (RUSTC_BOOTSTRAP=1, see
+# ci/fuzz.sh), so nothing but the tool itself is fetched; libFuzzer is built by the
+# libfuzzer-sys crate with the C++ compiler below.
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+fi
+
 # Debian packages the scripts use. Installed only when missing.
 # shellcheck disable=SC2206 # word splitting of the override is intended
-APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

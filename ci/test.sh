@@ -9,11 +9,21 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing dependencies"
 ci/install-deps.sh
 
+# The fuzz crates (virtio-spec/fuzz, backend/fuzz) are outside the workspace, as cargo-fuzz
+# wants them; they are held to the same formatting and lints.
+FUZZ_CRATES=(virtio-spec/fuzz backend/fuzz)
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
+for c in "${FUZZ_CRATES[@]}"; do
+    cargo fmt --manifest-path "$c/Cargo.toml" -- --check
+done
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+for c in "${FUZZ_CRATES[@]}"; do
+    cargo clippy --manifest-path "$c/Cargo.toml" --target-dir target --all-targets -- -D warnings
+done
 
 step "cargo test --workspace"
 # The hostile-guest tests send 1,000 malformed chains and take 1,000 random ring-state steps in
@@ -34,6 +44,16 @@ for mode in poll event; do
     SOCKBYPASS_TEST_POLL_MODE=$mode cargo test -p sockbypass-integration --tests 2>&1 \
         | tee -a target/test-modes.log
 done
+
+# Fuzzing (cargo-fuzz, libFuzzer, on the stable toolchain): the switch harness's own tests
+# (its seed inputs replayed without fuzzing), then every target for 60 s; a crash, a hang or
+# running out of memory fails the run, and ci/fuzz.sh prints the input.
+step "fuzz targets (ci/fuzz.sh, ${SOCKBYPASS_FUZZ_SECONDS:-60} s each)"
+fuzz_start=$(date +%s)
+cargo test --manifest-path backend/fuzz/Cargo.toml --target-dir target 2>&1 \
+    | tee -a target/test-output.log
+ci/fuzz.sh "${SOCKBYPASS_FUZZ_SECONDS:-60}"
+echo "fuzz step: $(($(date +%s) - fuzz_start)) s"
 
 # The perf-regression gate: instructions per forwarded packet (callgrind) against
 # ci/perf-baseline.json; more than 5% worse fails the run.
