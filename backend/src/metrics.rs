@@ -93,6 +93,9 @@ counters!(
         /// TX chains refused because the guest published their head again while the device
         /// still held it (no used entry: the first copy gets the one entry).
         drop_head_in_flight,
+        /// Connections reset because this guest posted no RX buffer while their packets waited
+        /// for it longer than the RX-stall timeout.
+        rx_stall_resets,
         /// TX walks that stopped at their budget (the queue size) with chains left, handing
         /// the rest to a later walk: a guest refilling its ring as fast as it drains.
         tx_walks_cut,

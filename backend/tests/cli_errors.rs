@@ -248,6 +248,11 @@ fn limits_out_of_range() {
     assert_mentions(&line, "half-open timeout must be in 1..=3600000 ms, got 0");
     let line = fails(&["--vm", &vm, "--half-open-timeout-ms", "soon"]);
     assert_mentions(&line, "--half-open-timeout-ms: `soon` is not a number");
+    let line = fails(&["--vm", &vm, "--rx-stall-timeout-ms", "99999999"]);
+    assert_mentions(
+        &line,
+        "RX-stall timeout must be in 1..=3600000 ms, got 99999999",
+    );
 }
 
 #[test]

@@ -250,3 +250,42 @@ fn host_connections_of_a_vm_share_one_byte_budget() {
         .connect_blocking(2, 9000, T)
         .expect("room again");
 }
+
+#[test]
+fn a_receiver_that_posts_no_rx_buffers_holds_its_peers_only_so_long() {
+    let h = {
+        let vms = [
+            VmSpec::new("a", 3),
+            VmSpec::new("b", 4),
+            VmSpec::new("c", 5),
+        ];
+        let mut config = common::harness_config(&vms, common::test_poll_config());
+        config.0.rx_stall_timeout_ms = 500;
+        Harness::start_config(config)
+    };
+    let (mut a, mut c) = (h.vm("a"), h.vm("c"));
+    let mut b = starved(&h, "b", 1, 256 * 1024);
+    let (ab_a, ab_b) = connect_peers(&mut a, &mut b, 6000, T);
+    let (ac_a, ac_c) = connect_peers(&mut a, &mut c, 6001, T);
+    a.driver_mut()
+        .send_all(ab_a, &random_bytes(64 * 1024, 9), T)
+        .expect("a queues data for b");
+    assert!(wait_until(T, || h.gauges("a").held_chains > 0));
+    // a's other peer is served meanwhile.
+    send_and_expect(&mut a, ac_a, &mut c, ac_c, b"c is fine", T);
+    // After the timeout, the connection is reset and a gets its descriptors back.
+    drive(&mut [&mut a], T, "a's connection to b to be reset", |vms| {
+        vms[0].driver().state(ab_a).expect("state") == StreamState::Reset
+    });
+    assert!(wait_until(T, || h.gauges("a").held_chains == 0));
+    assert_eq!(h.gauges("b").inbound_queued, 0);
+    assert_eq!(h.counters("b").rx_stall_resets, 1);
+    assert_eq!(h.gauges("b").peer_conns, 0);
+    // b learns it too, once it posts buffers; a and c go on.
+    b.driver_mut().set_rx_refill(true);
+    b.driver_mut().post_rx_buffers(16).expect("RX buffers");
+    drive(&mut [&mut b], T, "b's side to be reset", |vms| {
+        vms[0].driver().state(ab_b).expect("state") == StreamState::Reset
+    });
+    send_and_expect(&mut c, ac_c, &mut a, ac_a, b"and back", T);
+}

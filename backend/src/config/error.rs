@@ -271,9 +271,12 @@ pub enum ConfigError {
         /// The largest allowed.
         max: u64,
     },
-    /// `--half-open-timeout-ms` / `half_open_timeout_ms` outside its range.
-    #[error("half-open timeout must be in 1..={max} ms, got {value}")]
-    InvalidHalfOpenTimeout {
+    /// A timeout (`--half-open-timeout-ms`, `--rx-stall-timeout-ms` or their file keys)
+    /// outside its range.
+    #[error("{what} must be in 1..={max} ms, got {value}")]
+    InvalidTimeout {
+        /// Which timeout.
+        what: &'static str,
         /// The bad value.
         value: u64,
         /// The largest allowed.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::poll::{parse_cpu_list, PollConfig};
 use super::{
     ConfigError, SeccompMode, VmConfig, DEFAULT_HALF_OPEN_TIMEOUT_MS, DEFAULT_HOST_BUFFER_BYTES,
-    DEFAULT_MAX_CONNS,
+    DEFAULT_MAX_CONNS, DEFAULT_RX_STALL_TIMEOUT_MS,
 };
 
 /// The contents of a config file, before the checks of [`super::validate`].
@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub poll: PollConfig,
     /// Top-level `half_open_timeout_ms`, else the default.
     pub half_open_timeout_ms: u64,
+    /// Top-level `rx_stall_timeout_ms`, else the default.
+    pub rx_stall_timeout_ms: u64,
     /// Top-level `seccomp`, if present.
     pub seccomp: Option<SeccompMode>,
 }
@@ -34,6 +36,7 @@ impl Default for FileConfig {
             log_level: None,
             poll: PollConfig::default(),
             half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+            rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: None,
         }
     }
@@ -51,6 +54,7 @@ struct RawFile {
     poll_budget_us: Option<u64>,
     poll_cpus: Option<String>,
     half_open_timeout_ms: Option<u64>,
+    rx_stall_timeout_ms: Option<u64>,
     seccomp: Option<String>,
 }
 
@@ -119,6 +123,9 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         half_open_timeout_ms: raw
             .half_open_timeout_ms
             .unwrap_or(DEFAULT_HALF_OPEN_TIMEOUT_MS),
+        rx_stall_timeout_ms: raw
+            .rx_stall_timeout_ms
+            .unwrap_or(DEFAULT_RX_STALL_TIMEOUT_MS),
         seccomp,
     })
 }

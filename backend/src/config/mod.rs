@@ -40,6 +40,11 @@ pub const MAX_HOST_BUFFER_BYTES: u64 = 1 << 30;
 pub const DEFAULT_HALF_OPEN_TIMEOUT_MS: u64 = 10_000;
 /// The longest half-open timeout.
 pub const MAX_HALF_OPEN_TIMEOUT_MS: u64 = 3_600_000;
+/// How long data for a VM may wait with no RX buffer posted before its connections are reset,
+/// unless configured.
+pub const DEFAULT_RX_STALL_TIMEOUT_MS: u64 = 10_000;
+/// The longest RX-stall timeout.
+pub const MAX_RX_STALL_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Everything the daemon needs to start, already checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,9 @@ pub struct DaemonConfig {
     /// How long a VM-to-VM connection may wait for its RESPONSE before the switch frees it and
     /// resets both sides (`--half-open-timeout-ms`, `half_open_timeout_ms`).
     pub half_open_timeout_ms: u64,
+    /// How long packets may wait for a VM that posts no RX buffer before the switch resets
+    /// their connections (`--rx-stall-timeout-ms`, `rx_stall_timeout_ms`).
+    pub rx_stall_timeout_ms: u64,
     /// The seccomp filter's mode: `--seccomp`, else the file's `seccomp`, else
     /// [`SeccompMode::Kill`].
     pub seccomp: SeccompMode,
@@ -116,6 +124,7 @@ impl DaemonConfig {
             log_level: None,
             poll: PollConfig::default(),
             half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+            rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: SeccompMode::default(),
         }
     }
@@ -150,13 +159,16 @@ impl DaemonConfig {
         if let Some(list) = &cli.poll_cpus {
             poll.cpus = Some(parse_cpu_list(list)?);
         }
-        let half_open_timeout_ms = match &cli.half_open_timeout_ms {
-            Some(ms) => ms.parse().map_err(|_| ConfigError::InvalidNumber {
-                key: "--half-open-timeout-ms",
-                value: ms.clone(),
-            })?,
-            None => file.half_open_timeout_ms,
-        };
+        let half_open_timeout_ms = ms_flag(
+            &cli.half_open_timeout_ms,
+            "--half-open-timeout-ms",
+            file.half_open_timeout_ms,
+        )?;
+        let rx_stall_timeout_ms = ms_flag(
+            &cli.rx_stall_timeout_ms,
+            "--rx-stall-timeout-ms",
+            file.rx_stall_timeout_ms,
+        )?;
         let seccomp = match &cli.seccomp {
             Some(mode) => mode.parse()?,
             None => file.seccomp.unwrap_or_default(),
@@ -166,6 +178,7 @@ impl DaemonConfig {
             log_level: cli.log_level.clone().or(file.log_level),
             poll,
             half_open_timeout_ms,
+            rx_stall_timeout_ms,
             seccomp,
         };
         config.validate()?;
@@ -181,6 +194,7 @@ impl DaemonConfig {
             log_level: parsed.log_level,
             poll: parsed.poll,
             half_open_timeout_ms: parsed.half_open_timeout_ms,
+            rx_stall_timeout_ms: parsed.rx_stall_timeout_ms,
             seccomp: parsed.seccomp.unwrap_or_default(),
         };
         config.validate()?;
@@ -192,11 +206,22 @@ impl DaemonConfig {
     /// socket directories.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.poll.validate()?;
-        if self.half_open_timeout_ms == 0 || self.half_open_timeout_ms > MAX_HALF_OPEN_TIMEOUT_MS {
-            return Err(ConfigError::InvalidHalfOpenTimeout {
-                value: self.half_open_timeout_ms,
-                max: MAX_HALF_OPEN_TIMEOUT_MS,
-            });
+        let timeouts = [
+            (
+                "half-open timeout",
+                self.half_open_timeout_ms,
+                MAX_HALF_OPEN_TIMEOUT_MS,
+            ),
+            (
+                "RX-stall timeout",
+                self.rx_stall_timeout_ms,
+                MAX_RX_STALL_TIMEOUT_MS,
+            ),
+        ];
+        for (what, value, max) in timeouts {
+            if value == 0 || value > max {
+                return Err(ConfigError::InvalidTimeout { what, value, max });
+            }
         }
         if let Some(level) = &self.log_level {
             tracing_subscriber::EnvFilter::try_new(level).map_err(|source| {
@@ -207,6 +232,17 @@ impl DaemonConfig {
             })?;
         }
         validate::validate(&self.vms)
+    }
+}
+
+/// A millisecond flag's value, else the file's (or default) `file_value`.
+fn ms_flag(flag: &Option<String>, key: &'static str, file_value: u64) -> Result<u64, ConfigError> {
+    match flag {
+        Some(ms) => ms.parse().map_err(|_| ConfigError::InvalidNumber {
+            key,
+            value: ms.clone(),
+        }),
+        None => Ok(file_value),
     }
 }
 
@@ -263,6 +299,7 @@ mod tests {
                     ..PollConfig::default()
                 },
                 half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+                rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
                 seccomp: SeccompMode::Kill,
             }
         );

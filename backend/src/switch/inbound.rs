@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 
 use sockbypass_wire::{PacketHeader, TxPacket};
 
+use super::peer_table::same_connection;
+
 /// A sender's TX packet waiting for the receiver.
 #[derive(Debug)]
 pub struct Held {
@@ -66,26 +68,12 @@ impl InboundQueue {
     /// Removes every packet of the connection `h` names (either direction) and appends them to
     /// `out`: the connection is being reset, and its RST must not overtake them (SPEC.md §10).
     pub fn take_connection(&mut self, h: &PacketHeader, out: &mut Vec<Held>) {
-        let ends = |p: &PacketHeader| {
-            let a = (p.src_cid(), p.src_port());
-            let b = (p.dst_cid(), p.dst_port());
-            if a <= b {
-                (a, b)
-            } else {
-                (b, a)
-            }
-        };
-        let key = ends(h);
-        if !self
-            .queue
-            .iter()
-            .any(|held| ends(&held.packet.header) == key)
-        {
+        let mine = |held: &Held| same_connection(&held.packet.header, h);
+        if !self.queue.iter().any(mine) {
             return;
         }
-        let (gone, kept): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .partition(|held| ends(&held.packet.header) == key);
+        let (gone, kept): (VecDeque<Held>, VecDeque<Held>) =
+            std::mem::take(&mut self.queue).into_iter().partition(mine);
         self.queue = kept;
         out.extend(gone);
     }

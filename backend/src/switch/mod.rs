@@ -13,6 +13,7 @@
 //! | `inbound.rs` | packets from peers held for a VM's RX buffers |
 //! | `events.rs` | the event queue (`TRANSPORT_RESET`) |
 //! | `lifecycle.rs` | attach and detach, and the clean-up a detach owes the other VMs |
+//! | `rx_stall.rs` | resetting the connections of a VM that posts no RX buffer while packets wait |
 //!
 //! ## Threads and locks
 //! Any thread may drive any VM: the vhost-user worker of the VM (on kicks), the host I/O thread
@@ -41,6 +42,7 @@ pub mod peer_table;
 pub mod policy;
 pub mod replies;
 pub mod rx_path;
+pub mod rx_stall;
 pub mod tx_path;
 pub mod vm_port;
 
@@ -135,6 +137,7 @@ pub struct Switch {
     peers: Mutex<PeerTable>,
     poll_owners: OnceLock<Vec<Arc<Waker>>>,
     failure: Arc<Failure>,
+    rx_stall_timeout: Duration,
 }
 
 impl Switch {
@@ -184,6 +187,7 @@ impl Switch {
             peers: Mutex::new(peers),
             poll_owners: OnceLock::new(),
             failure: Failure::new(),
+            rx_stall_timeout: Duration::from_millis(config.rx_stall_timeout_ms),
         })
     }
 
@@ -300,7 +304,8 @@ impl Switch {
     }
 
     /// Expires timed-out host handshakes and connections of every VM, and closed VM-to-VM
-    /// connections whose final RST never came; detaches VMs whose queues broke.
+    /// connections whose final RST never came; detaches VMs whose queues broke; resets the
+    /// connections of VMs that posted no RX buffer while packets waited too long.
     pub fn sweep(&self, now: Instant) {
         let expired = self.peers().sweep(now);
         for vm in expired.initiators.iter().filter_map(|&i| self.vm(i)) {
@@ -313,6 +318,7 @@ impl Switch {
         }
         for vm in &self.vms {
             self.reset_if_broken(vm.index);
+            self.reset_stalled_receiver(vm, now, self.rx_stall_timeout);
             {
                 let mut rx = vm.rx();
                 let vm_port::RxSide { replies, host, .. } = &mut *rx;

@@ -174,6 +174,11 @@ fn key_of_header(h: &PacketHeader) -> (Key, usize) {
     key_of(src, dst)
 }
 
+/// Whether `a` and `b` belong to the same connection (either direction).
+pub fn same_connection(a: &PacketHeader, b: &PacketHeader) -> bool {
+    key_of_header(a).0 == key_of_header(b).0
+}
+
 fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
     if src <= dst {
         ((src, dst), 0)
