@@ -55,6 +55,9 @@ struct Args {
     /// The table must hold every connection within this many seconds of the last guest's start.
     #[arg(long, default_value_t = 30)]
     ramp: u64,
+    /// The guests' connect timeout in ms (Linux's vsock default is 2000).
+    #[arg(long, default_value_t = 10_000)]
+    guest_connect_timeout_ms: u64,
     /// max_conns of every VM (1..=1024).
     #[arg(long, default_value_t = 1024)]
     max_conns: u32,
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         ramp: Duration::from_secs(args.ramp),
         max_conns: args.max_conns,
         max_conns_per_peer: args.max_conns_per_peer,
+        connect_timeout_ms: args.guest_connect_timeout_ms,
         failed_logs: args.out.join("logs").join(format!("soak-{timestamp}")),
     };
     println!(

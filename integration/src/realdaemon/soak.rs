@@ -76,6 +76,8 @@ pub struct Params {
     pub max_conns: u32,
     /// `max_conns_per_peer` of every VM.
     pub max_conns_per_peer: u32,
+    /// The guests' connect timeout, ms (`sbtool soak --connect-timeout-ms`).
+    pub connect_timeout_ms: u64,
     /// Where the run's logs are copied when it fails.
     pub failed_logs: PathBuf,
 }
@@ -113,7 +115,8 @@ impl Params {
         let waits: String = targets.iter().map(|t| wait_for_server(t)).collect();
         format!(
             "sbtool serve --vsock-port {PORT} &\n{waits}echo {START}\n\
-             sbtool soak {} --conns {} --seconds {} --seed {} --bulk-every {} --bulk-max {}\n\
+             sbtool soak {} --conns {} --seconds {} --seed {} --bulk-every {} --bulk-max {} \
+             --connect-timeout-ms {}\n\
              sleep 1000000\n",
             targets.join(" "),
             self.slots_of(i),
@@ -121,6 +124,7 @@ impl Params {
             i + 1,
             self.bulk_every,
             self.bulk_max,
+            self.connect_timeout_ms,
         )
     }
 }
@@ -154,6 +158,8 @@ pub struct Outcome {
     pub emptied_after_s: Option<f64>,
     /// The daemon's peak RSS (`VmHWM`) at the end, KiB.
     pub peak_rss_kib: u64,
+    /// Its memory at the end, after the clients closed.
+    pub end_memory: Option<Memory>,
     /// The daemon exited with status 0 on SIGTERM at the end.
     pub daemon_stopped_cleanly: bool,
     /// Why the run stopped early, if it did.
@@ -226,6 +232,7 @@ fn run_into(
     }
     if let Ok(m) = rig.daemon().memory() {
         out.peak_rss_kib = m.hwm_kib;
+        out.end_memory = Some(m);
     }
     out.daemon_stopped_cleanly = rig.daemon().stop();
     result
@@ -302,8 +309,14 @@ fn soak(
             next_sample += p.sample_every;
             let s = sample(rig, zero, names)?;
             say(&format!(
-                "    t={:>6.1} s: {} connection entries (per VM {:?}), daemon RSS {} KiB",
-                s.at_s, s.entries, s.per_vm, s.memory.rss_kib
+                "    t={:>6.1} s: {} connection entries (per VM {:?}), daemon RSS {} KiB \
+                 (anon {}, guest RAM {})",
+                s.at_s,
+                s.entries,
+                s.per_vm,
+                s.memory.rss_kib,
+                s.memory.anon_kib,
+                s.memory.shmem_kib
             ));
             out.samples.push(s);
         }
@@ -350,6 +363,7 @@ mod tests {
             ramp: Duration::from_secs(30),
             max_conns: 1024,
             max_conns_per_peer: 512,
+            connect_timeout_ms: 10_000,
             failed_logs: PathBuf::from("logs"),
         }
     }

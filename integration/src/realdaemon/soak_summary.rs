@@ -100,10 +100,12 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
     let opened = sum(r, "opened");
     let verified = sum(r, "bytes_verified");
     let rss: Vec<u64> = o.samples.iter().map(|s| s.memory.rss_kib).collect();
+    let anon: Vec<u64> = o.samples.iter().map(|s| s.memory.anon_kib).collect();
     let line = format!(
         "soak: {} s, {} guests, {} connections at once (table min {} / max {} in the steady \
          window), {opened} connections opened, {} completed, {} failed, {:.1} GiB verified \
-         ({} messages, {} bulk sessions); daemon peak RSS {} KiB; table at the end: {}: {}",
+         ({} messages, {} bulk sessions); daemon peak RSS {} KiB (own heap and stacks at most {} \
+         KiB); table at the end: {}: {}",
         p.seconds,
         p.guests,
         p.conns,
@@ -115,6 +117,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
         sum(r, "messages"),
         sum(r, "bulk_sessions"),
         o.peak_rss_kib,
+        anon.iter().max().copied().unwrap_or(0),
         end.map_or("no report".into(), |s| format!(
             "{} entries",
             s.peer_entries()
@@ -133,6 +136,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
             "guest_memory_mib": p.memory_mib, "bulk_every": p.bulk_every,
             "bulk_max_bytes": p.bulk_max, "message_bytes": "1..=64 KiB (70% <= 256 B, 25% <= 4 KiB)",
             "sample_every_s": p.sample_every.as_secs_f64(), "ramp_s": ramp,
+            "guest_connect_timeout_ms": p.connect_timeout_ms,
         },
         "connections_opened": opened,
         "connections_completed": sum(r, "completed"),
@@ -152,11 +156,18 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
             "peak_rss_kib": o.peak_rss_kib,
             "rss_kib_min": rss.iter().min(), "rss_kib_max": rss.iter().max(),
             "rss_kib_first_sample": rss.first(), "rss_kib_last_sample": rss.last(),
+            "rss_anon_kib_max": anon.iter().max(),
+            "at_end": o.end_memory.map(|m| json!({
+                "rss_kib": m.rss_kib, "rss_anon_kib": m.anon_kib, "rss_shmem_kib": m.shmem_kib,
+            })),
+            "note": "RSS counts the pages of the guests' RAM the daemon touched (RssShmem: rings and \
+                packet buffers of 4 guests that map 512 MiB each); RssAnon is its own heap and stacks",
             "drop_conn_limit": limit_drops,
             "stopped_cleanly": o.daemon_stopped_cleanly,
         },
         "samples": o.samples.iter().map(|s| json!({
             "t_s": s.at_s, "entries": s.entries, "per_vm": s.per_vm, "rss_kib": s.memory.rss_kib,
+            "rss_anon_kib": s.memory.anon_kib, "rss_shmem_kib": s.memory.shmem_kib,
         })).collect::<Vec<_>>(),
         "guest_results": r,
         "error": o.error,
