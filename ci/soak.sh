@@ -28,5 +28,10 @@ esac
 need_guest_image "soak"
 cargo build --release -q -p sockbypassd -p sockbypass-integration \
     --bin sockbypassd --bin sockbypass-soak
+# In the background, so that a SIGTERM or SIGINT sent to this script reaches it: it then
+# stops its guests and the daemon by PID and deletes its work directory before exiting.
 target/release/sockbypass-soak --seconds "$seconds" --daemon target/release/sockbypassd \
-    --out "${SOCKBYPASS_RESULTS_DIR:-results}"
+    --out "${SOCKBYPASS_RESULTS_DIR:-results}" &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; exit 130' INT TERM
+wait "$pid"

@@ -39,6 +39,9 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
     let rss_first = o.cycles.first().map_or(0, |c| c.rss_kib);
     let rss_last = o.cycles.last().map_or(0, |c| c.rss_kib);
     let rss_change = change_pct(rss_first, rss_last);
+    // The daemon's own heap and stacks, without the guest RAM it maps (see `Memory`).
+    let anon_first = o.cycles.first().map_or(0, |c| c.anon_kib);
+    let anon_last = o.cycles.last().map_or(0, |c| c.anon_kib);
     if done > 0 && rss_change.abs() > p.rss_tolerance_pct {
         failures.push(format!(
             "the daemon's RSS went from {rss_first} KiB after cycle 1 to {rss_last} KiB after \
@@ -69,7 +72,8 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
     let line = format!(
         "faults: {done}/{} cycles, reset latency p50 {} ms, max {} ms ({within}/{done} within \
          {:?}), daemon RSS {rss_first} KiB after cycle 1, {rss_last} KiB after cycle {done} \
-         ({rss_change:+.1}%), {entries_left} connection entries left: {}",
+         ({rss_change:+.1}%; its own heap and stacks {anon_first} -> {anon_last} KiB), \
+         {entries_left} connection entries left: {}",
         p.cycles,
         fmt(p50),
         fmt(max),
@@ -96,6 +100,10 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
         "daemon_rss_kib": {
             "after_first_cycle": rss_first, "after_last_cycle": rss_last,
             "change_pct": rss_change, "tolerance_pct": p.rss_tolerance_pct,
+            "anon_after_first_cycle": anon_first, "anon_after_last_cycle": anon_last,
+            "note": "VmRSS, as checked; it includes the binary's mapped pages and the pages of \
+                the guests' RAM the daemon touched (RssShmem); RssAnon (anon_*) is its own heap \
+                and stacks",
         },
         "at_end": {
             "peer_entries": entries_left, "holds_nothing": holds_nothing, "gauges": gauges,
