@@ -9,7 +9,8 @@
 # before the kill to A's result line on its serial console); the daemon must have sent A an RST
 # and freed every connection entry of A and B; B restarts on the same vhost-user socket and a
 # fresh connection from A must echo 1 MiB byte for byte. After the last cycle the daemon must
-# hold no connection state, and its RSS must be within 10% of its RSS after the first cycle.
+# hold no connection state, and its resident memory must be within 10% of that after the first
+# cycle (VmRSS without the guest RAM it maps, RssShmem; VmRSS is reported too).
 # Details: integration/src/realdaemon/faults.rs.
 #
 # Prints a line per cycle and a summary; writes results/faults-<UTC>.json (the directory is
