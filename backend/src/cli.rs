@@ -33,6 +33,7 @@ CONFIG FILE (--config):
   log_level = \"info\"
   poll_mode = \"adaptive\"      # poll_threads, poll_budget_us, poll_cpus = \"2-3\" too
   half_open_timeout_ms = 10000
+  seccomp = \"kill\"
 
   [[vm]]
   name = \"web\"
@@ -91,6 +92,9 @@ pub struct Cli {
     /// Milliseconds a VM-to-VM connection may wait for its RESPONSE before both sides get an RST [default: 10000]
     #[arg(long = "half-open-timeout-ms", value_name = "MS")]
     pub half_open_timeout_ms: Option<String>,
+    /// System calls outside the daemon's allowlist: kill (the daemon dies with SIGSYS), log (the kernel logs them), off (no filter) [default: kill]
+    #[arg(long = "seccomp", value_name = "MODE")]
+    pub seccomp: Option<String>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::device::server::{self, ServerControl, ServerError};
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
 use crate::poll::{PollCountersSnapshot, PollEngine};
+use crate::seccomp::{SeccompError, ThreadFilter};
 use crate::switch::{Switch, SwitchError};
 
 /// How often the host I/O thread expires handshakes and stale connections.
@@ -45,6 +46,9 @@ pub enum DaemonError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     Eventfd(#[source] std::io::Error),
+    /// The seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// Waiting for a termination signal failed.
     #[error("cannot wait for signals")]
     Signals(#[source] std::io::Error),
@@ -60,6 +64,7 @@ pub struct DaemonHandle {
     controls: Vec<ServerControl>,
     threads: Vec<JoinHandle<()>>,
     engine: Option<PollEngine>,
+    filter: ThreadFilter,
 }
 
 impl DaemonHandle {
@@ -127,6 +132,7 @@ impl Drop for DaemonHandle {
 
 /// Starts the daemon: binds every socket (so bad paths fail now), then starts the threads.
 pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
+    let filter = ThreadFilter::build(config.seccomp)?;
     let poller = HostPoller::new().map_err(DaemonError::Epoll)?;
     let switch = Arc::new(Switch::new(&config, &poller)?);
     let mut listeners = Vec::with_capacity(config.vms.len());
@@ -141,23 +147,30 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         controls: Vec::new(),
         threads: Vec::new(),
         engine: None,
+        filter: filter.clone(),
     };
-    handle.engine =
-        Some(
-            PollEngine::start(&switch, &config.poll).map_err(|source| DaemonError::Thread {
+    handle.engine = Some(
+        PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {
+            DaemonError::Thread {
                 name: "sb-poll".into(),
                 source,
-            })?,
-        );
+            }
+        })?,
+    );
     for (index, listener) in listeners.into_iter().enumerate() {
         let control = ServerControl::new().map_err(DaemonError::Eventfd)?;
         let name = format!("vm-{}", config.vms[index].name);
-        let (sw, ctl, thread) = (switch.clone(), control.clone(), name.clone());
+        let (sw, ctl, f, thread) = (
+            switch.clone(),
+            control.clone(),
+            filter.clone(),
+            name.clone(),
+        );
         let t = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 let failure = sw.failure().clone();
-                failure.guard(&thread, || server::serve(sw, index, listener, ctl));
+                failure.guard(&thread, || server::serve(sw, index, listener, ctl, &f));
             })
             .map_err(|source| DaemonError::Thread { name, source })?;
         handle.controls.push(control);
@@ -169,6 +182,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let t = std::thread::Builder::new()
         .name("host-io".into())
         .spawn(move || {
+            filter.confine_current_thread();
             let failure = sw.failure().clone();
             failure.guard("host-io", || host_io_loop(&sw, &poller, &stop));
         })
@@ -209,10 +223,13 @@ fn host_io_loop(switch: &Switch, poller: &HostPoller, stop: &AtomicBool) {
 
 /// Runs the daemon until SIGINT or SIGTERM, then reports its counters and stops cleanly.
 /// SIGUSR1 reports the counters and carries on. A daemon thread that panics stops the daemon
-/// too, and the panic is returned as the error.
+/// too, and the panic is returned as the error. Once started, the calling (main) thread is
+/// confined by the seccomp filter like the daemon's own threads.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let signals = crate::signals::TerminationSignals::block().map_err(DaemonError::Signals)?;
     let handle = start(config)?;
+    handle.filter.apply()?;
+    crate::seccomp::test_forbidden_call_if_asked();
     let failure = handle.switch().failure().clone();
     failure.wake_main_thread_on_failure();
     while failure.message().is_none() {

@@ -13,6 +13,7 @@
 //! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention |
 //! | [`metrics`] | per-VM counters, one per drop reason |
 //! | [`poll`] | the poll engine: poll threads that drive the switch (see `DESIGN-poller.md`) |
+//! | [`seccomp`] | the seccomp filter each daemon thread installs at its start |
 //! | [`signals`] | waiting for SIGINT/SIGTERM |
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
@@ -27,6 +28,7 @@ pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod poll;
+pub mod seccomp;
 pub mod signals;
 pub mod switch;
 

@@ -249,3 +249,25 @@ fn limits_out_of_range() {
     let line = fails(&["--vm", &vm, "--half-open-timeout-ms", "soon"]);
     assert_mentions(&line, "--half-open-timeout-ms: `soon` is not a number");
 }
+
+#[test]
+fn invalid_seccomp_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = spec(dir.path(), "web", 3);
+    let line = fails(&["--vm", &vm, "--seccomp", "strict"]);
+    assert_eq!(
+        line,
+        "sockbypassd: invalid seccomp mode `strict`: expected off, log or kill"
+    );
+    let file = dir.path().join("sockbypass.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "seccomp = \"on\"\n[[vm]]\nname = \"web\"\ncid = 3\nsocket = \"{}/web.sock\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let line = fails(&["--config", file.to_str().unwrap()]);
+    assert_mentions(&line, "invalid seccomp mode `on`");
+}

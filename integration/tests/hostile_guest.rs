@@ -24,7 +24,7 @@ use hostile_steps::RingAttacker;
 use rand::SeedableRng;
 use sockbypass_integration::{DriverConfig, StreamId, TestVm, VmOptions, VsockDriver};
 use sockbypass_wire::consts::{F_RING_INDIRECT_DESC, TX_QUEUE};
-use sockbypassd::switch::replies::REPLY_QUEUE_CAP;
+use sockbypassd::switch::replies::{PEER_REPLY_CAP, REPLY_QUEUE_CAP};
 
 const T: Duration = Duration::from_secs(60);
 const DEFAULT_CHAINS: usize = 1000;
@@ -161,28 +161,31 @@ fn check_gauges(h: &Harness) {
     let gx = h.gauges("x");
     assert!(gx.peer_conns <= max, "x: {gx:?}");
     assert!(gx.held_chains <= tx_size, "x: {gx:?}");
-    assert!(gx.queued_replies <= REPLY_QUEUE_CAP + max, "x: {gx:?}");
+    // The VM's own replies (plus one per host connection) and those other VMs caused.
+    let replies = REPLY_QUEUE_CAP + PEER_REPLY_CAP;
+    assert!(gx.queued_replies <= replies + max, "x: {gx:?}");
     assert!(gx.inbound_queued <= 2 * tx_size, "x: {gx:?}");
     for vm in ["a", "b"] {
         let g = h.gauges(vm);
         assert!(g.peer_conns <= 1 + max, "{vm}: {g:?}");
         assert!(g.held_chains <= tx_size, "{vm}: {g:?}");
         assert!(g.inbound_queued <= 2 * tx_size, "{vm}: {g:?}");
-        assert!(g.queued_replies <= REPLY_QUEUE_CAP, "{vm}: {g:?}");
+        assert!(g.queued_replies <= replies, "{vm}: {g:?}");
     }
 }
 
-#[test]
-fn a_hostile_guest_cannot_disturb_other_vms_or_the_daemon() {
-    count_panics();
-    let chains: usize = env_or("SOCKBYPASS_HOSTILE_CHAINS", DEFAULT_CHAINS);
-    let clock = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()).rotate_left(32))
-        .unwrap_or(1);
-    let seed: u64 = env_or("SOCKBYPASS_HOSTILE_SEED", clock);
-    println!("hostile guest: {chains} chains, SOCKBYPASS_HOSTILE_SEED={seed}");
+/// The daemon, the streaming pair a and b (connected on [`STREAM_PORT`], each listening on its
+/// trap port) and the hostile VM x.
+struct Scene {
+    h: Harness,
+    a: TestVm,
+    b: TestVm,
+    x: TestVm,
+    ab: (StreamId, StreamId),
+}
 
+fn scene() -> Scene {
+    count_panics();
     let h = Harness::start(&[
         VmSpec::new("a", 3),
         VmSpec::new("b", 4),
@@ -198,11 +201,37 @@ fn a_hostile_guest_cannot_disturb_other_vms_or_the_daemon() {
     // x never answers what it did not expect, so the connections it opens stay open until a
     // peer resets them (or x resets its device at the end).
     options.driver.rst_unknown_packets = false;
-    let mut x = TestVm::connect(h.socket("x"), options).expect("vm x");
+    let x = TestVm::connect(h.socket("x"), options).expect("vm x");
     h.wait_attached("x");
-    let (ab_a, ab_b) = connect_peers(&mut a, &mut b, STREAM_PORT, T);
+    let ab = connect_peers(&mut a, &mut b, STREAM_PORT, T);
     b.driver_mut().listen(B_TRAP).expect("trap");
     a.driver_mut().listen(A_TRAP).expect("trap");
+    Scene { h, a, b, x, ab }
+}
+
+/// The run's seed: `SOCKBYPASS_HOSTILE_SEED`, else one from the clock; printed after `what`
+/// so that a failing run can be replayed.
+fn seed_for(what: &str) -> u64 {
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()).rotate_left(32))
+        .unwrap_or(1);
+    let seed: u64 = env_or("SOCKBYPASS_HOSTILE_SEED", clock);
+    println!("{what}, SOCKBYPASS_HOSTILE_SEED={seed}");
+    seed
+}
+
+#[test]
+fn a_hostile_guest_cannot_disturb_other_vms_or_the_daemon() {
+    let chains: usize = env_or("SOCKBYPASS_HOSTILE_CHAINS", DEFAULT_CHAINS);
+    let seed = seed_for(&format!("hostile guest: {chains} chains"));
+    let Scene {
+        h,
+        mut a,
+        mut b,
+        mut x,
+        ab: (ab_a, ab_b),
+    } = scene();
     let pool = x
         .driver_mut()
         .tx_queue_mut()
@@ -332,33 +361,15 @@ fn stream_while(
 
 #[test]
 fn a_hostile_guests_ring_states_cannot_disturb_other_vms_or_the_daemon() {
-    count_panics();
     let steps: u64 = env_or("SOCKBYPASS_HOSTILE_STEPS", 1000);
-    let clock = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()).rotate_left(32))
-        .unwrap_or(1);
-    let seed: u64 = env_or("SOCKBYPASS_HOSTILE_SEED", clock);
-    println!("hostile ring states: {steps} steps, SOCKBYPASS_HOSTILE_SEED={seed}");
-
-    let h = Harness::start(&[
-        VmSpec::new("a", 3),
-        VmSpec::new("b", 4),
-        VmSpec::new("x", 5).max_conns(X_MAX_CONNS),
-    ]);
-    let (mut a, mut b) = (h.vm("a"), h.vm("b"));
-    let mut options = VmOptions {
-        memory_size: 4 << 20,
-        ..VmOptions::default()
-    };
-    options.frontend.features |= 1 << F_RING_INDIRECT_DESC;
-    options.driver.raw_record_limit = 64;
-    options.driver.rst_unknown_packets = false;
-    let mut x = TestVm::connect(h.socket("x"), options).expect("vm x");
-    h.wait_attached("x");
-    let ab = connect_peers(&mut a, &mut b, STREAM_PORT, T);
-    b.driver_mut().listen(B_TRAP).expect("trap");
-    a.driver_mut().listen(A_TRAP).expect("trap");
+    let seed = seed_for(&format!("hostile ring states: {steps} steps"));
+    let Scene {
+        h,
+        mut a,
+        mut b,
+        mut x,
+        ab,
+    } = scene();
     let mut attacker = RingAttacker::new(
         &mut x,
         seed,
@@ -428,6 +439,23 @@ fn a_hostile_guests_ring_states_cannot_disturb_other_vms_or_the_daemon() {
     }
     // x comes back clean and reaches a peer.
     attacker.recover(&mut x);
+    let port = h
+        .daemon
+        .as_ref()
+        .and_then(|d| d.switch().vm_by_name("x").cloned());
+    let port = port.expect("x");
+    assert!(
+        wait_until(T, || h.is_attached("x")),
+        "x did not attach after its reset: quarantined {}, frontend connected {}, {:?}",
+        port.is_quarantined(),
+        x.is_connected(),
+        h.counters("x")
+    );
+    println!(
+        "x before reconnecting: {:?} {:?}",
+        h.counters("x"),
+        h.gauges("x")
+    );
     let (idx, idb) = connect_peers(&mut x, &mut b, 7100, T);
     send_and_expect(&mut x, idx, &mut b, idb, b"after the storm", T);
     check_gauges(&h);

@@ -21,21 +21,13 @@ fn header(op: Op, from: (u64, u32), to: (u64, u32), len: u32) -> PacketHeader {
     h
 }
 
-/// A VM whose driver posts no RX buffers until told (but `initial` for set-up).
+/// A VM whose driver posts `initial` RX buffers, then none until told, advertising `buf_alloc`.
 fn starved(h: &Harness, name: &str, initial: u16, buf_alloc: u32) -> TestVm {
-    let mut vm = h.vm_with(
-        name,
-        DriverConfig {
-            rx_buffers: Some(0),
-            buf_alloc,
-            ..DriverConfig::default()
-        },
-    );
-    vm.driver_mut().set_rx_refill(false);
-    vm.driver_mut()
-        .post_rx_buffers(initial)
-        .expect("set-up RX buffers");
-    vm
+    let driver = DriverConfig {
+        buf_alloc,
+        ..DriverConfig::default()
+    };
+    h.vm_without_rx_buffers(name, initial, driver)
 }
 
 #[test]

@@ -143,15 +143,7 @@ fn a_head_published_again_while_held_is_refused() {
     let h = three_vms();
     let mut x = h.vm("x");
     // b posts RX buffers only when told to: x's packet waits for it, held.
-    let mut b = h.vm_with(
-        "b",
-        DriverConfig {
-            rx_buffers: Some(0),
-            ..DriverConfig::default()
-        },
-    );
-    b.driver_mut().set_rx_refill(false);
-    b.driver_mut().post_rx_buffers(1).expect("one RX buffer");
+    let mut b = h.vm_without_rx_buffers("b", 1, DriverConfig::default());
     let (xb_x, xb_b) = connect_peers(&mut x, &mut b, 6000, T);
     assert_eq!(b.driver().rx_posted(), 0);
     let port = x.driver().stream_info(xb_x).expect("info").local_port;

@@ -31,15 +31,7 @@ fn a_receiver_without_rx_buffers_stalls_its_sender_losslessly_and_not_its_other_
     let h = three_vms();
     let (mut a, mut c) = (h.vm("a"), h.vm("c"));
     // b posts one RX buffer, for the REQUEST, and none after that until told to.
-    let mut b = h.vm_with(
-        "b",
-        DriverConfig {
-            rx_buffers: Some(0),
-            ..DriverConfig::default()
-        },
-    );
-    b.driver_mut().set_rx_refill(false);
-    b.driver_mut().post_rx_buffers(1).expect("one RX buffer");
+    let mut b = h.vm_without_rx_buffers("b", 1, DriverConfig::default());
     let (ab_a, ab_b) = connect_peers(&mut a, &mut b, 5000, T);
     assert_eq!(b.driver().rx_posted(), 0, "b has no RX buffer left");
     let (ac_a, ac_c) = connect_peers(&mut a, &mut c, 5001, T);

@@ -330,6 +330,12 @@ pub enum ConfigError {
         /// The CPUs the process may use, as a list (`0-3,6`).
         allowed: String,
     },
+    /// `--seccomp` / `seccomp` is not a known mode.
+    #[error("invalid seccomp mode `{value}`: expected off, log or kill")]
+    InvalidSeccompMode {
+        /// The value given.
+        value: String,
+    },
     /// `--log-level` or `log_level` is not a valid `tracing` filter.
     #[error("invalid log level `{level}`: expected a tracing filter such as `info` or `sockbypassd=debug`")]
     InvalidLogLevel {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::poll::{parse_cpu_list, PollConfig};
 use super::{
-    ConfigError, VmConfig, DEFAULT_HALF_OPEN_TIMEOUT_MS, DEFAULT_HOST_BUFFER_BYTES,
+    ConfigError, SeccompMode, VmConfig, DEFAULT_HALF_OPEN_TIMEOUT_MS, DEFAULT_HOST_BUFFER_BYTES,
     DEFAULT_MAX_CONNS,
 };
 
@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub poll: PollConfig,
     /// Top-level `half_open_timeout_ms`, else the default.
     pub half_open_timeout_ms: u64,
+    /// Top-level `seccomp`, if present.
+    pub seccomp: Option<SeccompMode>,
 }
 
 impl Default for FileConfig {
@@ -32,6 +34,7 @@ impl Default for FileConfig {
             log_level: None,
             poll: PollConfig::default(),
             half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+            seccomp: None,
         }
     }
 }
@@ -48,6 +51,7 @@ struct RawFile {
     poll_budget_us: Option<u64>,
     poll_cpus: Option<String>,
     half_open_timeout_ms: Option<u64>,
+    seccomp: Option<String>,
 }
 
 /// One `[[vm]]` table.
@@ -107,6 +111,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     if let Some(list) = &raw.poll_cpus {
         poll.cpus = Some(parse_cpu_list(list)?);
     }
+    let seccomp = raw.seccomp.as_deref().map(str::parse).transpose()?;
     Ok(FileConfig {
         vms: raw.vm.into_iter().map(VmConfig::from).collect(),
         log_level: raw.log_level,
@@ -114,6 +119,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         half_open_timeout_ms: raw
             .half_open_timeout_ms
             .unwrap_or(DEFAULT_HALF_OPEN_TIMEOUT_MS),
+        seccomp,
     })
 }
 
@@ -219,6 +225,19 @@ socket = "/run/sb/db.sock"
                 log_level: Some("sockbypassd=debug".to_owned()),
                 ..FileConfig::default()
             }
+        );
+    }
+
+    #[test]
+    fn seccomp_key() {
+        assert_eq!(
+            parse_ok("seccomp = \"off\"\n").seccomp,
+            Some(SeccompMode::Off)
+        );
+        let e = parse_err("seccomp = \"on\"\n");
+        assert_eq!(
+            e.to_string(),
+            "invalid seccomp mode `on`: expected off, log or kill"
         );
     }
 

@@ -5,12 +5,15 @@
 //! |---|---|
 //! | `vm_spec.rs` | one `--vm` string into a [`VmConfig`] ([`VmConfig::from_spec`]) |
 //! | `file.rs` | a TOML file into VMs and `log_level`, with `file:line` errors |
+//! | `poll.rs` | the poll engine's settings |
+//! | `seccomp_mode.rs` | what the seccomp filter does with a forbidden call ([`SeccompMode`]) |
 //! | `validate.rs` | rules on the merged VM list (CIDs, names, paths, directories) |
 //! | `error.rs` | [`ConfigError`], one variant per problem, one line each |
 
 mod error;
 mod file;
 mod poll;
+mod seccomp_mode;
 mod validate;
 mod vm_spec;
 
@@ -20,6 +23,7 @@ use crate::cli::Cli;
 
 pub use error::ConfigError;
 pub use poll::{parse_cpu_list, PollConfig, PollMode, DEFAULT_POLL_BUDGET_US};
+pub use seccomp_mode::SeccompMode;
 
 /// `max_conns` of a VM that does not set it.
 pub const DEFAULT_MAX_CONNS: u32 = 1024;
@@ -50,6 +54,9 @@ pub struct DaemonConfig {
     /// How long a VM-to-VM connection may wait for its RESPONSE before the switch frees it and
     /// resets both sides (`--half-open-timeout-ms`, `half_open_timeout_ms`).
     pub half_open_timeout_ms: u64,
+    /// The seccomp filter's mode: `--seccomp`, else the file's `seccomp`, else
+    /// [`SeccompMode::Kill`].
+    pub seccomp: SeccompMode,
 }
 
 /// One VM: its vsock identity and the sockets that serve it.
@@ -109,6 +116,7 @@ impl DaemonConfig {
             log_level: None,
             poll: PollConfig::default(),
             half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+            seccomp: SeccompMode::default(),
         }
     }
 
@@ -149,11 +157,16 @@ impl DaemonConfig {
             })?,
             None => file.half_open_timeout_ms,
         };
+        let seccomp = match &cli.seccomp {
+            Some(mode) => mode.parse()?,
+            None => file.seccomp.unwrap_or_default(),
+        };
         let config = DaemonConfig {
             vms,
             log_level: cli.log_level.clone().or(file.log_level),
             poll,
             half_open_timeout_ms,
+            seccomp,
         };
         config.validate()?;
         Ok(config)
@@ -168,6 +181,7 @@ impl DaemonConfig {
             log_level: parsed.log_level,
             poll: parsed.poll,
             half_open_timeout_ms: parsed.half_open_timeout_ms,
+            seccomp: parsed.seccomp.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -249,7 +263,32 @@ mod tests {
                     ..PollConfig::default()
                 },
                 half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
+                seccomp: SeccompMode::Kill,
             }
+        );
+    }
+
+    #[test]
+    fn seccomp_mode_from_command_line_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("sb.toml");
+        std::fs::write(&toml, "seccomp = \"log\"\n").unwrap();
+        let spec = format!("name=a,cid=3,socket={}/a.sock", dir.path().display());
+        let file = toml.to_str().unwrap();
+        let mode = |args: &[&str]| DaemonConfig::from_cli(&cli(args)).map(|c| c.seccomp);
+        assert_eq!(mode(&["--vm", &spec]).ok(), Some(SeccompMode::Kill));
+        assert_eq!(
+            mode(&["--vm", &spec, "--config", file]).ok(),
+            Some(SeccompMode::Log)
+        );
+        assert_eq!(
+            mode(&["--vm", &spec, "--config", file, "--seccomp", "off"]).ok(),
+            Some(SeccompMode::Off)
+        );
+        let e = mode(&["--vm", &spec, "--seccomp", "strict"]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::InvalidSeccompMode { value } if value == "strict"),
+            "{e:?}"
         );
     }
 

@@ -17,6 +17,7 @@ use std::os::fd::AsRawFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::ThreadFilter;
 use crate::switch::{DetachReason, Switch, VmPort};
 
 use super::vsock_device::RESUME_EVENT;
@@ -171,8 +172,16 @@ fn wait_for_frontend(listener: &Listener, control: &ServerControl, name: &str) -
     }
 }
 
-/// Serves VM `index` on `listener` until `control` stops it.
-pub fn serve(switch: Arc<Switch>, index: usize, mut listener: Listener, control: ServerControl) {
+/// Serves VM `index` on `listener` until `control` stops it: the body of the VM's server
+/// thread, which first confines itself with `filter` (its vhost-user threads inherit it).
+pub fn serve(
+    switch: Arc<Switch>,
+    index: usize,
+    mut listener: Listener,
+    control: ServerControl,
+    filter: &ThreadFilter,
+) {
+    filter.confine_current_thread();
     let Some(vm) = switch.vm(index).cloned() else {
         return;
     };

@@ -129,6 +129,21 @@ impl HostEndpoint {
         (grant >= MIN_HOST_BUF_ALLOC).then_some(grant)
     }
 
+    /// [`HostEndpoint::next_grant`], or a refusal counted and logged (rate-limited).
+    fn grant_or_refuse(&self, counters: &VmCounters) -> Option<u32> {
+        let grant = self.next_grant();
+        if grant.is_none() {
+            counters.drop_host_budget.fetch_add(1, Ordering::Relaxed);
+            warn_limited!(
+                self.warn,
+                vm = self.vm_index,
+                granted = self.granted,
+                "host buffer budget spent, refusing a host connection"
+            );
+        }
+        grant
+    }
+
     /// Adds `conn` under `key`, its grant counted against the budget.
     fn insert(&mut self, key: ConnKey, conn: HostConn) {
         self.granted += u64::from(conn.local.buf_alloc);
@@ -294,14 +309,7 @@ impl HostEndpoint {
             );
             return refuse(replies);
         }
-        let Some(grant) = self.next_grant() else {
-            counters.drop_host_budget.fetch_add(1, Ordering::Relaxed);
-            warn_limited!(
-                self.warn,
-                vm = self.vm_index,
-                granted = self.granted,
-                "host buffer budget spent, refusing guest connect"
-            );
+        let Some(grant) = self.grant_or_refuse(counters) else {
             return refuse(replies);
         };
         let target = uds::guest_target_path(uds_path, key.host_port);
@@ -615,15 +623,8 @@ impl HostEndpoint {
         if !self.guest_present {
             return;
         }
-        let Some(grant) = self.next_grant() else {
+        let Some(grant) = self.grant_or_refuse(counters) else {
             // The host program sees its connection closed.
-            counters.drop_host_budget.fetch_add(1, Ordering::Relaxed);
-            warn_limited!(
-                self.warn,
-                vm = self.vm_index,
-                granted = self.granted,
-                "host buffer budget spent, refusing host connect"
-            );
             return;
         };
         let host_port = self.alloc_host_port();

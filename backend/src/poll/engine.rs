@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::waker::Waker;
 use crate::config::{PollConfig, PollMode};
+use crate::seccomp::ThreadFilter;
 use crate::switch::Switch;
 use sockbypass_wire::consts::RX_QUEUE as RX;
 
@@ -113,8 +114,12 @@ pub struct PollEngine {
 }
 
 impl PollEngine {
-    /// Starts the poll threads of `config` over the VMs of `switch`.
-    pub fn start(switch: &Arc<Switch>, config: &PollConfig) -> io::Result<PollEngine> {
+    /// Starts the poll threads of `config` over the VMs of `switch`, each confined by `filter`.
+    pub fn start(
+        switch: &Arc<Switch>,
+        config: &PollConfig,
+        filter: &ThreadFilter,
+    ) -> io::Result<PollEngine> {
         let mut engine = PollEngine {
             stop: Arc::new(AtomicBool::new(false)),
             wakers: Vec::new(),
@@ -147,6 +152,7 @@ impl PollEngine {
             };
             let name = format!("sb-poll-{k}");
             let failure = switch.failure().clone();
+            let filter = filter.clone();
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
@@ -156,6 +162,7 @@ impl PollEngine {
                             tracing::warn!(cpu, error = %e, "cannot pin poll thread");
                         }
                     }
+                    filter.confine_current_thread();
                     failure.guard(&name, || ctx.run());
                 })?;
             engine.threads.push(handle);

@@ -102,12 +102,13 @@ impl InFlight {
         }
     }
 
-    /// Marks `head` in flight; `false` if it already was (or lies past every queue).
+    /// Marks `head` in flight; `false` if it already was. A head past every queue names no
+    /// chain (its parse fails and it is never held), so it is not tracked.
     fn claim(&self, head: u16) -> bool {
         let (word, bit) = (usize::from(head) / 64, 1u64 << (head % 64));
         self.words
             .get(word)
-            .is_some_and(|w| w.fetch_or(bit, Ordering::Relaxed) & bit == 0)
+            .map_or(true, |w| w.fetch_or(bit, Ordering::Relaxed) & bit == 0)
     }
 
     /// Marks `head` returned.
@@ -116,13 +117,6 @@ impl InFlight {
         if let Some(w) = self.words.get(word) {
             w.fetch_and(!bit, Ordering::Relaxed);
         }
-    }
-
-    fn count(&self) -> usize {
-        self.words
-            .iter()
-            .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
-            .sum()
     }
 }
 
@@ -304,11 +298,6 @@ impl Attachment {
     /// chain must be refused without a used entry (the first copy gets the one entry).
     pub fn claim_tx(&self, head: u16) -> bool {
         self.inner.tx_in_flight.claim(head)
-    }
-
-    /// TX chains taken and not yet returned.
-    pub fn tx_in_flight(&self) -> usize {
-        self.inner.tx_in_flight.count()
     }
 
     /// Returns a chain to the guest with `len` bytes written. `mem` is the caller's guard on

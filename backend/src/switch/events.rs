@@ -13,6 +13,9 @@ use super::attachment::EVT;
 use super::Switch;
 use crate::warn_limited;
 
+/// Event buffers one call of [`Switch::fill_events`] may take, usable or not.
+const EVENT_POP_BUDGET: usize = 64;
+
 impl Switch {
     /// Writes the event VM `index` is owed, if any, into its event queue. Returns whether an
     /// event was delivered.
@@ -28,11 +31,19 @@ impl Switch {
             return false;
         };
         let mem = att.memory();
-        loop {
+        // A guest that keeps posting unusable event buffers never keeps the thread: after
+        // this many, the rest is handed back (SPEC.md §9.2).
+        let mut rearmed = false;
+        for _ in 0..EVENT_POP_BUDGET {
             let Some(chain) = att.pop(EVT, &mem) else {
-                // Ask for a kick when the driver posts an event buffer.
+                // Ask for a kick when the driver posts an event buffer; if one came meanwhile,
+                // look once more.
                 match att.enable_kicks(EVT) {
-                    Ok(true) => continue,
+                    Ok(true) if !rearmed => {
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(true) => break,
                     _ => return false,
                 }
             };
@@ -66,5 +77,8 @@ impl Switch {
                 return true;
             }
         }
+        drop(rx);
+        vm.request_resume();
+        false
     }
 }

@@ -16,18 +16,21 @@
 //!
 //! ## Threads and locks
 //! Any thread may drive any VM: the vhost-user worker of the VM (on kicks), the host I/O thread
-//! (on socket events), and later the poll threads. Locks are taken in this order:
+//! (on socket events), and the poll threads. Locks are taken in this order:
 //!
-//! 0. a VM's lifecycle lock (attach/detach only; one VM's at a time),
+//! 0. a VM's lifecycle lock (attach, detach, and detaching a VM whose queue broke; one VM's at
+//!    a time),
 //! 1. a VM's TX lock (one walker of its TX queue at a time; never two TX locks at once),
 //! 2. a VM's RX lock (replies, inbound packets, host connections; one filler at a time; never
 //!    two RX locks at once, but a walker of X's TX queue may take Y's RX lock to deliver),
-//! 3. the peer table, and vring locks, each held only for one call and never while taking
-//!    another lock.
+//! 3. the peer table, a VM's attachment lock (`RwLock`), and vring locks, each held only for
+//!    one call and never while taking another lock.
 //!
 //! Nothing here blocks on I/O: host sockets are non-blocking, and a full RX queue or a full
 //! reply queue stops the work until a kick or an event resumes it. A packet for a peer with no
-//! RX buffer is held, so one stalled receiver never stops its sender's other traffic.
+//! RX buffer is held, so one stalled receiver never stops its sender's other traffic. Every
+//! walk and fill has a budget (SPEC.md §9.2); what is left is handed back through the VM's
+//! resume eventfd ([`VmPort::request_resume`]), so no guest keeps a thread.
 
 pub mod attachment;
 pub mod events;

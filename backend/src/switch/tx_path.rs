@@ -79,6 +79,10 @@ impl Switch {
             }
             loop {
                 if report.chains >= budget {
+                    if !att.has_avail(TX) {
+                        // Exactly the budget was there: end as any walk ends.
+                        break;
+                    }
                     // A guest that refills its ring as fast as it drains never keeps the walk:
                     // the rest is handed back, and the next VM gets its turn.
                     report.more = true;

@@ -243,9 +243,11 @@ impl VmPort {
             return false;
         }
         let Some(mem) = lock(&self.memory).clone() else {
+            tracing::debug!(vm = %self.config.name, "not binding: no memory");
             return false;
         };
         if self.quarantined.load(Ordering::Acquire) {
+            tracing::debug!(vm = %self.config.name, "not binding: quarantined");
             return false;
         }
         let Some(att) =
@@ -255,6 +257,7 @@ impl VmPort {
         };
         if !(att.is_live(RX) && att.is_live(TX)) {
             // Stopped or not yet enabled rings: a late kick after a detach must not re-attach.
+            tracing::debug!(vm = %self.config.name, rx = att.is_live(RX), tx = att.is_live(TX), "not binding: rings not live");
             return false;
         }
         let _tx = lock(&self.tx);

@@ -16,7 +16,7 @@ use sockbypass_integration::bench::report::{commit, machine};
 use sockbypass_integration::microbench::report::{mode_name, Reference, Report};
 use sockbypass_integration::microbench::scenarios::{self, Settings, BULK};
 use sockbypass_integration::microbench::{bench_vm::RING_SIZE, compare, reference};
-use sockbypassd::config::{PollMode, DEFAULT_POLL_BUDGET_US};
+use sockbypassd::config::{ConfigError, PollMode, DEFAULT_POLL_BUDGET_US};
 
 #[derive(Debug, Parser)]
 #[command(name = "sockbypass-microbench")]
@@ -48,6 +48,9 @@ struct Args {
     /// The daemon's `--poll-budget-us`.
     #[arg(long, default_value_t = DEFAULT_POLL_BUDGET_US)]
     poll_budget_us: u64,
+    /// The daemon's `--seccomp` (off, log or kill): `off` shows what the filter costs.
+    #[arg(long, default_value = "kill")]
+    seccomp: String,
     /// Do not pin the driver thread to the first allowed CPU and the poll threads to the others.
     #[arg(long)]
     no_pin: bool,
@@ -160,6 +163,10 @@ fn settings(args: &Args) -> Result<Settings, String> {
         idle_seconds: args.idle_seconds,
         repeat: args.repeat,
         poll_threads: args.poll_threads,
+        seccomp: args
+            .seccomp
+            .parse()
+            .map_err(|e: ConfigError| e.to_string())?,
         budget_us: args.poll_budget_us,
         pin: !args.no_pin,
     })
@@ -192,7 +199,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let memcpy = copies[copies.len() / 2] / 1e9;
     let mut modes = Vec::new();
     for &mode in &s.modes {
-        println!("==> {} mode", mode_name(mode));
+        println!("==> {} mode (--seccomp {})", mode_name(mode), args.seccomp);
         modes.push(scenarios::run_mode(mode, &s)?);
     }
     let report = Report {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use sockbypassd::config::{DaemonConfig, PollConfig, PollMode, VmConfig};
+use sockbypassd::config::{DaemonConfig, PollConfig, PollMode, SeccompMode, VmConfig};
 use sockbypassd::daemon::DaemonHandle;
 use sockbypassd::poll::PollCountersSnapshot;
 
@@ -45,12 +45,23 @@ pub struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    /// Starts a daemon for `vms` VMs with `poll` settings.
+    /// Starts a daemon for `vms` VMs with `poll` settings, confined as it ships (the default
+    /// `--seccomp kill`).
     pub fn start(vms: usize, poll: PollConfig) -> Result<BenchDaemon, MicrobenchError> {
+        BenchDaemon::start_with(vms, poll, SeccompMode::default())
+    }
+
+    /// [`BenchDaemon::start`] with the seccomp filter's mode.
+    pub fn start_with(
+        vms: usize,
+        poll: PollConfig,
+        seccomp: SeccompMode,
+    ) -> Result<BenchDaemon, MicrobenchError> {
         let dir = tempfile::tempdir().map_err(MicrobenchError::TempDir)?;
         let names: Vec<String> = (0..vms).map(|i| format!("vm{i}")).collect();
         let config = DaemonConfig {
             poll,
+            seccomp,
             ..DaemonConfig::with_vms(
                 names
                     .iter()

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use sockbypassd::config::PollMode;
+use sockbypassd::config::{PollMode, SeccompMode};
 
 use super::bench_vm::RING_SIZE;
 use super::daemon::{poll_config, BenchDaemon, EngineTotals};
@@ -35,6 +35,8 @@ pub struct Settings {
     pub repeat: u32,
     /// `--poll-threads`.
     pub poll_threads: u32,
+    /// `--seccomp` of the daemon (the shipped default, `kill`, unless told otherwise).
+    pub seccomp: SeccompMode,
     /// `--poll-budget-us`.
     pub budget_us: u64,
     /// Pin the driver thread to the first allowed CPU and the poll threads to the others
@@ -125,7 +127,7 @@ pub fn run_mode(mode: PollMode, s: &Settings) -> Result<ModeResult, MicrobenchEr
     }
     // Started before this thread is pinned: the daemon checks its CPU list against the
     // starting thread's affinity.
-    let daemon = BenchDaemon::start(2 * most, poll)?;
+    let daemon = BenchDaemon::start_with(2 * most, poll, s.seccomp)?;
     let pinned = if pin {
         sockbypassd::affinity::pin_current_thread(cpus[0]).ok()
     } else {
@@ -310,9 +312,12 @@ pub struct GateRun {
 
 /// The gate's fixed run: event mode (no spinning thread, so the instruction count does not
 /// depend on timing), one pair, `batches` rounds of `batch` 64 B packets published with one
-/// kick, the receiver sleeping on its RX interrupt until the whole batch is in.
+/// kick, the receiver sleeping on its RX interrupt until the whole batch is in. Without the
+/// seccomp filter: the gate runs under valgrind, which has no `seccomp` system call, and the
+/// filter runs in the kernel, where callgrind counts nothing anyway.
 pub fn gate(batches: u32, batch: u16) -> Result<GateRun, MicrobenchError> {
-    let daemon = BenchDaemon::start(2, poll_config(PollMode::Event, 1, 50))?;
+    let poll = poll_config(PollMode::Event, 1, 50);
+    let daemon = BenchDaemon::start_with(2, poll, SeccompMode::Off)?;
     let mut pair = daemon.pair(0, true)?;
     for _ in 0..batches {
         let want = pair.packets + u64::from(batch);

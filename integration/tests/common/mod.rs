@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sockbypass_integration::{DriverConfig, TestVm, VmOptions};
-use sockbypassd::config::{DaemonConfig, VmConfig, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS};
+use sockbypassd::config::{
+    DaemonConfig, SeccompMode, VmConfig, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS,
+};
 use sockbypassd::daemon::{self, DaemonHandle};
 use sockbypassd::metrics::VmCountersSnapshot;
 use sockbypassd::switch::VmGauges;
@@ -204,6 +206,24 @@ impl Harness {
         vm
     }
 
+    /// A VM whose guest driver posts `initial` RX buffers (for the connection set-up) and no
+    /// more until the test says so (`set_rx_refill(true)`, `post_rx_buffers`): packets for it
+    /// wait in the switch. `driver` sets the rest of the driver.
+    pub fn vm_without_rx_buffers(&self, name: &str, initial: u16, driver: DriverConfig) -> TestVm {
+        let mut vm = self.vm_with(
+            name,
+            DriverConfig {
+                rx_buffers: Some(0),
+                ..driver
+            },
+        );
+        vm.driver_mut().set_rx_refill(false);
+        vm.driver_mut()
+            .post_rx_buffers(initial)
+            .expect("set-up RX buffers");
+        vm
+    }
+
     /// Waits until the daemon has bound VM `name`'s rings. A frontend's connect returns before
     /// that (the daemon binds on the first ring event), and until then peers' REQUESTs to it
     /// are refused, as for any detached VM.
@@ -282,6 +302,7 @@ fn harness_config_in(
 ) -> DaemonConfig {
     DaemonConfig {
         poll,
+        seccomp: test_seccomp_mode(),
         ..DaemonConfig::with_vms(
             vms.iter()
                 .map(|v| VmConfig {
@@ -352,6 +373,19 @@ pub fn accept_within(listener: &UnixListener, timeout: Duration, what: &str) -> 
             }
             Err(e) => panic!("{what}: accept failed: {e}"),
         }
+    }
+}
+
+/// The seccomp mode of test daemons: `kill`, as the daemon ships, so every daemon thread is
+/// confined and a system call outside the allowlist kills the test process with SIGSYS. To
+/// find which call that was, run the tests again with `SOCKBYPASS_TEST_SECCOMP=log` and read
+/// the kernel's log (`dmesg | grep type=1326`).
+pub fn test_seccomp_mode() -> SeccompMode {
+    match std::env::var("SOCKBYPASS_TEST_SECCOMP") {
+        Ok(mode) => mode
+            .parse()
+            .expect("SOCKBYPASS_TEST_SECCOMP is off, log or kill"),
+        Err(_) => SeccompMode::Kill,
     }
 }
 

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sockbypass_integration::split_queue::DESC_F_WRITE;
-use sockbypass_integration::{QueueLayout, RawDescriptor, SplitQueue, TestVm};
+use sockbypass_integration::{RawDescriptor, SplitQueue, TestVm};
 use sockbypass_wire::consts::{EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use vhost::{VhostBackend, VringConfigData};
 use vm_memory::GuestAddress;
 
 use crate::hostile_chains::ChainMaker;
@@ -273,22 +274,40 @@ impl RingAttacker {
     }
 
     /// SET_VRING_NUM (a smaller power of two, or the same), SET_VRING_BASE (random) and
-    /// SET_VRING_ADDR on the running TX queue. A backend that refuses closes nothing the
-    /// caller does not recover from.
+    /// SET_VRING_ADDR on the running TX queue, then a kick. (Not SET_VRING_KICK: on a started
+    /// ring vhost-user-backend 0.24 would keep the old fd's epoll entry, and the double wake-up
+    /// of one kick ends that VM's vring worker, a frontend-only fault no guest can cause.)
     fn reconfigure(&mut self, x: &mut TestVm) {
         let q = x.driver().queues()[TX_QUEUE];
         let layout = q.layout();
-        let size = layout.size >> self.rng.gen_range(0..3);
-        let shrunk = QueueLayout {
-            size: size.max(1),
-            ..layout
-        };
-        let (Ok(kick), Ok(call)) = (q.kick_fd().try_clone(), q.call_fd().try_clone()) else {
+        let size = (layout.size >> self.rng.gen_range(0..3)).max(1);
+        let Ok(kick) = q.kick_fd().try_clone() else {
             return;
+        };
+        let ram = x.ram();
+        let addrs = (
+            ram.host_address(layout.desc_table),
+            ram.host_address(layout.avail_ring),
+            ram.host_address(layout.used_ring),
+        );
+        let (Ok(desc), Ok(avail), Ok(used)) = addrs else {
+            return;
+        };
+        let config = VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: desc,
+            used_ring_addr: used,
+            avail_ring_addr: avail,
+            log_addr: None,
         };
         let base = self.rng.gen();
         if let Ok(frontend) = x.frontend_mut() {
-            let _ = frontend.setup_vring_at(TX_QUEUE, &shrunk, &kick, &call, base);
+            let raw = frontend.raw();
+            let _ = raw.set_vring_num(TX_QUEUE, size);
+            let _ = raw.set_vring_base(TX_QUEUE, base);
+            let _ = raw.set_vring_addr(TX_QUEUE, &config);
         }
         let _ = kick.write(1);
     }
