@@ -5,7 +5,8 @@
 //! for what each cycle does and measures; `ci/faults.sh` builds everything and runs it.
 //!
 //! Prints one line per cycle and a summary; writes `<out>/faults-<UTC>.json`. Exit status 0
-//! when every check passed, 1 otherwise.
+//! when every check passed, 1 otherwise. When real guests cannot run here (no guest image, no
+//! QEMU) the run is skipped with the reason (exit 0), except with `CI=true`, where it fails.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,16 @@ fn main() -> ExitCode {
         params.daemon.display()
     );
     let outcome = faults::run(&params, &mut |line| println!("{line}"));
+    if outcome.cannot_run && std::env::var("CI").as_deref() != Ok("true") {
+        println!(
+            "SKIPPED (CI=true would fail): fault cycles: {}",
+            outcome
+                .error
+                .as_deref()
+                .unwrap_or("real guests cannot run here")
+        );
+        return ExitCode::SUCCESS;
+    }
     let meta = json!({
         "timestamp": timestamp,
         "commit": report::commit(),

@@ -4,7 +4,8 @@
 //! `ci/soak.sh` builds everything and runs it.
 //!
 //! Prints progress and a summary; writes `<out>/soak-<UTC>.json`. Exit status 0 when every
-//! check passed, 1 otherwise.
+//! check passed, 1 otherwise. When real guests cannot run here (no guest image, no QEMU) the
+//! soak is skipped with the reason (exit 0), except with `CI=true`, where it fails.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +104,16 @@ fn main() -> ExitCode {
         params.max_conns_per_peer
     );
     let outcome = soak::run(&params, &mut |line| println!("{line}"));
+    if outcome.cannot_run && std::env::var("CI").as_deref() != Ok("true") {
+        println!(
+            "SKIPPED (CI=true would fail): soak: {}",
+            outcome
+                .error
+                .as_deref()
+                .unwrap_or("real guests cannot run here")
+        );
+        return ExitCode::SUCCESS;
+    }
     let meta = json!({
         "timestamp": timestamp,
         "commit": report::commit(),

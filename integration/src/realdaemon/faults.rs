@@ -185,12 +185,14 @@ pub struct Outcome {
     pub last_report: Option<Snapshot>,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
+    /// Real guests cannot run on this machine (then `error` says why).
+    pub cannot_run: bool,
     /// The accelerator and why.
     pub accel: String,
     /// QEMU's version.
     pub qemu: String,
-    /// The daemon exited with status 0 on SIGTERM at the end.
-    pub daemon_stopped_cleanly: bool,
+    /// Whether the daemon exited with status 0 on SIGTERM at the end (`None`: never started).
+    pub daemon_stopped_cleanly: Option<bool>,
 }
 
 /// A's script: `cycles` times a stream that B's death ends, a pause, and a fresh verify.
@@ -379,6 +381,7 @@ fn cycle(
 pub fn run(p: &Params, say: &mut dyn FnMut(&str)) -> Outcome {
     let mut out = Outcome::default();
     if let Err(e) = run_into(p, say, &mut out) {
+        out.cannot_run = matches!(e, RealDaemonError::CannotRun(_));
         out.error = Some(sockbypassd::error_chain(&e));
     }
     out
@@ -434,7 +437,7 @@ fn run_into(
             Err(e) => say(&format!("==> could not keep the logs: {e}")),
         }
     }
-    out.daemon_stopped_cleanly = rig.daemon().stop();
+    out.daemon_stopped_cleanly = Some(rig.daemon().stop());
     result
 }
 

@@ -71,7 +71,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
     } else if o.last_report.is_none() && o.error.is_none() {
         failures.push("no final report from the daemon".into());
     }
-    if !o.daemon_stopped_cleanly {
+    if o.daemon_stopped_cleanly == Some(false) {
         failures.push("the daemon did not exit with status 0 on SIGTERM".into());
     }
     let fmt = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));

@@ -67,6 +67,10 @@ pub enum RealDaemonError {
     /// Starting or driving a guest failed.
     #[error(transparent)]
     Guest(#[from] GuestError),
+    /// Real guests cannot run here: the guest image cannot be built, QEMU cannot start or no
+    /// accelerator can be chosen. With `CI=true` a failure; elsewhere the run is skipped.
+    #[error("real guests cannot run here: {0}")]
+    CannotRun(#[source] GuestError),
     /// A guest reported something unexpected or nothing in time.
     #[error("{0}")]
     Run(String),

@@ -48,10 +48,11 @@ impl Rig {
         vms: &[VmDef],
         options: &[String],
     ) -> Result<Rig, RealDaemonError> {
-        let image = GuestImage::ensure()?;
-        let qemu = qemu_version()?;
+        let image = GuestImage::ensure().map_err(RealDaemonError::CannotRun)?;
+        let qemu = qemu_version().map_err(RealDaemonError::CannotRun)?;
         let cache = image.kernel.parent().map(PathBuf::from).unwrap_or_default();
-        let (accel, accel_reason) = accel::choose(&image, &cache)?;
+        let (accel, accel_reason) =
+            accel::choose(&image, &cache).map_err(RealDaemonError::CannotRun)?;
         let dir = tempfile::Builder::new()
             .prefix("sockbypass-run-")
             .tempdir()

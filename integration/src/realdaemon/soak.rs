@@ -160,10 +160,12 @@ pub struct Outcome {
     pub peak_rss_kib: u64,
     /// Its memory at the end, after the clients closed.
     pub end_memory: Option<Memory>,
-    /// The daemon exited with status 0 on SIGTERM at the end.
-    pub daemon_stopped_cleanly: bool,
+    /// Whether the daemon exited with status 0 on SIGTERM at the end (`None`: never started).
+    pub daemon_stopped_cleanly: Option<bool>,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
+    /// Real guests cannot run on this machine (then `error` says why).
+    pub cannot_run: bool,
     /// The accelerator and why.
     pub accel: String,
     /// QEMU's version.
@@ -194,6 +196,7 @@ fn sample(rig: &mut Rig, zero: Instant, names: &[String]) -> Result<Sample, Real
 pub fn run(p: &Params, say: &mut dyn FnMut(&str)) -> Outcome {
     let mut out = Outcome::default();
     if let Err(e) = run_into(p, say, &mut out) {
+        out.cannot_run = matches!(e, RealDaemonError::CannotRun(_));
         out.error = Some(sockbypassd::error_chain(&e));
     }
     out
@@ -234,7 +237,7 @@ fn run_into(
         out.peak_rss_kib = m.hwm_kib;
         out.end_memory = Some(m);
     }
-    out.daemon_stopped_cleanly = rig.daemon().stop();
+    out.daemon_stopped_cleanly = Some(rig.daemon().stop());
     result
 }
 

@@ -94,7 +94,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
             "{limit_drops} connections were refused for a connection limit"
         ));
     }
-    if !o.daemon_stopped_cleanly {
+    if o.daemon_stopped_cleanly == Some(false) {
         failures.push("the daemon did not exit with status 0 on SIGTERM".into());
     }
     let opened = sum(r, "opened");
