@@ -81,11 +81,15 @@ impl DaemonHandle {
             .unwrap_or_default()
     }
 
-    /// Logs every VM's counters and every poll thread's counters, one line each (`info`).
+    /// Logs every VM's counters and gauges (its live connections and queues), then every poll
+    /// thread's counters, one line each (`info`).
     pub fn log_counters(&self) {
         for vm in &self.config.vms {
             if let Some(c) = self.switch.counters(&vm.name) {
                 tracing::info!(vm = %vm.name, counters = ?c, "VM counters");
+            }
+            if let Some(g) = self.switch.gauges(&vm.name) {
+                tracing::info!(vm = %vm.name, gauges = ?g, "VM gauges");
             }
         }
         for (thread, c) in self.poll_counters().iter().enumerate() {

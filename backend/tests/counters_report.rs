@@ -1,5 +1,5 @@
 //! The real `sockbypassd` binary reports its counters on SIGUSR1 (and carries on) and once more
-//! when SIGTERM stops it: a line per VM and per poll thread.
+//! when SIGTERM stops it: a counters line and a gauges line per VM, a line per poll thread.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -72,6 +72,9 @@ fn sigusr1_reports_counters_and_sigterm_stops_with_a_final_report() {
     signal(&daemon.0, libc::SIGUSR1);
     let vm = wait_line(&lines, &["VM counters", "web", "kicks_received"]);
     assert!(vm.contains("fwd_packets: 0"), "{vm}");
+    let gauges = wait_line(&lines, &["VM gauges", "web", "peer_conns"]);
+    assert!(gauges.contains("peer_conns: 0"), "{gauges}");
+    assert!(gauges.contains("host_conns: 0"), "{gauges}");
     let poll = wait_line(&lines, &["poll thread counters", "useful_loops", "batch_1"]);
     assert!(
         poll.contains("thread=0") || poll.contains("thread: 0"),

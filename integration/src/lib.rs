@@ -15,6 +15,7 @@
 //! | [`error`] | one error enum per module |
 //! | [`guests`] | real guests under QEMU: image, accelerator, network namespace, serial results |
 //! | [`microbench`] | the host-only switch microbenchmark (`sockbypass-microbench`) |
+//! | [`realdaemon`] | the real `sockbypassd` binary with real guests: fault cycles and the soak |
 //!
 //! [`TestVm`] puts the three together: guest RAM, a frontend connected to the daemon's socket,
 //! and a started driver.
@@ -49,6 +50,7 @@ pub mod error;
 pub mod guest_memory;
 pub mod guests;
 pub mod microbench;
+pub mod realdaemon;
 pub mod split_queue;
 pub mod stream;
 pub mod tx;

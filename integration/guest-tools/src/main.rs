@@ -2,7 +2,9 @@
 //!
 //! It runs inside small Linux guests (busybox initramfs) and speaks AF_VSOCK or TCP:
 //! `sbtool serve` offers an echo and a sink service; the clients `rtt`, `bulk`, `verify`,
-//! `many` and `connect` measure or check a path to such a server. Addresses are
+//! `many` and `connect` measure or check a path to such a server; `stream` runs one verified
+//! echo stream until the connection breaks (fault tests), and `soak` keeps hundreds of
+//! verified connections busy for a long time. Addresses are
 //! `vsock:CID:PORT` or `tcp:IPV4:PORT`.
 //!
 //! Every command prints exactly one result line on stdout, `SBRESULT {json}`, so a host can
@@ -38,7 +40,9 @@ mod pattern;
 mod report;
 mod rtt;
 mod server;
+mod soak;
 mod stats;
+mod stream;
 mod verify;
 
 use std::process::ExitCode;
@@ -132,6 +136,47 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// One echo stream, every byte compared, until the connection breaks or --seconds pass;
+    /// reports how it ended ("reset", "done", "mismatch", "error") and when.
+    Stream {
+        /// vsock:CID:PORT or tcp:IPV4:PORT.
+        addr: String,
+        /// Stop sending after this long (then the whole echo must come back).
+        #[arg(long, default_value_t = 3600.0)]
+        seconds: f64,
+        /// Print SB-STREAM-FLOWING on stderr once this many bytes came back intact.
+        #[arg(long, default_value_t = 1 << 20)]
+        flowing_after: u64,
+        /// Seed of the data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Many connections at once for a while: echo messages of mixed sizes and bulk streams to
+    /// sinks, every byte verified, each connection replaced by a new one after its session.
+    Soak {
+        /// Targets (vsock:CID:PORT or tcp:IPV4:PORT); slot i uses target i mod their number.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Connections open at once.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        conns: u64,
+        /// How long to run.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Every this-many-th connection streams bulk data to a sink (0: none).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+        bulk_every: u64,
+        /// Largest bulk session, bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        bulk_max: u64,
+        /// Base seed of the data (give each guest its own).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Only connect; exit 0 if connected, 1 if not.
     Connect {
         /// vsock:CID:PORT or tcp:IPV4:PORT.
@@ -155,17 +200,20 @@ impl Command {
             Command::Bulk { .. } => "bulk",
             Command::Verify { .. } => "verify",
             Command::Many { .. } => "many",
+            Command::Stream { .. } => "stream",
+            Command::Soak { .. } => "soak",
             Command::Connect { .. } => "connect",
         }
     }
 
     fn addr(&self) -> Option<&str> {
         match self {
-            Command::Serve { .. } => None,
+            Command::Serve { .. } | Command::Soak { .. } => None,
             Command::Rtt { addr, .. }
             | Command::Bulk { addr, .. }
             | Command::Verify { addr, .. }
             | Command::Many { addr, .. }
+            | Command::Stream { addr, .. }
             | Command::Connect { addr, .. } => Some(addr),
         }
     }
@@ -241,6 +289,48 @@ impl Command {
                     bytes: *bytes,
                 };
                 many::run(addr, a, p, opts)
+            }
+            (
+                Command::Stream {
+                    addr,
+                    seconds,
+                    flowing_after,
+                    seed,
+                    opts,
+                },
+                Some(a),
+            ) => {
+                let p = stream::Params {
+                    seconds: *seconds,
+                    flowing_after: *flowing_after,
+                    seed: *seed,
+                };
+                stream::run(addr, a, p, opts)
+            }
+            (
+                Command::Soak {
+                    targets,
+                    conns,
+                    seconds,
+                    bulk_every,
+                    bulk_max,
+                    seed,
+                    opts,
+                },
+                _,
+            ) => {
+                let targets = targets
+                    .iter()
+                    .map(|t| Addr::parse(t).map(|a| (t.clone(), a)))
+                    .collect::<Result<Vec<_>>>()?;
+                let p = soak::Params {
+                    conns: to_usize(*conns, "--conns")?,
+                    seconds: *seconds,
+                    bulk_every: to_usize(*bulk_every, "--bulk-every")?,
+                    bulk_max: (*bulk_max).clamp(1, 1 << 40),
+                    seed: *seed,
+                };
+                soak::run(&targets, p, opts)
             }
             (Command::Connect { addr, timeout_ms }, Some(a)) => {
                 Ok(connect::run(addr, a, *timeout_ms))

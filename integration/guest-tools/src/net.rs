@@ -9,8 +9,9 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::addr::Addr;
 use crate::error::{io, Error, Result};
 
-/// Listen backlog: `many` opens 64 connections at once.
-const BACKLOG: i32 = 256;
+/// Listen backlog: `soak` opens hundreds of connections at once (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default).
+const BACKLOG: i32 = 1024;
 
 fn socket_for(addr: &Addr) -> Result<(Socket, SockAddr)> {
     let (domain, proto, sa) = match *addr {
@@ -30,10 +31,47 @@ fn socket_for(addr: &Addr) -> Result<(Socket, SockAddr)> {
     Ok((sock, sa))
 }
 
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` of `<linux/vm_sockets.h>` where `long` is 64 bits (its
+/// `_OLD` variant, taking a `struct timeval`); the `libc` crate does not have it.
+#[cfg(target_pointer_width = "64")]
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
+/// Sets how long the kernel lets a vsock connect wait for the peer's answer (2 s unless set),
+/// so that `timeout` is the limit and not the kernel's default.
+#[cfg(target_pointer_width = "64")]
+fn set_vsock_connect_timeout(sock: &Socket, timeout: Duration) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: `sock` is an open socket; `tv` is a valid timeval that outlives the call, and its
+    // size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            std::ptr::addr_of!(tv).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16),
+        )
+    };
+    if rc != 0 {
+        return Err(io("setsockopt(SO_VM_SOCKETS_CONNECT_TIMEOUT)")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Connects to `addr`, giving up after `timeout` (`None`: the kernel's own limit).
 pub fn connect(addr: &Addr, timeout: Option<Duration>) -> Result<Socket> {
     let (sock, sa) = socket_for(addr)?;
     let op = || format!("connect {addr}");
+    #[cfg(target_pointer_width = "64")]
+    if let (Addr::Vsock { .. }, Some(t)) = (addr, timeout) {
+        set_vsock_connect_timeout(&sock, t)?;
+    }
     match timeout {
         Some(t) => sock.connect_timeout(&sa, t).map_err(io(op()))?,
         None => sock.connect(&sa).map_err(io(op()))?,

@@ -399,3 +399,174 @@ fn a_server_killed_mid_stream_is_a_clean_error() {
         "ECONNRESET or EPIPE: {r:?}"
     );
 }
+
+#[test]
+fn a_stream_runs_verified_until_its_time_is_up() {
+    let s = Server::start();
+    let r = sbtool(&[
+        "stream",
+        &s.addr(),
+        "--seconds",
+        "0.5",
+        "--flowing-after",
+        "1",
+    ]);
+    assert_ok(&r, "stream");
+    assert_eq!(r.result["ended"], "done", "{r:?}");
+    let sent = r.result["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 0, "{r:?}");
+    assert_eq!(r.result["verified"].as_u64(), Some(sent), "{r:?}");
+    assert!(r.stderr.contains("SB-STREAM-FLOWING"), "{r:?}");
+}
+
+#[test]
+fn a_stream_whose_server_dies_ends_with_a_reset() {
+    let s = Server::start();
+    let mut child = Command::new(SBTOOL)
+        .args(["stream", &s.addr(), "--flowing-after", "65536"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sbtool stream");
+    // Kill the server once the client says its stream flows.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("SB-STREAM-FLOWING") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let flowing = rx.recv_timeout(CLIENT_LIMIT);
+    drop(s);
+    let killed = Instant::now();
+    let deadline = killed + CLIENT_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for sbtool") {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert!(flowing.is_ok(), "the stream flowed");
+    let status = status.expect("the stream ended after its server died");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    let r = out.lines().find_map(parse_result).expect("a result line");
+    assert_eq!(r["ended"], "reset", "{r}");
+    assert_eq!(r["ok"], true, "a reset is the expected end here: {r}");
+    assert_eq!(status.code(), Some(0), "{r}");
+    assert!(r["verified"].as_u64().unwrap_or(0) >= 65536, "{r}");
+    assert!(r["mismatch_at"].is_null(), "{r}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "noticed at once: {r}"
+    );
+}
+
+#[test]
+fn a_corrupted_stream_is_a_mismatch() {
+    use std::io::Write;
+    // An echo that flips one bit of data offset 70000 (stream byte 70001).
+    let addr = fake_peer(|mut c| {
+        let (mut buf, mut at) = (vec![0u8; 65536], 0usize);
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if (at..at + n).contains(&70_001) {
+                buf[70_001 - at] ^= 0x01;
+            }
+            at += n;
+            if c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let r = sbtool(&["stream", &addr, "--seconds", "2"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_eq!(r.result["ended"], "mismatch", "{r:?}");
+    assert_eq!(r.result["mismatch_at"], 70_000, "{r:?}");
+}
+
+#[test]
+fn soak_keeps_connections_busy_and_verifies_every_byte() {
+    let s = Server::start();
+    let r = sbtool(&[
+        "soak",
+        &s.addr(),
+        &s.addr(),
+        "--conns",
+        "24",
+        "--seconds",
+        "2",
+        "--bulk-every",
+        "3",
+        "--bulk-max",
+        "200000",
+    ]);
+    assert_ok(&r, "soak");
+    let n = |k: &str| r.result[k].as_u64().unwrap_or(0);
+    assert!(n("opened") >= 24, "{r:?}");
+    assert_eq!(n("completed"), n("opened"), "{r:?}");
+    assert_eq!(n("failed"), 0, "{r:?}");
+    assert!(
+        n("max_open") >= 24,
+        "all slots held a connection at once: {r:?}"
+    );
+    assert!(n("messages") > 0 && n("bulk_sessions") > 0, "{r:?}");
+    assert!(n("bytes_verified") > 0, "{r:?}");
+}
+
+#[test]
+fn soak_catches_a_corrupted_echo() {
+    use std::io::Write;
+    // Echoes, with every 1000th byte flipped.
+    let addr = fake_peer(|mut c| {
+        let (mut buf, mut at) = (vec![0u8; 65536], 0usize);
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                if (at + i) % 1000 == 999 {
+                    *b ^= 0x80;
+                }
+            }
+            at += n;
+            if c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let r = sbtool(&[
+        "soak",
+        &addr,
+        "--conns",
+        "1",
+        "--seconds",
+        "1",
+        "--bulk-every",
+        "0",
+    ]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_eq!(r.result["ok"], false, "{r:?}");
+    assert!(r.result["failed"].as_u64().unwrap_or(0) >= 1, "{r:?}");
+    assert!(
+        r.result["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("echo differs")),
+        "{r:?}"
+    );
+}

@@ -9,6 +9,7 @@
 //! | [`netns`] | a network namespace with a bridge and taps, deleted on drop |
 //! | [`qemu`] | one QEMU process per guest: command line, serial log, kill by PID on drop |
 //! | [`results`] | `SBRESULT {json}` lines and `SB-EXIT` markers from a serial log |
+//! | [`serial_watch`] | a serial log followed line by line as it grows, with host-side times |
 //!
 //! Every process and namespace here belongs to an owner value whose `Drop` ends it, so a
 //! failing test or a Ctrl-C'd benchmark (see [`interrupt`]) leaves nothing behind.
@@ -19,6 +20,7 @@ pub mod interrupt;
 pub mod netns;
 pub mod qemu;
 pub mod results;
+pub mod serial_watch;
 
 use std::io;
 use std::process::{Command, Output};
