@@ -94,6 +94,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
         "cycles_done": done,
         "accel": o.accel,
         "qemu": o.qemu,
+        "daemon_args": p.daemon_args,
         "what_is_measured": "reset_ms: host monotonic clock, from just before SIGKILL of B's QEMU \
             to the host reading A's `sbtool stream` result line on A's serial log (polled every \
             1 ms); an upper bound of kill-to-reset-seen. guest_stall_ms: A's clock, from its \

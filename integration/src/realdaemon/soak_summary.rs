@@ -137,6 +137,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
             "bulk_max_bytes": p.bulk_max, "message_bytes": "1..=64 KiB (70% <= 256 B, 25% <= 4 KiB)",
             "sample_every_s": p.sample_every.as_secs_f64(), "ramp_s": ramp,
             "guest_connect_timeout_ms": p.connect_timeout_ms,
+            "daemon_args": p.daemon_args,
         },
         "connections_opened": opened,
         "connections_completed": sum(r, "completed"),
