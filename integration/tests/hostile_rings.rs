@@ -1,6 +1,6 @@
 //! A hostile guest's ring state (SPEC.md §9.1 broken queues, §5.3 held packets, §11 walk
 //! budgets): a jumped available index, a head published again while in flight, a ring refilled
-//! as fast as the device drains it. Each breaks only the VM that did it; the other VMs keep
+//! as fast as the device drains it, an event ring full of unusable buffers. Each breaks only the VM that did it; the other VMs keep
 //! streaming, and the daemon stops when asked.
 
 mod common;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::peers::{connect_peers, drive, send_and_expect};
 use common::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_integration::{
-    DriverConfig, RawDescriptor, StreamId, StreamState, TestVm, TxLayout,
+    Buffer, DriverConfig, RawDescriptor, StreamId, StreamState, TestVm, TxLayout,
 };
 use sockbypass_wire::consts::{RX_QUEUE, TX_QUEUE};
 use sockbypass_wire::{Op, PacketHeader};
@@ -266,4 +266,58 @@ fn a_tx_walk_takes_at_most_a_queue_of_chains() {
         "a walk took more than the queue size: {hist:?}"
     );
     assert!(k.tx_walks_cut > 0, "walks were cut at their budget: {k:?}");
+}
+
+#[test]
+fn an_event_ring_of_unusable_buffers_is_handed_back_and_the_reset_still_arrives() {
+    // A fill takes at most 64 event buffers (SPEC.md §9.2) and hands the rest to a later
+    // pass: x's TRANSPORT_RESET must still reach the one good buffer behind 200 bad ones,
+    // with no kick from x after the first.
+    const UNUSABLE: u64 = 200;
+    let h = Harness::start(&[VmSpec::new("a", 3), VmSpec::new("x", 5)]);
+    let mut a = h.vm("a");
+    let mut x = h.vm_with(
+        "x",
+        DriverConfig {
+            event_queue_size: 256,
+            event_buffers: Some(0),
+            ..DriverConfig::default()
+        },
+    );
+    let (ida, idx) = connect_peers(&mut a, &mut x, 5000, T);
+    send_and_expect(&mut x, idx, &mut a, ida, b"rings in use", T);
+    x.driver_mut().flush_tx(T).expect("flush");
+
+    // Read-only event buffers (the device may only write an event there), then a good one.
+    let buf = x.ram().alloc(8, 8).expect("an event buffer");
+    let q = x.driver_mut().event_queue_mut();
+    for _ in 0..UNUSABLE {
+        q.add_chain(&[Buffer::readable(buf.addr, 8)])
+            .expect("unusable buffer");
+    }
+    q.add_chain(&[Buffer::writable(buf.addr, 8)])
+        .expect("good buffer");
+    // The backend "restarts" under x's running driver: a TRANSPORT_RESET is owed, and the
+    // event ring holds 201 buffers.
+    x.reconnect_keep_rings()
+        .expect("reattach with the same rings");
+    assert!(
+        wait_until(T, || h.counters("x").events_sent == 1),
+        "the reset reached the good buffer: {:?}",
+        h.counters("x")
+    );
+    let k = h.counters("x");
+    assert_eq!(
+        k.rx_bad_chain, UNUSABLE,
+        "every bad buffer was seen once: {k:?}"
+    );
+    let q = x.driver_mut().event_queue_mut();
+    assert_eq!(
+        u64::from(q.used_idx().expect("used idx")),
+        UNUSABLE + 1,
+        "every buffer came back"
+    );
+    // a, whose connection with x the reset ended, still reaches x on a new one.
+    let (ida2, idx2) = connect_peers(&mut a, &mut x, 5001, T);
+    send_and_expect(&mut a, ida2, &mut x, idx2, b"after", T);
 }
