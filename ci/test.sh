@@ -4,7 +4,36 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's time is printed when it ends ("[time] STEP: N s"), and all of them together
+# before the closing line, or when a failing step stops the run.
+step_names=()
+step_secs=()
+step_name=""
+step_start=$SECONDS
+end_step() {
+    [ -n "$step_name" ] || return 0
+    local took=$((SECONDS - step_start))
+    echo "[time] $step_name: $took s"
+    step_names+=("$step_name")
+    step_secs+=("$took")
+    step_name=""
+}
+step() {
+    end_step
+    step_name="$*"
+    step_start=$SECONDS
+    printf '\n==> %s\n' "$*"
+}
+print_step_times() {
+    end_step
+    printf '\nstep times:\n'
+    local i
+    for i in "${!step_names[@]}"; do
+        printf '  %5d s  %s\n' "${step_secs[$i]}" "${step_names[$i]}"
+    done
+    printf '  %5d s  in all\n' "$SECONDS"
+}
+trap 'status=$?; [ "$status" -eq 0 ] || print_step_times' EXIT
 
 step "installing dependencies"
 ci/install-deps.sh
@@ -49,11 +78,9 @@ done
 # (its seed inputs replayed without fuzzing), then every target for 60 s; a crash, a hang or
 # running out of memory fails the run, and ci/fuzz.sh prints the input.
 step "fuzz targets (ci/fuzz.sh, ${SOCKBYPASS_FUZZ_SECONDS:-60} s each)"
-fuzz_start=$(date +%s)
 cargo test --manifest-path backend/fuzz/Cargo.toml --target-dir target 2>&1 \
     | tee -a target/test-output.log
 ci/fuzz.sh "${SOCKBYPASS_FUZZ_SECONDS:-60}"
-echo "fuzz step: $(($(date +%s) - fuzz_start)) s"
 
 # The perf-regression gate: instructions per forwarded packet (callgrind) against
 # ci/perf-baseline.json; more than 5% worse fails the run.
@@ -72,14 +99,12 @@ ci/e2e.sh
 # short runs' results go to target/ci-results/. Like the e2e tests, they fail with CI=true when
 # the guest image cannot be built.
 export SOCKBYPASS_RESULTS_DIR=target/ci-results
-started=$SECONDS
 step "fault cycles with real guests (ci/faults.sh 10)"
 ci/faults.sh 10
-echo "fault cycles: $((SECONDS - started)) s"
-started=$SECONDS
 step "soak with real guests (ci/soak.sh 60)"
 ci/soak.sh 60
-echo "soak: $((SECONDS - started)) s"
+
+print_step_times
 
 # Sum the per-binary results into one closing line. The e2e run re-runs tests the first run
 # counted as ignored, so those count once, as passed or failed.
