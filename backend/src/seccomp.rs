@@ -340,10 +340,9 @@ fn events() -> Result<Rules, BackendError> {
 
 /// Sockets, Unix only: `accept4` of a frontend on a vhost-user socket and of a host program on
 /// a VM's `uds`; `socket(AF_UNIX)` and `connect` for a guest's connection to a host port;
-/// `recvmsg`/`sendmsg` for vhost-user messages with file
-/// descriptors; `recvfrom`/`sendto` for host streams; `shutdown`; `fcntl(F_GETFD)` and
-/// `fcntl(F_DUPFD_CLOEXEC)` as vhost-user keeps and checks descriptors; `ioctl(FIONBIO)` to make
-/// an accepted host stream non-blocking. No other socket family, so no network.
+/// `recvmsg`/`sendmsg` for vhost-user messages with file descriptors; `recvfrom`/`sendto` for
+/// host streams; `shutdown`; `fcntl(F_GETFD)` and `fcntl(F_DUPFD_CLOEXEC)` as vhost-user keeps
+/// and checks descriptors; `ioctl(FIONBIO)` to make an accepted host stream non-blocking. No other socket family, so no network.
 fn sockets() -> Result<Rules, BackendError> {
     Ok(vec![
         (libc::SYS_accept4, vec![]),

@@ -22,6 +22,7 @@ use common::{random_bytes, wait_until, Harness, VmSpec};
 use hostile_chains::ChainMaker;
 use hostile_steps::RingAttacker;
 use rand::SeedableRng;
+use sockbypass_integration::realdaemon::process::status_field;
 use sockbypass_integration::{DriverConfig, StreamId, TestVm, VmOptions, VsockDriver};
 use sockbypass_wire::consts::{F_RING_INDIRECT_DESC, TX_QUEUE};
 use sockbypassd::switch::replies::{PEER_REPLY_CAP, REPLY_QUEUE_CAP};
@@ -86,11 +87,7 @@ fn anon_kib() -> u64 {
 
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+    status_field(&status, field).unwrap_or_else(|| panic!("{field} in /proc/self/status"))
 }
 
 /// Accepts every connection waiting on `port` and resets it.

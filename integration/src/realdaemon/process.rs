@@ -40,12 +40,7 @@ impl Memory {
     /// Reads `/proc/<pid>/status`.
     pub fn of(pid: u32) -> Option<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        };
+        let field = |name: &str| status_field(&status, name);
         Some(Memory {
             rss_kib: field("VmRSS:")?,
             hwm_kib: field("VmHWM:")?,
@@ -53,6 +48,15 @@ impl Memory {
             shmem_kib: field("RssShmem:")?,
         })
     }
+}
+
+/// The number in a field of a `/proc/PID/status` text (`name` with its colon, as `"VmRSS:"` or
+/// `"Threads:"`), without its `kB` unit.
+pub fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A running `sockbypassd`.
