@@ -88,8 +88,6 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
         QEMU.into(),
         "-machine".into(),
         format!("q35,accel={},memory-backend=mem", accel.qemu_name()),
-        "-cpu".into(),
-        accel.cpu().into(),
         "-smp".into(),
         "1".into(),
         "-m".into(),
@@ -120,6 +118,9 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
             script_path(spec).display()
         ),
     ];
+    if let Some(cpu) = accel.cpu() {
+        args.extend(["-cpu".into(), cpu.into()]);
+    }
     if let Some(sock) = &spec.vsock_socket {
         args.extend([
             "-chardev".into(),
