@@ -15,6 +15,7 @@ use serde_json::json;
 use sockbypass_integration::bench::aggregate::aggregate;
 use sockbypass_integration::bench::plan::Plan;
 use sockbypass_integration::bench::report::{self, ModeFigures, RunInfo};
+use sockbypass_integration::bench::through_daemon;
 use sockbypass_integration::cpu_time::{cpu_time_of, process_cpu_time};
 use sockbypass_integration::guests::image::GuestImage;
 use sockbypass_integration::guests::netns::NetNs;
@@ -66,10 +67,11 @@ fn main() -> ExitCode {
 }
 
 /// What one poll mode gave: its figures with the CPU use while the guests measured (to see
-/// whether a spinning switch starves the guests' vCPUs), and the client VM's counters.
+/// whether a spinning switch starves the guests' vCPUs), and the daemon counters' proof that
+/// the bypass bytes went through `sockbypassd`.
 struct ModeRun {
     result: ModeFigures,
-    counters: Option<sockbypassd::metrics::VmCountersSnapshot>,
+    through_daemon: String,
 }
 
 struct Setup<'a> {
@@ -148,14 +150,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     println!();
     print!("{}", report::table(figures, &info));
-    if let Some(c) = main.counters {
-        println!(
-            "sockbypassd, client VM: {} packets / {} bytes forwarded, {} RSTs, {} malformed",
-            c.fwd_packets,
-            c.fwd_bytes,
-            c.rst_sent,
-            c.malformed_total()
-        );
+    for r in &runs {
+        println!("{} mode, {}", r.result.mode, r.through_daemon);
     }
     let per_mode: Vec<ModeFigures> = runs.iter().map(|r| r.result.clone()).collect();
     if per_mode.len() > 1 {
@@ -164,6 +160,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut doc = report::document(figures, &info);
     doc["poll_modes"] = report::modes_json(&per_mode);
+    doc["through_daemon"] = runs
+        .iter()
+        .map(|r| json!({"mode": r.result.mode, "check": r.through_daemon}))
+        .collect();
     let [stamped, latest] = report::write_json(&args.out, &doc, &info.timestamp)?;
     println!("==> wrote {} and {}", stamped.display(), latest.display());
     match report::plot(&args.out, figures, &info) {
@@ -280,11 +280,22 @@ fn measure(
     };
     let daemon_cpu_percent = pct(daemon_before, process_cpu_time());
     let guests_cpu_percent = pct(guests_before, guests_cpu(&server, &client));
-    let figures = aggregate(&plan, &results(&client.log()))?;
-    let counters = daemon.switch().counters("client");
+    let all = results(&client.log());
+    let figures = aggregate(&plan, &all)?;
+    let counters = (
+        daemon.switch().counters("client"),
+        daemon.switch().counters("server"),
+    );
     drop(client);
     drop(server);
     daemon.shutdown();
+    // A run whose bypass bytes did not all cross sockbypassd measured something else: fail it.
+    let through_daemon = through_daemon::check(
+        through_daemon::bypass_bytes(&plan, &all),
+        counters.0,
+        counters.1,
+    )?;
+    println!("    {through_daemon}");
     Ok(ModeRun {
         result: ModeFigures {
             mode: mode.to_owned(),
@@ -293,7 +304,7 @@ fn measure(
             daemon_cpu_percent,
             guests_cpu_percent,
         },
-        counters,
+        through_daemon,
     })
 }
 
