@@ -5,10 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use sockbypass_integration::microbench::bench_vm::RING_SIZE;
 use sockbypass_integration::microbench::daemon::{poll_config, BenchDaemon};
 use sockbypass_integration::microbench::pair::Pair;
 use sockbypass_integration::microbench::scenarios::{self, Latency, Rate, BULK, SMALL};
+use sockbypass_integration::MicrobenchError;
 use sockbypassd::config::PollMode;
+use vm_memory::Address;
 
 /// Timed packets per latency figure.
 const LATENCY_PACKETS: u32 = 200;
@@ -150,4 +153,32 @@ fn gate_run_forwards_exactly_its_batches() {
     assert_eq!(run.totals.forwarded, 20 * 16 + 2);
     // Event mode: one kick per batch published (plus the handshake and RX reposts).
     assert!(run.totals.kicks_received >= 20, "{:?}", run.totals);
+}
+
+#[test]
+fn one_wrong_byte_deep_in_a_payload_stops_the_run() {
+    let daemon = BenchDaemon::start(2, poll_config(PollMode::Event, 1, 50)).expect("daemon");
+    let mut pair = daemon.pair(0, true).expect("pair");
+    // Byte 40,000 of every TX buffer no longer holds what the pattern says: B must notice,
+    // whichever buffer the packet goes from (a check of a few bytes per packet would not).
+    for head in 0..RING_SIZE {
+        let a = pair.sender();
+        let at = a.tx_payload(head).unchecked_add(40_000);
+        let byte: u8 = a.ram().read_obj(at).expect("read");
+        a.ram().write_obj(at, !byte).expect("write");
+    }
+    assert_eq!(pair.send_burst(BULK, 1).expect("send"), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match pair.reap() {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "the wrong byte was not noticed"),
+        }
+    };
+    match err {
+        MicrobenchError::Corrupt(what) => {
+            assert!(what.contains("payload byte 40000"), "{what}")
+        }
+        other => panic!("expected a corrupt payload, got {other}"),
+    }
 }

@@ -8,13 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use sockbypass_integration::bench::report::{commit, machine};
 use sockbypass_integration::microbench::report::{mode_name, Reference, Report};
-use sockbypass_integration::microbench::scenarios::{self, Settings, BULK};
+use sockbypass_integration::microbench::scenarios::{self, Settings};
 use sockbypass_integration::microbench::{bench_vm::RING_SIZE, compare, reference};
 use sockbypassd::config::{ConfigError, PollMode, DEFAULT_POLL_BUDGET_US};
 
@@ -185,18 +184,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             None
         }
     };
-    // The median of `repeat` runs, like every other figure.
-    let mut copies: Vec<f64> = (0..s.repeat)
-        .map(|_| {
-            reference::memcpy_bandwidth(
-                BULK as usize,
-                usize::from(RING_SIZE),
-                Duration::from_secs_f64(s.seconds),
-            )
-        })
-        .collect();
-    copies.sort_by(f64::total_cmp);
-    let memcpy = copies[copies.len() / 2] / 1e9;
     let mut modes = Vec::new();
     for &mode in &s.modes {
         println!("==> {} mode (--seccomp {})", mode_name(mode), args.seccomp);
@@ -207,7 +194,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         commit: commit(),
         reference: Reference {
             cacheline_rtt_ns: cacheline,
-            memcpy_gbytes_per_s: memcpy,
         },
         modes,
         pinned: s.pin && reference::allowed_cpus().len() >= 2,

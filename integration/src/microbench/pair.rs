@@ -1,19 +1,22 @@
 //! Two [`BenchVm`]s with one stream connection from A to B: A sends RW packets within B's
 //! credit, B consumes them, checks them, and returns credit as a Linux guest would.
 //!
-//! Every packet is checked on arrival: the first 8 payload bytes carry a sequence number and
-//! the TX buffer it was sent from, and the last payload byte must be that buffer's fill byte.
-//! So a lost, reordered, duplicated or mis-copied packet stops the benchmark with an error.
+//! Every byte of every packet is checked on arrival. The first 8 payload bytes carry a
+//! sequence number and the TX buffer it was sent from; the rest of TX buffer `h` holds a fixed
+//! pseudo-random pattern starting `h` bytes into [`pattern`], so each buffer's bytes differ
+//! from every other's and from a shifted copy of themselves. B compares the whole payload with
+//! what A's buffer held. So a lost, reordered, duplicated, truncated, shifted or mis-copied
+//! packet stops the benchmark with an error. (The check reads the payload once more on B's
+//! thread, as a receiving application would; that is part of what the figures measure.)
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sockbypass_wire::consts::{MAX_PAYLOAD, OP_CREDIT_UPDATE, OP_RESPONSE, OP_RW};
 use sockbypass_wire::{Op, PacketHeader};
-use vm_memory::Address;
 
 use super::bench_vm::{BenchVm, Received, RING_SIZE};
 use crate::error::MicrobenchError;
-use crate::guest_memory::GuestRange;
 
 /// Receive buffer B advertises (`buf_alloc`).
 const BUF_ALLOC: u32 = 64 << 20;
@@ -24,9 +27,27 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// Bytes at the start of each payload that carry the check word.
 pub const MIN_PAYLOAD: u32 = 8;
 
-/// The fill byte of TX buffer `head`.
-fn fill_byte(head: u16) -> u8 {
-    (head as u8).wrapping_mul(31).wrapping_add(7) | 1
+/// The payload pattern: TX buffer `h` holds `pattern()[h..h + MAX_PAYLOAD]` (after its first
+/// 8 bytes, which carry the check word). Bytes of a 64-bit xorshift sequence.
+pub fn pattern() -> &'static [u8] {
+    static PATTERN: OnceLock<Vec<u8>> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..MAX_PAYLOAD as usize + usize::from(RING_SIZE))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8
+            })
+            .collect()
+    })
+}
+
+/// What TX buffer `head` holds from payload byte `from` to byte `to` (`from` ≥ 8).
+fn expected(head: u16, from: usize, to: usize) -> &'static [u8] {
+    let start = usize::from(head);
+    &pattern()[start + from..start + to]
 }
 
 /// Spins until `ready` says yes, yielding now and then so that a 2-core machine keeps moving.
@@ -70,14 +91,16 @@ pub struct Pair {
     /// Whether B kicks its RX queue after giving buffers back (a driver that never does relies
     /// on a polling device to notice them).
     pub receiver_kicks: bool,
+    /// Where B reads a payload to check it.
+    scratch: Vec<u8>,
 }
 
 impl Pair {
     /// Opens a stream from A (local port `port + 1`) to B (port `port`): REQUEST, RESPONSE.
     pub fn connect(mut a: BenchVm, mut b: BenchVm, port: u32) -> Result<Pair, MicrobenchError> {
         for head in 0..RING_SIZE {
-            let payload = GuestRange::new(a.tx_payload(head).0, u64::from(MAX_PAYLOAD));
-            a.ram().fill(payload, fill_byte(head))?;
+            let len = MAX_PAYLOAD as usize;
+            a.ram().write(a.tx_payload(head), expected(head, 0, len))?;
         }
         let mut request = PacketHeader::stream(Op::Request, a.cid(), port + 1, b.cid(), port);
         request.set_credit(BUF_ALLOC, 0);
@@ -116,12 +139,18 @@ impl Pair {
             packets: 0,
             bytes: 0,
             receiver_kicks: true,
+            scratch: vec![0; MAX_PAYLOAD as usize],
         })
     }
 
     /// The receiving VM.
     pub fn receiver(&mut self) -> &mut BenchVm {
         &mut self.b
+    }
+
+    /// The sending VM.
+    pub fn sender(&mut self) -> &mut BenchVm {
+        &mut self.a
     }
 
     /// Whether B's credit lets A send `len` more bytes now.
@@ -241,18 +270,28 @@ impl Pair {
                 got.used_len
             )));
         }
-        let payload = self.b.rx_payload(got.head);
-        let word: u64 = self.b.ram().read_obj(payload)?;
-        let last: u8 = self
-            .b
-            .ram()
-            .read_obj(payload.unchecked_add(u64::from(len) - 1))?;
+        let n = len as usize;
+        let payload = &mut self.scratch[..n];
+        self.b.ram().read(self.b.rx_payload(got.head), payload)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&payload[..8]);
+        let word = u64::from_ne_bytes(word);
         let (seq, tx_head) = (word >> 16, (word & 0xffff) as u16);
-        if seq != self.expected_seq || last != fill_byte(tx_head) {
+        if seq != self.expected_seq || tx_head >= RING_SIZE {
             return Err(MicrobenchError::Corrupt(format!(
-                "expected packet {}, got {seq} (last byte {last:#x}, want {:#x})",
-                self.expected_seq,
-                fill_byte(tx_head)
+                "expected packet {}, got {seq} from TX buffer {tx_head}",
+                self.expected_seq
+            )));
+        }
+        if payload[8..] != *expected(tx_head, 8, n) {
+            let at = payload[8..]
+                .iter()
+                .zip(expected(tx_head, 8, n))
+                .position(|(got, want)| got != want)
+                .map_or(0, |i| i + 8);
+            return Err(MicrobenchError::Corrupt(format!(
+                "packet {seq} ({len} bytes from TX buffer {tx_head}): payload byte {at} differs \
+                 from what was sent"
             )));
         }
         self.expected_seq += 1;

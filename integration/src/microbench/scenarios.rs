@@ -105,6 +105,9 @@ pub struct ModeResult {
     /// Bulk bandwidth ÷ single-core `memcpy` bandwidth measured just before it, the median over
     /// the repetitions (memory bandwidth on a shared machine drifts between runs).
     pub bulk_vs_memcpy: f64,
+    /// The `memcpy` bandwidth (GB/s, 64 KiB blocks) of the run whose ratio is the median: the
+    /// divisor of [`ModeResult::bulk_vs_memcpy`].
+    pub memcpy_gbytes_per_s: f64,
     /// 64 B over 1, 2, 4, 8... pairs.
     pub scaling: Vec<Rate>,
     /// Daemon CPU while idle after the budget, in % of one core.
@@ -174,10 +177,10 @@ fn measure_mode(
         .map(|_| {
             let copy = reference::memcpy_bandwidth(BULK as usize, usize::from(RING_SIZE), duration);
             let run = pipelined(&mut pairs[..1], BULK, duration)?;
-            Ok((run.gbytes_per_s() * 1e9 / copy, run))
+            Ok((run.gbytes_per_s() * 1e9 / copy, run, copy / 1e9))
         })
-        .collect::<Result<Vec<(f64, Rate)>, MicrobenchError>>()?;
-    let (bulk_vs_memcpy, bulk) = median_by(bulk_runs, |(ratio, _)| *ratio);
+        .collect::<Result<Vec<(f64, Rate, f64)>, MicrobenchError>>()?;
+    let (bulk_vs_memcpy, bulk, memcpy_gbytes_per_s) = median_by(bulk_runs, |(ratio, ..)| *ratio);
     let scaling = s
         .pairs
         .iter()
@@ -198,6 +201,7 @@ fn measure_mode(
         small,
         bulk,
         bulk_vs_memcpy,
+        memcpy_gbytes_per_s,
         scaling,
         idle_cpu_percent,
         totals,
