@@ -15,9 +15,10 @@
 # adding unrelated functions moves code between units and the count by several percent.
 #
 # The A/B mode is for people on real hardware: it alternates A and B at least 10 times and
-# reports the change of small-packet ns/packet and latency with a permutation-test p-value,
-# flagging p < 0.01 together with a change over 5%. Exit status 3 when a flagged change is a
-# slowdown.
+# reports the change of small-packet ns/packet and latency with a p-value from a paired test
+# (a sign-flip permutation test of the per-round differences B - A, since each round runs A and
+# B back to back), flagging p < 0.01 together with a change over 5%. Exit status 3 when a
+# flagged change is a slowdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -176,6 +177,6 @@ case "${1:-}" in
     "") gate ;;
     --update) update "${2:-}" ;;
     --ab) [ -n "${2:-}" ] || die "usage: ci/perf-gate.sh --ab REV [ROUNDS]"; ab "$2" "${3:-10}" ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown argument: $1 (see ci/perf-gate.sh --help)" ;;
 esac

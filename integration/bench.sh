@@ -10,10 +10,22 @@
 # Options are passed to sockbypass-bench (try --help): --reps N, --rtt-count N,
 # --bulk-seconds S, --poll-mode M (the main comparison), --other-modes LIST and --other-reps N
 # (the same figures in the other poll modes, with the CPU the daemon and the guests used),
-# --out DIR. Then sockbypass-microbench measures the switch alone and writes
-# results/microbench-latest.json. SOCKBYPASS_ACCEL=kvm|tcg forces the accelerator.
+# --out DIR (default results). Then sockbypass-microbench measures the switch alone and writes
+# DIR/microbench-<UTC>.json and DIR/microbench-latest.json. SOCKBYPASS_ACCEL=kvm|tcg forces the
+# accelerator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Where both benchmarks write: sockbypass-bench's --out, which this script also honours.
+out=results
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+        --out) out=${args[i + 1]:-} ;;
+        --out=*) out=${args[i]#--out=} ;;
+    esac
+done
+[ -n "$out" ] || { echo "bench.sh: --out needs a directory" >&2; exit 2; }
 
 echo "==> installing dependencies"
 SOCKBYPASS_EXTRA_APT_PACKAGES="gnuplot-nox ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}" ci/install-deps.sh
@@ -26,5 +38,8 @@ target/release/sockbypass-bench "$@"
 # The switch alone against this machine's limits (host only, about a minute).
 echo
 echo "==> running the switch microbenchmark (host only)"
-mkdir -p results
-target/release/sockbypass-microbench --json results/microbench-latest.json
+mkdir -p "$out"
+stamped="$out/microbench-$(date -u +%Y%m%dT%H%M%SZ).json"
+target/release/sockbypass-microbench --json "$stamped"
+cp "$stamped" "$out/microbench-latest.json"
+echo "==> wrote $stamped and $out/microbench-latest.json"

@@ -78,12 +78,13 @@ enum Command {
         /// The figure's key in that mode, e.g. small_ns_per_packet.
         key: String,
     },
-    /// Compares two files of samples (one number per line): change of the mean and a
-    /// permutation-test p-value. Exit status 3 when the change is flagged.
+    /// Compares two files of paired samples (one number per line, line i of each from the
+    /// same round): change of the mean and a sign-flip permutation-test p-value of the
+    /// per-round differences. Exit status 3 when the change is flagged.
     Compare {
-        /// Samples of the baseline (A).
+        /// Samples of the baseline (A), one per round.
         a: PathBuf,
-        /// Samples of the candidate (B).
+        /// Samples of the candidate (B), one per round, in the same order.
         b: PathBuf,
         /// What the samples are, for the report line.
         #[arg(long, default_value = "figure")]
@@ -251,14 +252,13 @@ fn compare_files(
         compare::parse_samples(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
     let (sa, sb) = (read(a)?, read(b)?);
-    let c = compare::compare(&sa, &sb).ok_or("both sample files need at least one number")?;
+    let c = compare::compare(&sa, &sb)?;
     let flagged = c.flagged(alpha, threshold);
     println!(
-        "{label}: A mean {:.1} (n={}), B mean {:.1} (n={}), change {:+.1}%, p = {:.4}{}",
+        "{label}: A mean {:.1}, B mean {:.1} ({} paired rounds), change {:+.1}%, p = {:.4}{}",
         c.mean_a,
-        sa.len(),
         c.mean_b,
-        sb.len(),
+        sa.len(),
         c.change * 100.0,
         c.p_value,
         if flagged {
