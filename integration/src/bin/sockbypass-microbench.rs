@@ -62,6 +62,10 @@ struct Args {
 enum Command {
     /// The fixed run the instruction-count gate measures (event mode, one pair).
     Gate {
+        /// The poll mode whose path is counted: event (the kick handler) or poll (a poll
+        /// thread; adaptive takes the same path while packets flow).
+        #[arg(long, default_value = "event")]
+        mode: String,
         /// Rounds of one batch each.
         #[arg(long, default_value_t = 400)]
         batches: u32,
@@ -101,7 +105,11 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
-        Some(Command::Gate { batches, batch }) => gate(*batches, *batch),
+        Some(Command::Gate {
+            mode,
+            batches,
+            batch,
+        }) => gate(mode, *batches, *batch),
         Some(Command::Figure { json, mode, key }) => figure(json, mode, key),
         Some(Command::Compare {
             a,
@@ -213,11 +221,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn gate(batches: u32, batch: u16) -> Result<(), Box<dyn std::error::Error>> {
+fn gate(mode: &str, batches: u32, batch: u16) -> Result<(), Box<dyn std::error::Error>> {
     if batch == 0 || batch > RING_SIZE / 2 {
         return Err(format!("--batch {batch}: must be 1 to {}", RING_SIZE / 2).into());
     }
-    let run = scenarios::gate(batches, batch)?;
+    let mode: PollMode = mode.parse()?;
+    let run = scenarios::gate(mode, batches, batch)?;
     // ci/perf-gate.sh reads this line.
     println!(
         "GATE packets={} kicks={} interrupts={} forwarded={}",
