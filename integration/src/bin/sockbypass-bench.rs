@@ -295,7 +295,6 @@ fn measure(
         counters.0,
         counters.1,
     )?;
-    println!("    {through_daemon}");
     Ok(ModeRun {
         result: ModeFigures {
             mode: mode.to_owned(),
