@@ -20,7 +20,7 @@ use sockbypass_wire::consts::{
 };
 use sockbypass_wire::VsockConfigSpace;
 
-use crate::switch::attachment::{GuestMem, Vring};
+use crate::memory::{GuestMem, Vring};
 use crate::switch::{DetachReason, Switch};
 
 /// The vhost-user protocol features the device offers. CONFIG is required: QEMU's

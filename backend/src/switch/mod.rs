@@ -56,9 +56,9 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::DaemonConfig;
 use crate::failure::Failure;
 use crate::host::{HostEndpoint, HostPoller};
+pub use crate::memory::{AtomicMem, Vring};
 use crate::metrics::VmCountersSnapshot;
 use crate::poll::Waker;
-pub use attachment::{AtomicMem, Vring};
 pub use rx_path::RxReport;
 pub use tx_path::TxReport;
 pub use vm_port::VmPort;
@@ -261,8 +261,8 @@ impl Switch {
         };
         {
             let mut rx = vm.rx();
-            let vm_port::RxSide { replies, host, .. } = &mut *rx;
-            host.on_host_event(id, events, replies, &vm.counters);
+            let (host, mut replies) = rx.host_with_replies(&vm.counters);
+            host.on_host_event(id, events, &mut replies, &vm.counters);
         }
         self.service_rx(index);
     }
@@ -321,8 +321,8 @@ impl Switch {
             self.reset_stalled_receiver(vm, now, self.rx_stall_timeout);
             {
                 let mut rx = vm.rx();
-                let vm_port::RxSide { replies, host, .. } = &mut *rx;
-                host.sweep(now, replies, &vm.counters);
+                let (host, mut replies) = rx.host_with_replies(&vm.counters);
+                host.sweep(now, &mut replies);
             }
             self.service_rx(vm.index);
         }

@@ -10,12 +10,14 @@ use std::time::Instant;
 use sockbypass_wire::consts::HEADER_LEN;
 use sockbypass_wire::{copy_between, Op, PacketHeader, RxBuffer, SegmentError, TxPacket};
 
-use super::attachment::{Attachment, MemGuard, RX};
+use super::attachment::{Attachment, RX};
 use super::inbound::Held;
 use super::peer_table::{OwedRst, Refused, Verdict};
+use super::replies::Cause;
 use super::rx_path::{take_buffer, RX_POP_BUDGET};
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
+use crate::memory::MemGuard;
 use crate::metrics::VmCounters;
 use crate::warn_limited;
 
@@ -135,15 +137,6 @@ fn count_refusal(c: &VmCounters, why: Refused) {
         Refused::Credit => &c.drop_credit_violation,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Who caused a reply, which decides the reply queue it goes to (see `replies.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The receiving VM's own packet (or a host event of its own).
-    Own,
-    /// Another VM's packet, or another VM leaving.
-    Peer,
 }
 
 impl Switch {

@@ -11,14 +11,27 @@
 //!   dropped and counted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
 use sockbypass_wire::PacketHeader;
+
+use crate::host::GuestReplies;
+use crate::metrics::VmCounters;
 
 /// The VM's own replies that may wait before its TX queue stalls.
 pub const REPLY_QUEUE_CAP: usize = 256;
 /// Replies caused by other VMs that may wait; past it they are dropped and counted in
 /// `drop_reply_overflow`.
 pub const PEER_REPLY_CAP: usize = 1024;
+
+/// Who caused a reply, which decides the queue it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The receiving VM's own packet (or a host event of its own).
+    Own,
+    /// Another VM's packet, or another VM leaving.
+    Peer,
+}
 
 /// The replies waiting for one guest's RX buffers.
 #[derive(Debug, Default)]
@@ -68,6 +81,23 @@ impl ReplyQueue {
     pub fn clear(&mut self) {
         self.own.clear();
         self.from_peers.clear();
+    }
+}
+
+/// The guest's own reply queue as its host endpoint sees it ([`GuestReplies`]): what the
+/// endpoint sends is queued as the VM's own and counted in `rst_sent`.
+#[derive(Debug)]
+pub struct HostReplies<'a> {
+    /// The guest's replies.
+    pub queue: &'a mut ReplyQueue,
+    /// The guest's counters.
+    pub counters: &'a VmCounters,
+}
+
+impl GuestReplies for HostReplies<'_> {
+    fn send_rst(&mut self, rst: PacketHeader) {
+        self.queue.push(rst);
+        self.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -11,12 +11,14 @@ use std::time::Instant;
 use sockbypass_wire::consts::MAX_QUEUE_SIZE;
 use sockbypass_wire::{parse_rx_chain_into, PacketHeader, RxBuffer};
 
-use super::attachment::{Attachment, MemGuard, RX, TX};
+use super::attachment::{Attachment, RX, TX};
 use super::inbound::Held;
-use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Cause, Progress};
+use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Progress};
 use super::peer_table::OwedRst;
+use super::replies::Cause;
 use super::vm_port::{RxSide, VmPort};
 use super::Switch;
+use crate::memory::MemGuard;
 use crate::warn_limited;
 
 /// What one [`Switch::fill_rx`] call did.

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use sockbypass_wire::PacketHeader;
 
-use super::peer_path::{rst_towards_destination, Cause};
+use super::peer_path::rst_towards_destination;
 use super::peer_table::same_connection;
+use super::replies::Cause;
 use super::vm_port::VmPort;
 use super::Switch;
 use crate::warn_limited;

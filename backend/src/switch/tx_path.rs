@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use sockbypass_wire::consts::{HOST_CID, MAX_QUEUE_SIZE};
 use sockbypass_wire::{parse_tx_chain_into, Op, TxPacket};
 
-use super::attachment::{Attachment, MemGuard, RX, TX};
+use super::attachment::{Attachment, RX, TX};
 use super::peer_path::Disposition;
-use super::vm_port::{RxSide, VmPort};
+use super::vm_port::VmPort;
 use super::Switch;
+use crate::memory::MemGuard;
 use crate::warn_limited;
 
 /// What one [`Switch::process_tx`] call did.
@@ -183,8 +184,8 @@ impl Switch {
         }
         if h.dst_cid() == HOST_CID {
             let mut rx = vm.rx();
-            let RxSide { replies, host, .. } = &mut *rx;
-            host.on_guest_packet(mem, pkt, replies, &vm.counters);
+            let (host, mut replies) = rx.host_with_replies(&vm.counters);
+            host.on_guest_packet(mem, pkt, &mut replies, &vm.counters);
             return Disposition::Done;
         }
         match self.index_of_cid(h.dst_cid()) {
