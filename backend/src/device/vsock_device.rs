@@ -147,7 +147,7 @@ impl VsockDevice {
         match event {
             TX_QUEUE => self.switch.service(self.index),
             RX_QUEUE => {
-                self.switch.service_rx(self.index);
+                self.switch.fill_rx_then_resume_tx(self.index);
             }
             EVENT_QUEUE => {
                 self.switch.fill_events(self.index);

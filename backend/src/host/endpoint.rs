@@ -236,9 +236,7 @@ impl HostEndpoint {
                 Op::Rst => {}
                 _ => {
                     counters.drop_no_connection.fetch_add(1, Ordering::Relaxed);
-                    if let Some(rst) = h.rst_reply() {
-                        replies.send_rst(rst);
-                    }
+                    replies.refuse(h);
                 }
             }
             return;
@@ -288,11 +286,7 @@ impl HostEndpoint {
         replies: &mut R,
         counters: &VmCounters,
     ) {
-        let refuse = |replies: &mut R| {
-            if let Some(rst) = h.rst_reply() {
-                replies.send_rst(rst);
-            }
-        };
+        let refuse = |replies: &mut R| replies.refuse(h);
         let Some(uds_path) = &self.uds else {
             return refuse(replies);
         };

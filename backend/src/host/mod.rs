@@ -28,4 +28,8 @@ use sockbypass_wire::PacketHeader;
 pub trait GuestReplies {
     /// Sends `rst` to the guest, after the replies already owed to it.
     fn send_rst(&mut self, rst: PacketHeader);
+
+    /// Answers the guest's packet `h` with an RST, unless `h` is an RST itself (an RST is never
+    /// answered, SPEC.md §10).
+    fn refuse(&mut self, h: &PacketHeader);
 }

@@ -213,9 +213,9 @@ impl VmPort {
         }
     }
 
-    /// Whether anything waits for this VM's RX buffers: replies, packets from peers, or data
-    /// from host connections.
-    pub fn rx_has_work(&self) -> bool {
+    /// Takes the RX lock and says whether anything waits for this VM's RX buffers: replies,
+    /// packets from peers, or data from host connections.
+    pub fn lock_rx_has_work(&self) -> bool {
         let rx = self.rx();
         !rx.replies.is_empty() || !rx.inbound.is_empty() || rx.host.has_work_for_guest()
     }
