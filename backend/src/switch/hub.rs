@@ -25,21 +25,6 @@ pub trait PollOwner: Send + Sync + Debug {
     fn kick(&self, kicked: &AtomicBool);
 }
 
-/// Why a VM lost its attachment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DetachReason {
-    /// The frontend closed the vhost-user socket.
-    Disconnected,
-    /// The frontend stopped a ring (GET_VRING_BASE), as QEMU does when the guest resets the
-    /// device or shuts down.
-    RingStopped,
-    /// The frontend sent RESET_DEVICE.
-    DeviceReset,
-    /// The guest broke a virtqueue (SPEC.md §9.1): the VM stays detached until the frontend
-    /// resets the device, stops a ring or reconnects.
-    QueueBroken,
-}
-
 /// Errors building the switch.
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {

@@ -2,8 +2,9 @@
 //! the other VMs — their held chains back, an RST for every connection with the VM that left,
 //! and no trace of its own held chains in their queues.
 
-use super::hub::{DetachReason, Switch};
+use super::hub::Switch;
 use super::vm_port::VmPort;
+use crate::device::DetachReason;
 use crate::memory::Vring;
 
 impl Switch {

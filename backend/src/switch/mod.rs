@@ -6,6 +6,7 @@
 //! | file | job |
 //! |---|---|
 //! | `hub.rs` | [`Switch`] itself: the VMs, the CID map, the connection table; building it, lookups, gauges |
+//! | `device_port.rs` | [`SwitchPort`]: one VM's port as its vhost-user device sees it ([`crate::device::VsockBackend`]) |
 //! | `drive.rs` | what the daemon's threads call: service a VM, kicks, host events, the sweep |
 //! | `packet_path.rs` | [`Switch::process_tx`]: a packet's way from a TX ring to a peer's RX ring, the host or an RST |
 //! | `rx_fill.rs` | [`Switch::fill_rx`]: deliver what is owed to one VM (replies, held packets, host data) into its RX queue |
@@ -19,8 +20,12 @@
 //! | `inbound.rs` | packets from peers held for a VM's RX buffers |
 //! | `replies.rs` | the bounded queue of RSTs owed to a guest, and the RST builder |
 //!
-//! No file here imports a file that imports it; `host/` and `poll/` are reached only through
-//! their narrow interfaces ([`crate::host::GuestReplies`] the other way round, [`PollOwner`]).
+//! No file here imports a file that imports it. The device (`device/`), the host endpoints
+//! (`host/`) and the poll threads (`poll/`) meet the switch through narrow interfaces: the
+//! device calls it only through [`crate::device::VsockBackend`] (implemented by
+//! [`SwitchPort`]), a host endpoint answers its guest only through
+//! [`crate::host::GuestReplies`], and the switch tells a poll thread of a kick only through
+//! [`PollOwner`].
 //!
 //! ## Threads and locks
 //! Any thread may drive any VM: the vhost-user worker of the VM (on kicks), the host I/O thread
@@ -44,6 +49,7 @@
 //! resume eventfd ([`VmPort::request_resume`]), so no guest keeps a thread.
 
 pub mod attachment;
+pub mod device_port;
 pub mod drive;
 pub mod events;
 pub mod hub;
@@ -57,8 +63,10 @@ pub mod rx_fill;
 pub mod rx_stall;
 pub mod vm_port;
 
+pub use crate::device::DetachReason;
 pub use crate::memory::{AtomicMem, Vring};
-pub use hub::{DetachReason, PollOwner, Switch, SwitchError, VmGauges};
+pub use device_port::SwitchPort;
+pub use hub::{PollOwner, Switch, SwitchError, VmGauges};
 pub use packet_path::TxReport;
 pub use rx_fill::RxReport;
 pub use vm_port::VmPort;
