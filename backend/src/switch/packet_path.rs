@@ -61,7 +61,7 @@ const _: () = assert!(RX_POP_BUDGET as usize == MAX_QUEUE_SIZE);
 
 /// What became of a TX chain the switch routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
+enum Disposition {
     /// Finished with: the chain goes back to the sender now.
     Done,
     /// Held for the receiver: the chain goes back when its last byte is delivered.

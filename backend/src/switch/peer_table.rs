@@ -15,6 +15,7 @@ use sockbypass_wire::consts::{SHUTDOWN_RCV, SHUTDOWN_SEND};
 use sockbypass_wire::{Op, PacketHeader};
 
 use super::policy::{Refusal, VmPolicy};
+use super::replies::rst;
 use crate::credit::PeerCredit;
 
 /// How long an entry whose both directions are shut waits for the RST that ends it. Longer than
@@ -163,6 +164,17 @@ fn key_of_header(h: &PacketHeader) -> (Key, usize) {
 /// Whether `a` and `b` belong to the same connection (either direction).
 pub fn same_connection(a: &PacketHeader, b: &PacketHeader) -> bool {
     key_of_header(a).0 == key_of_header(b).0
+}
+
+/// The RST owed to side `side` of the connection `key` when it ended without that side's say:
+/// from the other end's address to this side's, for this side's VM.
+fn owed_rst(key: &Key, conn: &PeerConn, side: usize) -> OwedRst {
+    let addrs = [key.0, key.1];
+    let (from, to) = (addrs[1 - side], addrs[side]);
+    OwedRst {
+        vm: conn.vms[side],
+        header: rst((from.cid, from.port), (to.cid, to.port)),
+    }
 }
 
 fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
@@ -370,14 +382,9 @@ impl PeerTable {
             let Some(conn) = self.remove(&key) else {
                 continue;
             };
-            let addrs = [key.0, key.1];
             for side in 0..2 {
-                let (me, peer) = (addrs[1 - side], addrs[side]);
                 if conn.vms[side] != vm && conn.vms[1 - side] == vm {
-                    owed.push(OwedRst {
-                        vm: conn.vms[side],
-                        header: PacketHeader::stream(Op::Rst, me.cid, me.port, peer.cid, peer.port),
-                    });
+                    owed.push(owed_rst(&key, &conn, side));
                 }
             }
         }
@@ -408,14 +415,8 @@ impl PeerTable {
                 continue;
             }
             out.initiators.push(conn.vms[conn.initiator]);
-            let addrs = [key.0, key.1];
-            for side in 0..2 {
-                let (me, peer) = (addrs[1 - side], addrs[side]);
-                out.rsts.push(OwedRst {
-                    vm: conn.vms[side],
-                    header: PacketHeader::stream(Op::Rst, me.cid, me.port, peer.cid, peer.port),
-                });
-            }
+            out.rsts
+                .extend((0..2).map(|side| owed_rst(&key, &conn, side)));
         }
         out
     }
