@@ -36,14 +36,10 @@ use crate::warn_limited;
 pub struct TxReport {
     /// Chains taken from the TX queue (valid or not).
     pub chains: u32,
-    /// Chains rejected as malformed.
-    pub malformed: u32,
     /// The walk stopped early because the VM's reply queue was full.
     pub stalled_on_replies: bool,
     /// Chains held for a peer VM that has no RX buffer yet (returned later).
     pub held: u32,
-    /// The guest was interrupted for the TX used ring.
-    pub notified: bool,
     /// The walk took its budget of chains with more available; the rest was handed back
     /// ([`VmPort::request_resume`]) for a later walk.
     pub more: bool,
@@ -143,7 +139,8 @@ impl Switch {
             }
         }
         if report.chains > report.held {
-            report.notified = att.notify(TX).unwrap_or(false);
+            // A failure is the frontend's (a broken ring breaks the attachment): nothing to undo.
+            let _ = att.notify(TX);
         }
         if report.more && rearm {
             // Kicks stay off: whoever serves the VM comes back for the rest.
@@ -194,7 +191,6 @@ impl Switch {
             if !att.claim_tx(head) {
                 // Published again while the device still holds it: no used entry (the first
                 // copy gets the one entry), nothing held twice.
-                report.malformed += 1;
                 vm.counters
                     .drop_head_in_flight
                     .fetch_add(1, Ordering::Relaxed);
@@ -204,7 +200,6 @@ impl Switch {
             let disposition = match parse_tx_chain_into(chain, pkt) {
                 Ok(()) => self.route(vm, att, mem, pkt, touched),
                 Err(e) => {
-                    report.malformed += 1;
                     vm.counters.count_malformed(&e);
                     warn_limited!(vm.warn, vm = %vm.config.name, reason = e.reason(), error = %e, "dropped malformed TX chain");
                     Disposition::Done

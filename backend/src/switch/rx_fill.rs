@@ -26,8 +26,6 @@ pub struct RxReport {
     pub packets: u32,
     /// Of those, replies from the reply queue.
     pub replies_sent: u32,
-    /// The device had something to send but no RX buffer.
-    pub out_of_buffers: bool,
     /// The guest was interrupted for the RX used ring.
     pub notified: bool,
     /// The budget of RX chains was spent with work left; the rest was handed back
@@ -227,7 +225,6 @@ fn out_of_buffers(
         report.more = true;
         return OutOfBuffers::Later;
     }
-    report.out_of_buffers = true;
     vm.counters.rx_buffer_stalls.fetch_add(1, Ordering::Relaxed);
     rx.start_starving();
     match att.enable_kicks(RX) {
