@@ -14,7 +14,7 @@ use crate::host::poller::split_token;
 use crate::host::HostPoller;
 use crate::poll::{PollCountersSnapshot, PollEngine};
 use crate::seccomp::{SeccompError, ThreadFilter};
-use crate::switch::{Switch, SwitchError};
+use crate::switch::{Switch, SwitchError, SwitchPort};
 
 /// How often the host I/O thread expires handshakes and stale connections.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
@@ -137,7 +137,8 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let switch = Arc::new(Switch::new(&config, &poller)?);
     let mut listeners = Vec::with_capacity(config.vms.len());
     for index in 0..config.vms.len() {
-        listeners.push(server::bind(&switch, index)?);
+        let vm = &config.vms[index];
+        listeners.push(server::bind(&vm.name, &vm.socket)?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut handle = DaemonHandle {
@@ -157,11 +158,13 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             }
         })?,
     );
-    for (index, listener) in listeners.into_iter().enumerate() {
+    let ports = SwitchPort::all(&switch);
+    for (index, (listener, port)) in listeners.into_iter().zip(ports).enumerate() {
         let control = ServerControl::new().map_err(DaemonError::Eventfd)?;
         let name = format!("vm-{}", config.vms[index].name);
-        let (sw, ctl, f, thread) = (
-            switch.clone(),
+        let vm_name = config.vms[index].name.clone();
+        let (failure, ctl, f, thread) = (
+            switch.failure().clone(),
             control.clone(),
             filter.clone(),
             name.clone(),
@@ -169,8 +172,9 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         let t = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let failure = sw.failure().clone();
-                failure.guard(&thread, || server::serve(sw, index, listener, ctl, &f));
+                failure.guard(&thread, || {
+                    server::serve(port, &vm_name, listener, ctl, &f);
+                });
             })
             .map_err(|source| DaemonError::Thread { name, source })?;
         handle.controls.push(control);

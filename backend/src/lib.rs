@@ -3,14 +3,17 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`affinity`] | pinning poll threads to CPUs |
 //! | [`cli`] | the `clap` command line |
 //! | [`config`] | `--vm` specs and `--config` TOML into a checked [`config::DaemonConfig`] |
+//! | [`credit`] | the credit formula and the credit state of a stream's direction |
 //! | [`logging`] | `tracing` setup and rate-limited warnings |
 //! | [`daemon`] | starts the switch, one vhost-user server per VM, and the host I/O thread |
-//! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects |
+//! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects; it reaches the switch only through [`device::VsockBackend`] |
 //! | [`failure`] | a panicking daemon thread stops the daemon with a non-zero exit |
-//! | [`switch`] | TX and RX paths, routing, per-VM state and locks |
-//! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention |
+//! | [`switch`] | a packet's way (TX walk, routing, delivery, RSTs), RX fills, per-VM state and locks |
+//! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention; they answer the guest only through [`host::GuestReplies`] |
+//! | [`memory`] | the guest memory and vring types of the vhost-user layer, named once |
 //! | [`metrics`] | per-VM counters, one per drop reason |
 //! | [`poll`] | the poll engine: poll threads that drive the switch (see `DESIGN-poller.md`) |
 //! | [`seccomp`] | the seccomp filter each daemon thread installs at its start |
@@ -21,11 +24,13 @@
 pub mod affinity;
 pub mod cli;
 pub mod config;
+pub mod credit;
 pub mod daemon;
 pub mod device;
 pub mod failure;
 pub mod host;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod poll;
 pub mod seccomp;

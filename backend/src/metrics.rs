@@ -133,11 +133,6 @@ impl VmCounters {
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Adds `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 impl VmCountersSnapshot {

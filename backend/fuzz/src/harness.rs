@@ -319,7 +319,7 @@ impl Run {
             SwitchOp::ProcessTxPolled(s) => drop(sw.process_tx_polled(s.index())),
             SwitchOp::FillRx(s) => drop(sw.fill_rx(s.index())),
             SwitchOp::Service(s) => sw.service(s.index()),
-            SwitchOp::ServiceRx(s) => drop(sw.service_rx(s.index())),
+            SwitchOp::ServiceRx(s) => drop(sw.fill_rx_then_resume_tx(s.index())),
             SwitchOp::FillEvents(s) => drop(sw.fill_events(s.index())),
             SwitchOp::Sweep(secs) => {
                 sw.sweep(Instant::now() + Duration::from_secs(u64::from(secs)))

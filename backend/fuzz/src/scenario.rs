@@ -265,7 +265,7 @@ pub enum SwitchOp {
     FillRx(Side),
     /// `service`.
     Service(Side),
-    /// `service_rx`.
+    /// `fill_rx_then_resume_tx`.
     ServiceRx(Side),
     /// `fill_events`.
     FillEvents(Side),

@@ -4,6 +4,7 @@
 //! (its connections end), and the socket is served again for the next frontend, so a QEMU
 //! restart or a `reconnect=1` chardev finds the daemon waiting. Other VMs never notice.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,8 +19,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::seccomp::ThreadFilter;
-use crate::switch::{DetachReason, Switch, VmPort};
 
+use super::backend::{DetachReason, VsockBackend};
 use super::vsock_device::RESUME_EVENT;
 use super::VsockDevice;
 
@@ -99,31 +100,32 @@ impl ServerControl {
     }
 }
 
-/// Binds VM `index`'s socket now (so errors surface at start-up) and returns the listener.
-pub fn bind(switch: &Switch, index: usize) -> Result<Listener, ServerError> {
-    let vm = switch
-        .vm(index)
-        .map(|v| (v.config.name.clone(), v.config.socket.clone()));
-    let (name, path) = vm.unwrap_or_default();
-    crate::host::uds::remove_stale_socket(&path).map_err(|source| ServerError::NotASocket {
-        vm: name.clone(),
+/// Binds the vhost-user socket `path` of VM `name` now (so errors surface at start-up) and
+/// returns the listener.
+pub fn bind(name: &str, path: &Path) -> Result<Listener, ServerError> {
+    crate::host::uds::remove_stale_socket(path).map_err(|source| ServerError::NotASocket {
+        vm: name.to_owned(),
         path: path.display().to_string(),
         source,
     })?;
-    Listener::new(&path, true).map_err(|source| ServerError::Listen {
-        vm: name,
+    Listener::new(path, true).map_err(|source| ServerError::Listen {
+        vm: name.to_owned(),
         path: path.display().to_string(),
         source,
     })
 }
 
 /// Lets the connection's vring worker hear the VM's resume eventfd, so that work handed back
-/// by a bounded walk ([`crate::switch::VmPort::request_resume`]) is picked up again.
-fn watch_resume(daemon: &VhostUserDaemon<VsockDevice>, vm: &VmPort, name: &str) {
+/// by a bounded walk ([`VsockBackend::resume_fd`]) is picked up again.
+fn watch_resume<B: VsockBackend + Clone>(
+    daemon: &VhostUserDaemon<VsockDevice<B>>,
+    backend: &B,
+    name: &str,
+) {
     let Some(handler) = daemon.get_epoll_handlers().into_iter().next() else {
         return;
     };
-    let fd = vm.resume_fd().as_raw_fd();
+    let fd = backend.resume_fd().as_raw_fd();
     if let Err(e) = handler.register_listener(fd, EventSet::IN, RESUME_EVENT as u64) {
         tracing::error!(vm = %name, error = %e, "cannot watch the resume eventfd: work left by a bounded walk waits for the next kick");
     }
@@ -172,26 +174,22 @@ fn wait_for_frontend(listener: &Listener, control: &ServerControl, name: &str) -
     }
 }
 
-/// Serves VM `index` on `listener` until `control` stops it: the body of the VM's server
-/// thread, which first confines itself with `filter` (its vhost-user threads inherit it).
-pub fn serve(
-    switch: Arc<Switch>,
-    index: usize,
+/// Serves VM `name` (whose packets `backend` moves) on `listener` until `control` stops it: the
+/// body of the VM's server thread, which first confines itself with `filter` (its vhost-user
+/// threads inherit it).
+pub fn serve<B: VsockBackend + Clone>(
+    backend: B,
+    name: &str,
     mut listener: Listener,
     control: ServerControl,
     filter: &ThreadFilter,
 ) {
     filter.confine_current_thread();
-    let Some(vm) = switch.vm(index).cloned() else {
-        return;
-    };
-    let name = vm.config.name.clone();
+    let name = name.to_owned();
     while !control.stopping() {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
-        vm.set_memory(Some(mem.clone()));
-        let Some(device) = VsockDevice::new(switch.clone(), index) else {
-            return;
-        };
+        backend.set_memory(Some(mem.clone()));
+        let device = VsockDevice::new(backend.clone());
         let mut daemon = match VhostUserDaemon::new(format!("vhu-{name}"), device, mem) {
             Ok(d) => d,
             Err(e) => {
@@ -218,8 +216,8 @@ pub fn serve(
         *control.current.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
         tracing::info!(vm = %name, "frontend connected");
         // A new frontend starts clean, even if the last one's guest broke a queue.
-        vm.lift_quarantine();
-        watch_resume(&daemon, &vm, &name);
+        backend.lift_quarantine();
+        watch_resume(&daemon, &backend, &name);
         match daemon.wait() {
             Ok(()) => tracing::info!(vm = %name, "frontend disconnected"),
             Err(e) => tracing::info!(vm = %name, error = %e, "frontend connection ended"),
@@ -232,7 +230,7 @@ pub fn serve(
         // Dropping the daemon ends its vring workers before the VM is detached, so no kick of
         // the old connection can reach the switch afterwards.
         drop(daemon);
-        switch.detach(index, DetachReason::Disconnected);
-        vm.set_memory(None);
+        backend.detach(DetachReason::Disconnected);
+        backend.set_memory(None);
     }
 }

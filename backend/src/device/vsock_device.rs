@@ -1,11 +1,10 @@
 //! The `VhostUserBackend` of one VM (SPEC.md §2, §8).
 //!
 //! It offers the features, answers GET_CONFIG with the VM's `guest_cid`, and turns vhost-user
-//! events (kicks, ring stops, resets) into switch calls. It never returns an error from
+//! events (kicks, ring stops, resets) into calls of its [`VsockBackend`]. It never returns an error from
 //! `handle_event`: that would end the vring worker and silence the VM for good.
 
 use std::io;
-use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VhostUserBackend;
@@ -20,8 +19,8 @@ use sockbypass_wire::consts::{
 };
 use sockbypass_wire::VsockConfigSpace;
 
-use crate::switch::attachment::{GuestMem, Vring};
-use crate::switch::{DetachReason, Switch};
+use super::backend::{DetachReason, VsockBackend};
+use crate::memory::{GuestMem, Vring};
 
 /// The vhost-user protocol features the device offers. CONFIG is required: QEMU's
 /// `vhost-user-vsock` and cloud-hypervisor read `guest_cid` through GET_CONFIG.
@@ -32,37 +31,27 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
-/// The device of one VM. Cheap to clone: the vhost-user layer clones it per worker thread.
+/// The device of one VM, over its backend `B` (the VM's port on the switch). Cheap to clone: the
+/// vhost-user layer clones it per worker thread.
 #[derive(Debug, Clone)]
-pub struct VsockDevice {
-    switch: Arc<Switch>,
-    index: usize,
+pub struct VsockDevice<B> {
+    backend: B,
     guest_cid: u64,
 }
 
-/// The worker-loop event of a VM's resume eventfd ([`crate::switch::VmPort::request_resume`]):
-/// the first id vhost-user-backend leaves to the backend (ids up to the queue count are its own).
+/// The worker-loop event of a VM's resume eventfd ([`VsockBackend::resume_fd`]): the first id
+/// vhost-user-backend leaves to the backend (ids up to the queue count are its own).
 pub const RESUME_EVENT: usize = NUM_QUEUES + 1;
 
-impl VsockDevice {
-    /// The device of VM `index` of `switch`.
-    pub fn new(switch: Arc<Switch>, index: usize) -> Option<Self> {
-        let guest_cid = switch.vm(index)?.cid();
-        Some(VsockDevice {
-            switch,
-            index,
-            guest_cid,
-        })
-    }
-
-    fn lift_quarantine(&self) {
-        if let Some(vm) = self.switch.vm(self.index) {
-            vm.lift_quarantine();
-        }
+impl<B: VsockBackend> VsockDevice<B> {
+    /// The device served by `backend`.
+    pub fn new(backend: B) -> Self {
+        let guest_cid = backend.guest_cid();
+        VsockDevice { backend, guest_cid }
     }
 }
 
-impl VhostUserBackend for VsockDevice {
+impl<B: VsockBackend + Clone> VhostUserBackend for VsockDevice<B> {
     type Bitmap = ();
     type Vring = Vring;
 
@@ -100,13 +89,13 @@ impl VhostUserBackend for VsockDevice {
     }
 
     fn reset_device(&self) {
-        self.switch.detach(self.index, DetachReason::DeviceReset);
-        self.lift_quarantine();
+        self.backend.detach(DetachReason::DeviceReset);
+        self.backend.lift_quarantine();
     }
 
     fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
-        self.switch.detach(self.index, DetachReason::RingStopped);
-        self.lift_quarantine();
+        self.backend.detach(DetachReason::RingStopped);
+        self.backend.lift_quarantine();
         Ok(())
     }
 
@@ -123,42 +112,36 @@ impl VhostUserBackend for VsockDevice {
         _thread_id: usize,
     ) -> io::Result<()> {
         // A panic stops the daemon (see `failure.rs`) instead of silently ending this worker.
-        self.switch
+        self.backend
             .failure()
             .guard("vring worker", || self.on_event(device_event, vrings));
         Ok(())
     }
 }
 
-impl VsockDevice {
+impl<B: VsockBackend> VsockDevice<B> {
     fn on_event(&self, device_event: u16, vrings: &[Vring]) {
         let event = usize::from(device_event);
         if event == RESUME_EVENT {
-            if let Some(vm) = self.switch.vm(self.index) {
-                // Non-blocking: an empty counter (someone else read it) is no error.
-                let _ = vm.resume_fd().read();
-            }
+            // Non-blocking: an empty counter (someone else read it) is no error.
+            let _ = self.backend.resume_fd().read();
         }
-        self.switch.bind(self.index, vrings);
-        if (event < NUM_QUEUES || event == RESUME_EVENT) && self.switch.on_kick(self.index) {
+        self.backend.attach(vrings);
+        if (event < NUM_QUEUES || event == RESUME_EVENT) && self.backend.on_kick() {
             // A poll thread owns this VM: it was told, and does the work.
             return;
         }
         match event {
-            TX_QUEUE => self.switch.service(self.index),
-            RX_QUEUE => {
-                self.switch.service_rx(self.index);
-            }
-            EVENT_QUEUE => {
-                self.switch.fill_events(self.index);
-            }
+            TX_QUEUE => self.backend.on_tx_kick(),
+            RX_QUEUE => self.backend.on_rx_kick(),
+            EVENT_QUEUE => self.backend.on_event_kick(),
             RESUME_EVENT => {
-                self.switch.service(self.index);
-                self.switch.fill_events(self.index);
+                self.backend.on_tx_kick();
+                self.backend.on_event_kick();
             }
             other => tracing::debug!(event = other, "ignoring unknown device event"),
         }
-        self.switch.reset_if_broken(self.index);
+        self.backend.reset_if_broken();
     }
 }
 

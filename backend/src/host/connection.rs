@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use sockbypass_wire::consts::{SHUTDOWN_RCV, SHUTDOWN_SEND};
 
-use super::credit::{LocalCredit, PeerCredit};
+use crate::credit::{LocalCredit, PeerCredit};
 
 /// Receive buffer the device advertises to guests for a host connection, when the VM's host
 /// buffer budget has room for it.
@@ -97,7 +97,7 @@ pub struct HostConn {
 
 /// What became of a connection after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Fate {
     /// Keep it.
     Keep,
     /// Free it and tell the guest with an RST.
@@ -172,7 +172,7 @@ impl HostConn {
 
     /// Applies the guest's SHUTDOWN flags where the host side allows it now.
     /// Returns what should happen to the connection.
-    pub fn apply_guest_shutdown(&mut self) -> Verdict {
+    pub fn apply_guest_shutdown(&mut self) -> Fate {
         if self.guest_shutdown & SHUTDOWN_SEND != 0
             && self.to_host.is_empty()
             && !self.host_write_closed
@@ -183,11 +183,11 @@ impl HostConn {
         let both = SHUTDOWN_RCV | SHUTDOWN_SEND;
         if self.guest_shutdown & both == both {
             if self.to_host.is_empty() {
-                return Verdict::Reset;
+                return Fate::Reset;
             }
             self.closing_since.get_or_insert_with(Instant::now);
         }
-        Verdict::Keep
+        Fate::Keep
     }
 
     /// Notes that the host closed its side: the guest is owed SHUTDOWN(SEND).

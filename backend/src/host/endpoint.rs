@@ -19,15 +19,13 @@ use sockbypass_wire::consts::{HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND
 use sockbypass_wire::segments::io_would_block;
 use sockbypass_wire::{Op, PacketHeader, RxBuffer, TxPacket};
 
-use super::connection::{
-    ConnKey, ConnState, HostConn, Verdict, HOST_BUF_ALLOC, MIN_HOST_BUF_ALLOC,
-};
+use super::connection::{ConnKey, ConnState, Fate, HostConn, HOST_BUF_ALLOC, MIN_HOST_BUF_ALLOC};
 use super::poller::{token, HostPoller, LISTENER_ID};
 use super::uds::{self, MAX_CONNECT_LINE};
+use super::GuestReplies;
 use crate::logging::RateLimiter;
+use crate::memory::GuestMem;
 use crate::metrics::VmCounters;
-use crate::switch::attachment::GuestMem;
-use crate::switch::replies::ReplyQueue;
 use crate::warn_limited;
 
 /// How long the guest has to answer a host program's `CONNECT`.
@@ -209,10 +207,9 @@ impl HostEndpoint {
         }
     }
 
-    fn reset(&mut self, key: ConnKey, replies: &mut ReplyQueue, counters: &VmCounters) {
+    fn reset(&mut self, key: ConnKey, replies: &mut impl GuestReplies) {
         self.free(key);
-        replies.push(self.header(key, Op::Rst));
-        counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+        replies.send_rst(self.header(key, Op::Rst));
     }
 
     fn header(&self, key: ConnKey, op: Op) -> PacketHeader {
@@ -224,7 +221,7 @@ impl HostEndpoint {
         &mut self,
         mem: &GuestMem,
         pkt: &TxPacket,
-        replies: &mut ReplyQueue,
+        replies: &mut impl GuestReplies,
         counters: &VmCounters,
     ) {
         let h = &pkt.header;
@@ -239,18 +236,15 @@ impl HostEndpoint {
                 Op::Rst => {}
                 _ => {
                     counters.drop_no_connection.fetch_add(1, Ordering::Relaxed);
-                    if let Some(rst) = h.rst_reply() {
-                        replies.push(rst);
-                        counters.rst_sent.fetch_add(1, Ordering::Relaxed);
-                    }
+                    replies.refuse(h);
                 }
             }
             return;
         };
         conn.peer.update(h.buf_alloc(), h.fwd_cnt());
         let verdict = match op {
-            Op::Rst => Verdict::Drop,
-            Op::Request => Verdict::Reset,
+            Op::Rst => Fate::Drop,
+            Op::Request => Fate::Reset,
             Op::Response => match conn.state {
                 ConnState::AwaitingGuest { .. } => {
                     match conn
@@ -260,18 +254,18 @@ impl HostEndpoint {
                         Ok(()) => {
                             conn.state = ConnState::Established;
                             conn.host_readable = true;
-                            Verdict::Keep
+                            Fate::Keep
                         }
-                        Err(_) => Verdict::Reset,
+                        Err(_) => Fate::Reset,
                     }
                 }
-                ConnState::Established => Verdict::Reset,
+                ConnState::Established => Fate::Reset,
             },
             Op::Rw => Self::guest_data(conn, mem, pkt, counters),
-            Op::CreditUpdate => Verdict::Keep,
+            Op::CreditUpdate => Fate::Keep,
             Op::CreditRequest => {
                 conn.owed.credit_update = true;
-                Verdict::Keep
+                Fate::Keep
             }
             Op::Shutdown => {
                 conn.guest_shutdown |= h.flags() & (SHUTDOWN_RCV | SHUTDOWN_SEND);
@@ -279,25 +273,20 @@ impl HostEndpoint {
             }
         };
         match verdict {
-            Verdict::Keep => self.activate(key),
-            Verdict::Drop => self.free(key),
-            Verdict::Reset => self.reset(key, replies, counters),
+            Fate::Keep => self.activate(key),
+            Fate::Drop => self.free(key),
+            Fate::Reset => self.reset(key, replies),
         }
     }
 
-    fn open_for_guest(
+    fn open_for_guest<R: GuestReplies>(
         &mut self,
         key: ConnKey,
         h: &PacketHeader,
-        replies: &mut ReplyQueue,
+        replies: &mut R,
         counters: &VmCounters,
     ) {
-        let refuse = |replies: &mut ReplyQueue| {
-            if let Some(rst) = h.rst_reply() {
-                replies.push(rst);
-                counters.rst_sent.fetch_add(1, Ordering::Relaxed);
-            }
-        };
+        let refuse = |replies: &mut R| replies.refuse(h);
         let Some(uds_path) = &self.uds else {
             return refuse(replies);
         };
@@ -339,16 +328,16 @@ impl HostEndpoint {
         mem: &GuestMem,
         pkt: &TxPacket,
         counters: &VmCounters,
-    ) -> Verdict {
+    ) -> Fate {
         let len = pkt.header.len();
         if conn.state != ConnState::Established || conn.guest_shutdown & SHUTDOWN_SEND != 0 {
-            return Verdict::Reset;
+            return Fate::Reset;
         }
         if !conn.local.admits(len) {
             counters
                 .drop_credit_violation
                 .fetch_add(1, Ordering::Relaxed);
-            return Verdict::Reset;
+            return Fate::Reset;
         }
         conn.local.received(len);
         let mut written = 0u32;
@@ -356,7 +345,7 @@ impl HostEndpoint {
             match pkt.payload.write_to(mem, 0, len, &mut conn.stream) {
                 Ok(n) => written = n,
                 Err(e) if io_would_block(&e) => {}
-                Err(_) => return Verdict::Reset,
+                Err(_) => return Fate::Reset,
             }
             conn.local.forwarded(written);
         }
@@ -372,7 +361,7 @@ impl HostEndpoint {
                     .read_bytes(mem, off, &mut chunk[..n as usize])
                     .is_err()
                 {
-                    return Verdict::Reset;
+                    return Fate::Reset;
                 }
                 if conn.to_host.capacity() == 0 {
                     // Once, and exactly the grant: credit keeps the backlog within it.
@@ -385,7 +374,7 @@ impl HostEndpoint {
         if conn.local.update_due() {
             conn.owed.credit_update = true;
         }
-        Verdict::Keep
+        Fate::Keep
     }
 
     /// Fills `rx` with the next packet some connection owes the guest. The payload (if any) is
@@ -485,7 +474,7 @@ impl HostEndpoint {
         &mut self,
         id: u64,
         events: EventSet,
-        replies: &mut ReplyQueue,
+        replies: &mut impl GuestReplies,
         counters: &VmCounters,
     ) {
         if id == LISTENER_ID {
@@ -503,23 +492,23 @@ impl HostEndpoint {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let mut verdict = Verdict::Keep;
+        let mut verdict = Fate::Keep;
         if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
             conn.host_readable = true;
         }
         if events.contains(EventSet::OUT) && !conn.to_host.is_empty() {
             verdict = match conn.flush_to_host() {
                 Ok(_) => conn.apply_guest_shutdown(),
-                Err(_) => Verdict::Reset,
+                Err(_) => Fate::Reset,
             };
         }
         if events.contains(EventSet::ERROR) && conn.to_host.is_empty() && !conn.host_readable {
-            verdict = Verdict::Reset;
+            verdict = Fate::Reset;
         }
         match verdict {
-            Verdict::Keep => self.activate(key),
-            Verdict::Drop => self.free(key),
-            Verdict::Reset => self.reset(key, replies, counters),
+            Fate::Keep => self.activate(key),
+            Fate::Drop => self.free(key),
+            Fate::Reset => self.reset(key, replies),
         }
     }
 
@@ -665,7 +654,7 @@ impl HostEndpoint {
     }
 
     /// Expires handshakes, unanswered `CONNECT`s and connections stuck closing.
-    pub fn sweep(&mut self, now: Instant, replies: &mut ReplyQueue, counters: &VmCounters) {
+    pub fn sweep(&mut self, now: Instant, replies: &mut impl GuestReplies) {
         let stale: Vec<u64> = self
             .handshakes
             .iter()
@@ -687,7 +676,7 @@ impl HostEndpoint {
             .map(|(k, _)| *k)
             .collect();
         for key in expired {
-            self.reset(key, replies, counters);
+            self.reset(key, replies);
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::waker::Waker;
 use crate::config::{PollConfig, PollMode};
 use crate::seccomp::ThreadFilter;
-use crate::switch::Switch;
+use crate::switch::{PollOwner, Switch};
 use sockbypass_wire::consts::RX_QUEUE as RX;
 
 macro_rules! poll_counters {
@@ -134,7 +134,13 @@ impl PollEngine {
             engine.wakers.push(Arc::new(Waker::new()?));
             engine.counters.push(Arc::new(PollCounters::default()));
         }
-        switch.set_poll_owners(engine.wakers.clone());
+        switch.set_poll_owners(
+            engine
+                .wakers
+                .iter()
+                .map(|w| w.clone() as Arc<dyn PollOwner>)
+                .collect(),
+        );
         for k in 0..n {
             let owned: Vec<usize> = (0..switch.vms().len()).filter(|i| i % n == k).collect();
             let cpu = config
@@ -245,7 +251,7 @@ impl ThreadCtx {
                 && port.rx_starved.load(Ordering::Acquire)
                 && port.with_attachment(|a| a.has_avail(RX)) == Some(true);
             if kicked || rx_ready {
-                moved += u64::from(self.switch.service_rx(vm).packets);
+                moved += u64::from(self.switch.fill_rx_then_resume_tx(vm).packets);
             }
             if kicked {
                 self.switch.fill_events(vm);

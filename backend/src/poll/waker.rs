@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::switch::PollOwner;
+
 /// The two halves of the handshake, over any atomics that implement [`handshake::Atomics`].
 pub mod handshake {
     /// The operations the handshake needs: a boolean flag and a sequentially consistent fence.
@@ -112,6 +114,12 @@ impl Waker {
         if self.fd.read().is_ok() {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl PollOwner for Waker {
+    fn kick(&self, kicked: &AtomicBool) {
+        Waker::kick(self, kicked);
     }
 }
 

@@ -9,26 +9,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vhost_user_backend::{VringRwLock, VringState, VringT};
+use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{
-    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddressSpace};
 
 use sockbypass_wire::consts::{EVENT_QUEUE, MAX_QUEUE_SIZE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 
+use crate::memory::{AtomicMem, GuestMem, MemGuard, Vring};
 use crate::metrics::VmCounters;
 
-/// Guest memory as the vhost-user layer maps it.
-pub type GuestMem = GuestMemoryMmap<()>;
-/// The atomic handle the vhost-user layer updates on SET_MEM_TABLE.
-pub type AtomicMem = GuestMemoryAtomic<GuestMem>;
-/// A loaded snapshot of guest memory.
-pub type MemGuard = GuestMemoryLoadGuard<GuestMem>;
 /// A descriptor chain popped from one of the VM's queues.
 pub type Chain = DescriptorChain<MemGuard>;
-/// The vring type of the device.
-pub type Vring = VringRwLock<AtomicMem>;
 
 /// Errors from queue operations. They mean the frontend broke the ring or went away; the caller
 /// logs them and treats the queue as stopped.

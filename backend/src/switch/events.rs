@@ -10,7 +10,7 @@ use sockbypass_wire::parse_event_chain;
 use vm_memory::ByteValued;
 
 use super::attachment::EVT;
-use super::Switch;
+use super::hub::Switch;
 use crate::warn_limited;
 
 /// Event buffers one call of [`Switch::fill_events`] may take, usable or not.

@@ -2,10 +2,10 @@
 //! the other VMs — their held chains back, an RST for every connection with the VM that left,
 //! and no trace of its own held chains in their queues.
 
-use super::attachment::TX;
-use super::inbound::Held;
-use super::peer_path::mark;
-use super::{DetachReason, Switch, VmPort, Vring};
+use super::hub::Switch;
+use super::vm_port::VmPort;
+use crate::device::DetachReason;
+use crate::memory::Vring;
 
 impl Switch {
     /// Binds the rings of VM `index` (called from the vhost-user worker with its vrings).
@@ -77,27 +77,7 @@ impl Switch {
             tracing::info!(vm = %vm.config.name, peers = owed.len(), "reset the connections of peer VMs");
         }
         for peer in self.queue_owed_rsts(owed) {
-            self.service_rx(peer);
+            self.fill_rx_then_resume_tx(peer);
         }
-    }
-
-    /// Gives held chains back to their senders (with nothing delivered) and interrupts them.
-    pub(super) fn return_held(&self, held: Vec<Held>) {
-        let mut senders: Vec<usize> = Vec::new();
-        for h in held {
-            let Some(sender) = self.vm(h.sender) else {
-                continue;
-            };
-            sender.held_sub(1);
-            let Some(att) = sender
-                .attachment()
-                .filter(|a| a.generation() == h.generation)
-            else {
-                continue;
-            };
-            sender.return_chain(&att, &att.memory(), TX, h.packet.head_index, 0);
-            mark(&mut senders, h.sender);
-        }
-        self.notify_tx(&senders);
     }
 }

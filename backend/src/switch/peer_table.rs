@@ -15,6 +15,8 @@ use sockbypass_wire::consts::{SHUTDOWN_RCV, SHUTDOWN_SEND};
 use sockbypass_wire::{Op, PacketHeader};
 
 use super::policy::{Refusal, VmPolicy};
+use super::replies::rst;
+use crate::credit::PeerCredit;
 
 /// How long an entry whose both directions are shut waits for the RST that ends it. Longer than
 /// Linux's own close timeout (8 s), after which Linux sends that RST itself.
@@ -60,23 +62,6 @@ pub enum Verdict {
     Ignore,
 }
 
-/// Receive credit of one side, as it advertised it, and what was sent to it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Credit {
-    buf_alloc: u32,
-    fwd_cnt: u32,
-    /// Payload bytes the switch accepted towards this side (wrapping, like the guests' counters).
-    rx_cnt: u32,
-}
-
-impl Credit {
-    /// Whether `len` more bytes fit in what this side granted.
-    fn admits(&self, len: u32) -> bool {
-        let in_flight = self.rx_cnt.wrapping_sub(self.fwd_cnt);
-        in_flight <= self.buf_alloc && len <= self.buf_alloc - in_flight
-    }
-}
-
 #[derive(Debug)]
 struct PeerConn {
     vms: [usize; 2],
@@ -86,7 +71,9 @@ struct PeerConn {
     established: bool,
     shut: [u32; 2],
     closing_since: Option<Instant>,
-    credit: [Credit; 2],
+    /// Receive credit of each side, as it advertised it, and the payload bytes the switch let
+    /// through towards it.
+    credit: [PeerCredit; 2],
 }
 
 impl PeerConn {
@@ -179,6 +166,17 @@ pub fn same_connection(a: &PacketHeader, b: &PacketHeader) -> bool {
     key_of_header(a).0 == key_of_header(b).0
 }
 
+/// The RST owed to side `side` of the connection `key` when it ended without that side's say:
+/// from the other end's address to this side's, for this side's VM.
+fn owed_rst(key: &Key, conn: &PeerConn, side: usize) -> OwedRst {
+    let addrs = [key.0, key.1];
+    let (from, to) = (addrs[1 - side], addrs[side]);
+    OwedRst {
+        vm: conn.vms[side],
+        header: rst((from.cid, from.port), (to.cid, to.port)),
+    }
+}
+
 fn key_of(src: Addr, dst: Addr) -> (Key, usize) {
     if src <= dst {
         ((src, dst), 0)
@@ -244,10 +242,8 @@ impl PeerTable {
             // unique and checked, but never let it cross connections.
             return Verdict::Refuse(Refused::NoConnection);
         }
-        conn.credit[side].buf_alloc = h.buf_alloc();
-        conn.credit[side].fwd_cnt = h.fwd_cnt();
+        conn.credit[side].update(h.buf_alloc(), h.fwd_cnt());
         match op {
-            Op::Request => Verdict::Ignore,
             Op::Response => {
                 if conn.established || conn.initiator == side {
                     self.remove(&key);
@@ -267,10 +263,11 @@ impl PeerTable {
                     self.remove(&key);
                     return Verdict::ResetBoth(Refused::Credit);
                 }
-                receiver.rx_cnt = receiver.rx_cnt.wrapping_add(h.len());
+                receiver.consume(h.len());
                 Verdict::Forward
             }
-            Op::CreditUpdate | Op::CreditRequest => Verdict::Forward,
+            // REQUEST went to `on_request` above: only credit messages come here.
+            Op::CreditUpdate | Op::CreditRequest | Op::Request => Verdict::Forward,
             Op::Shutdown => {
                 conn.shut[side] |= h.flags() & (SHUTDOWN_RCV | SHUTDOWN_SEND);
                 if conn.closing_since.is_none() && conn.both_directions_shut() {
@@ -317,9 +314,8 @@ impl PeerTable {
         let mut vms = [0; 2];
         vms[side] = from;
         vms[1 - side] = to;
-        let mut credit = [Credit::default(); 2];
-        credit[side].buf_alloc = h.buf_alloc();
-        credit[side].fwd_cnt = h.fwd_cnt();
+        let mut credit = [PeerCredit::default(); 2];
+        credit[side].update(h.buf_alloc(), h.fwd_cnt());
         self.conns.insert(
             key,
             PeerConn {
@@ -363,7 +359,8 @@ impl PeerTable {
     }
 
     /// Connections VM `from` opened to VM `to` that are still in the table.
-    pub fn opened_by(&self, from: usize, to: usize) -> usize {
+    #[cfg(test)]
+    fn opened_by(&self, from: usize, to: usize) -> usize {
         self.opened_by.get(&(from, to)).copied().unwrap_or(0)
     }
 
@@ -385,14 +382,9 @@ impl PeerTable {
             let Some(conn) = self.remove(&key) else {
                 continue;
             };
-            let addrs = [key.0, key.1];
             for side in 0..2 {
-                let (me, peer) = (addrs[1 - side], addrs[side]);
                 if conn.vms[side] != vm && conn.vms[1 - side] == vm {
-                    owed.push(OwedRst {
-                        vm: conn.vms[side],
-                        header: PacketHeader::stream(Op::Rst, me.cid, me.port, peer.cid, peer.port),
-                    });
+                    owed.push(owed_rst(&key, &conn, side));
                 }
             }
         }
@@ -423,14 +415,8 @@ impl PeerTable {
                 continue;
             }
             out.initiators.push(conn.vms[conn.initiator]);
-            let addrs = [key.0, key.1];
-            for side in 0..2 {
-                let (me, peer) = (addrs[1 - side], addrs[side]);
-                out.rsts.push(OwedRst {
-                    vm: conn.vms[side],
-                    header: PacketHeader::stream(Op::Rst, me.cid, me.port, peer.cid, peer.port),
-                });
-            }
+            out.rsts
+                .extend((0..2).map(|side| owed_rst(&key, &conn, side)));
         }
         out
     }

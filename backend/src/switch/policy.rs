@@ -12,16 +12,6 @@ pub enum Refusal {
     PortNotListed,
 }
 
-impl Refusal {
-    /// A short, stable name for logs.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refusal::NoSharedGroup => "no_shared_group",
-            Refusal::PortNotListed => "port_not_listed",
-        }
-    }
-}
-
 /// The policy facts of one VM.
 #[derive(Debug, Clone)]
 pub struct VmPolicy {
@@ -40,18 +30,13 @@ impl VmPolicy {
 
     /// Whether `self` may open a connection to `port` on `dst`.
     pub fn may_connect(&self, dst: &VmPolicy, port: u32) -> Result<(), Refusal> {
-        if !self.shares_group(dst) {
+        if !self.groups.iter().any(|g| dst.groups.contains(g)) {
             return Err(Refusal::NoSharedGroup);
         }
         match &dst.ports {
             Some(list) if !list.contains(&port) => Err(Refusal::PortNotListed),
             _ => Ok(()),
         }
-    }
-
-    /// Whether the two VMs have a group in common.
-    pub fn shares_group(&self, other: &VmPolicy) -> bool {
-        self.groups.iter().any(|g| other.groups.contains(g))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Control packets the device owes a guest that belong to no live connection: mostly RSTs that
-//! refuse a request or answer a packet for an unknown connection.
+//! refuse a request or answer a packet for an unknown connection. The switch's RSTs are all
+//! built here ([`rst`], [`rst_to_sender`], [`rst_to_receiver`]).
 //!
 //! Two bounded FIFOs, by who caused the reply (SPEC.md §11):
 //! - **the VM's own**: answers to its own packets and host-side events. The TX path checks
@@ -11,14 +12,43 @@
 //!   dropped and counted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
-use sockbypass_wire::PacketHeader;
+use sockbypass_wire::{Op, PacketHeader};
+
+use crate::host::GuestReplies;
+use crate::metrics::VmCounters;
 
 /// The VM's own replies that may wait before its TX queue stalls.
 pub const REPLY_QUEUE_CAP: usize = 256;
 /// Replies caused by other VMs that may wait; past it they are dropped and counted in
 /// `drop_reply_overflow`.
 pub const PEER_REPLY_CAP: usize = 1024;
+
+/// The RST builder: an RST from `from` to `to`, each a (CID, port).
+pub fn rst(from: (u64, u32), to: (u64, u32)) -> PacketHeader {
+    PacketHeader::stream(Op::Rst, from.0, from.1, to.0, to.1)
+}
+
+/// The RST that answers the packet `h` to its sender, or `None` when `h` is an RST itself: an
+/// RST is never answered (SPEC.md §10).
+pub fn rst_to_sender(h: &PacketHeader) -> Option<PacketHeader> {
+    (h.op() != Some(Op::Rst)).then(|| rst((h.dst_cid(), h.dst_port()), (h.src_cid(), h.src_port())))
+}
+
+/// The RST that tells the receiver of the packet `h` that its connection is gone.
+pub fn rst_to_receiver(h: &PacketHeader) -> PacketHeader {
+    rst((h.src_cid(), h.src_port()), (h.dst_cid(), h.dst_port()))
+}
+
+/// Who caused a reply, which decides the queue it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The receiving VM's own packet (or a host event of its own).
+    Own,
+    /// Another VM's packet, or another VM leaving.
+    Peer,
+}
 
 /// The replies waiting for one guest's RX buffers.
 #[derive(Debug, Default)]
@@ -71,6 +101,29 @@ impl ReplyQueue {
     }
 }
 
+/// The guest's own reply queue as its host endpoint sees it ([`GuestReplies`]): what the
+/// endpoint sends is queued as the VM's own and counted in `rst_sent`.
+#[derive(Debug)]
+pub struct HostReplies<'a> {
+    /// The guest's replies.
+    pub queue: &'a mut ReplyQueue,
+    /// The guest's counters.
+    pub counters: &'a VmCounters,
+}
+
+impl GuestReplies for HostReplies<'_> {
+    fn send_rst(&mut self, rst: PacketHeader) {
+        self.queue.push(rst);
+        self.counters.rst_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refuse(&mut self, h: &PacketHeader) {
+        if let Some(rst) = rst_to_sender(h) {
+            self.send_rst(rst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +143,19 @@ mod tests {
         }
         assert!(!q.has_room());
         assert_eq!(q.len(), PEER_REPLY_CAP + REPLY_QUEUE_CAP);
+    }
+
+    #[test]
+    fn rsts_go_to_the_sender_or_the_receiver_and_never_answer_an_rst() {
+        let mut req = PacketHeader::stream(Op::Request, 3, 1000, 4, 22);
+        req.set_credit(4096, 7);
+        assert_eq!(rst_to_sender(&req), Some(req.reply(Op::Rst)));
+        assert_eq!(rst_to_sender(&req), req.rst_reply());
+        assert_eq!(
+            rst_to_receiver(&req),
+            PacketHeader::stream(Op::Rst, 3, 1000, 4, 22)
+        );
+        assert_eq!(rst_to_sender(&rst_to_receiver(&req)), None);
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use sockbypass_wire::PacketHeader;
 
-use super::peer_path::{rst_towards_destination, Cause};
+use super::hub::Switch;
 use super::peer_table::same_connection;
+use super::replies::{rst_to_receiver, rst_to_sender, Cause};
 use super::vm_port::VmPort;
-use super::Switch;
 use crate::warn_limited;
 
 impl Switch {
@@ -46,15 +46,10 @@ impl Switch {
         let mut touched = Vec::new();
         for h in &conns {
             self.peers().forget(h);
-            if let (Some(sender), Some(rst)) = (self.index_of_cid(h.src_cid()), h.rst_reply()) {
+            if let (Some(sender), Some(rst)) = (self.index_of_cid(h.src_cid()), rst_to_sender(h)) {
                 self.owe_rst(sender, rst, Cause::Peer, &mut touched);
             }
-            self.owe_rst(
-                vm.index,
-                rst_towards_destination(h),
-                Cause::Peer,
-                &mut touched,
-            );
+            self.owe_rst(vm.index, rst_to_receiver(h), Cause::Peer, &mut touched);
         }
         vm.counters
             .rx_stall_resets

@@ -14,10 +14,10 @@ use crate::host::HostEndpoint;
 use crate::logging::RateLimiter;
 use crate::metrics::VmCounters;
 
-use super::attachment::{AtomicMem, Attachment, GuestMem, Vring, RX, TX};
+use super::attachment::{Attachment, RX, TX};
 use super::inbound::{Held, InboundQueue};
-use super::peer_path::Cause;
-use super::replies::ReplyQueue;
+use super::replies::{Cause, HostReplies, ReplyQueue};
+use crate::memory::{AtomicMem, GuestMem, Vring};
 
 /// State serialised by the TX lock: only one thread walks a VM's TX queue at a time.
 #[derive(Debug, Default)]
@@ -73,6 +73,18 @@ impl RxSide {
             &counters.drop_reply_overflow
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The host endpoint, with the guest's reply queue as the endpoint may use it.
+    pub fn host_with_replies<'a>(
+        &'a mut self,
+        counters: &'a VmCounters,
+    ) -> (&'a mut HostEndpoint, HostReplies<'a>) {
+        let replies = HostReplies {
+            queue: &mut self.replies,
+            counters,
+        };
+        (&mut self.host, replies)
     }
 
     /// Marks the start of a wait for RX buffers (if not already waiting).
@@ -201,9 +213,9 @@ impl VmPort {
         }
     }
 
-    /// Whether anything waits for this VM's RX buffers: replies, packets from peers, or data
-    /// from host connections.
-    pub fn rx_has_work(&self) -> bool {
+    /// Takes the RX lock and says whether anything waits for this VM's RX buffers: replies,
+    /// packets from peers, or data from host connections.
+    pub fn lock_rx_has_work(&self) -> bool {
         let rx = self.rx();
         !rx.replies.is_empty() || !rx.inbound.is_empty() || rx.host.has_work_for_guest()
     }

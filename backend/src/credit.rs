@@ -1,15 +1,25 @@
-//! Credit accounting for one direction of a stream (virtio 1.2 §5.10.6.3, SPEC.md §5).
+//! Credit accounting for one direction of a stream (virtio 1.2 §5.10.6.3, SPEC.md §5): the
+//! host endpoints' connections and the switch's VM-to-VM connections both count with
+//! [`room`], the one credit formula of the daemon.
 //!
 //! All counters are `u32` and wrap, as on the wire.
 
-/// What the device knows about the *guest's* receive buffer, for data sent to the guest.
+/// The credit formula: bytes a receiver that granted `buf_alloc` bytes of buffer can still
+/// take, when `sent` bytes went to it and it has consumed `fwd_cnt` of them. `None` when more
+/// than `buf_alloc` is already in flight (the receiver shrank its buffer since).
+pub fn room(buf_alloc: u32, sent: u32, fwd_cnt: u32) -> Option<u32> {
+    buf_alloc.checked_sub(sent.wrapping_sub(fwd_cnt))
+}
+
+/// What the device knows about a receiver's buffer (a guest's, for data sent to it): for a
+/// host connection, the guest's; for a VM-to-VM connection, each side's.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCredit {
-    /// The guest's `buf_alloc`, from its latest packet.
+    /// The receiver's `buf_alloc`, from its latest packet.
     pub buf_alloc: u32,
-    /// The guest's `fwd_cnt`, from its latest packet.
+    /// The receiver's `fwd_cnt`, from its latest packet.
     pub fwd_cnt: u32,
-    /// Payload bytes the device has sent to the guest.
+    /// Payload bytes sent (or let through) to the receiver.
     pub tx_cnt: u32,
 }
 
@@ -20,10 +30,14 @@ impl PeerCredit {
         self.fwd_cnt = fwd_cnt;
     }
 
-    /// Bytes the device may still send without overrunning the guest.
+    /// Bytes the device may still send without overrunning the receiver.
     pub fn available(&self) -> u32 {
-        let in_flight = self.tx_cnt.wrapping_sub(self.fwd_cnt);
-        self.buf_alloc.saturating_sub(in_flight)
+        room(self.buf_alloc, self.tx_cnt, self.fwd_cnt).unwrap_or(0)
+    }
+
+    /// Whether `len` more bytes fit in what the receiver granted.
+    pub fn admits(&self, len: u32) -> bool {
+        room(self.buf_alloc, self.tx_cnt, self.fwd_cnt).is_some_and(|r| len <= r)
     }
 
     /// Records `n` bytes sent.
@@ -58,8 +72,7 @@ impl LocalCredit {
 
     /// Whether accepting `n` more bytes stays within what the device granted.
     pub fn admits(&self, n: u32) -> bool {
-        let held = self.rx_cnt.wrapping_sub(self.fwd_cnt);
-        u64::from(held) + u64::from(n) <= u64::from(self.buf_alloc)
+        room(self.buf_alloc, self.rx_cnt, self.fwd_cnt).is_some_and(|r| n <= r)
     }
 
     /// Records `n` bytes taken from the guest.
@@ -109,6 +122,22 @@ mod tests {
         };
         w.consume(50);
         assert_eq!(w.available(), 50);
+    }
+
+    #[test]
+    fn peer_credit_admits_what_is_available_and_nothing_once_overrun() {
+        let mut c = PeerCredit::default();
+        c.update(1000, 0);
+        assert!(c.admits(1000));
+        assert!(!c.admits(1001));
+        c.consume(1000);
+        assert!(c.admits(0));
+        // The receiver shrank its buffer below what is in flight: not even an empty packet.
+        c.update(500, 0);
+        assert_eq!(c.available(), 0);
+        assert!(!c.admits(0));
+        assert_eq!(room(500, 1000, 0), None);
+        assert_eq!(room(100, 5, u32::MAX - 4), Some(90), "across the u32 wrap");
     }
 
     #[test]

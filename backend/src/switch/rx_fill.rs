@@ -1,22 +1,22 @@
-//! The RX path: write what the device owes a guest into the guest's RX buffers.
+//! Filling one VM's RX queue with what the device owes it (SPEC.md §5.3, §6, §10).
 //!
-//! Sources, in order: the reply queue (refusals, RSTs) first, then packets from peer VMs and
-//! host connections, taking turns when both have data. A chain that cannot hold a packet is
-//! returned with used length 0 and counted.
+//! Sources, in order: the reply queue (refusals, RSTs) first, then packets from peer VMs held
+//! for this VM's RX buffers and host connections, taking turns when both have data. A held
+//! packet is finished with the same copy the TX walk uses ([`deliver`], `packet_path.rs`). A
+//! chain that cannot hold a packet is returned with used length 0 and counted.
 
 use std::sync::atomic::Ordering;
 
-use std::time::Instant;
+use sockbypass_wire::{PacketHeader, RxBuffer};
 
-use sockbypass_wire::consts::MAX_QUEUE_SIZE;
-use sockbypass_wire::{parse_rx_chain_into, PacketHeader, RxBuffer};
-
-use super::attachment::{Attachment, MemGuard, RX, TX};
+use super::attachment::{Attachment, RX, TX};
+use super::hub::Switch;
 use super::inbound::Held;
-use super::peer_path::{count_forwarded, deliver, mark, rst_towards_destination, Cause, Progress};
+use super::packet_path::{count_forwarded, deliver, mark, take_buffer, Progress, RX_POP_BUDGET};
 use super::peer_table::OwedRst;
+use super::replies::{rst_to_receiver, rst_to_sender, Cause};
 use super::vm_port::{RxSide, VmPort};
-use super::Switch;
+use crate::memory::MemGuard;
 use crate::warn_limited;
 
 /// What one [`Switch::fill_rx`] call did.
@@ -26,8 +26,6 @@ pub struct RxReport {
     pub packets: u32,
     /// Of those, replies from the reply queue.
     pub replies_sent: u32,
-    /// The device had something to send but no RX buffer.
-    pub out_of_buffers: bool,
     /// The guest was interrupted for the RX used ring.
     pub notified: bool,
     /// The budget of RX chains was spent with work left; the rest was handed back
@@ -42,11 +40,15 @@ enum Source {
     Host,
 }
 
-/// RX chains one fill (or one delivery from a sender's walk) may take, usable or not. A guest
-/// that keeps posting buffers, even unusable ones, never keeps a thread longer than this: the
-/// rest is handed back through [`VmPort::request_resume`].
-pub const RX_POP_BUDGET: u32 = 1024;
-const _: () = assert!(RX_POP_BUDGET as usize == MAX_QUEUE_SIZE);
+/// What a fill does when a source found no RX buffer.
+enum OutOfBuffers {
+    /// Buffers came while kicks were re-armed: look once more.
+    LookAgain,
+    /// Stop; the rest is handed back for later.
+    Later,
+    /// Stop and wait for the guest's kick (the VM is starved).
+    WaitForKick,
+}
 
 impl Switch {
     /// Delivers what VM `index` is owed into its RX queue, as far as buffers (and the budget
@@ -68,54 +70,21 @@ impl Switch {
         let mut starved = false;
         let mut pops = RX_POP_BUDGET;
         let mut rearmed = false;
-        loop {
-            let source = {
-                let has_host = !host_idle && rx.host.has_work_for_guest();
-                let has_peer = !rx.inbound.is_empty();
-                if !rx.replies.is_empty() {
-                    Source::Reply
-                } else if has_peer && has_host {
-                    rx.host_turn = !rx.host_turn;
-                    if rx.host_turn {
-                        Source::Host
-                    } else {
-                        Source::Peer
-                    }
-                } else if has_peer {
-                    Source::Peer
-                } else if has_host {
-                    Source::Host
-                } else {
-                    break;
-                }
-            };
+        while let Some(source) = next_source(&mut rx, host_idle) {
             let progressed = match source {
                 Source::Reply => fill_reply(vm, &att, &mem, &mut rx, &mut pops, &mut report),
                 Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut pops, &mut host_idle),
                 Source::Peer => {
-                    self.fill_peer(vm, &att, &mem, &mut rx, &mut pops, &mut owed, &mut dropped)
+                    self.fill_held(vm, &att, &mem, &mut rx, &mut pops, &mut owed, &mut dropped)
                 }
             };
             if progressed {
                 continue;
             }
-            if pops == 0 {
-                // The budget is spent with work left: come back later, not now.
-                report.more = true;
-                break;
-            }
-            report.out_of_buffers = true;
-            vm.counters.rx_buffer_stalls.fetch_add(1, Ordering::Relaxed);
-            rx.start_starving();
-            // Ask for a kick when buffers come; if some came meanwhile, look once more.
-            match att.enable_kicks(RX) {
-                Ok(true) if !rearmed => rearmed = true,
-                Ok(true) => {
-                    // Buffers keep coming as fast as they go: finish later.
-                    report.more = true;
-                    break;
-                }
-                _ => {
+            match out_of_buffers(vm, &att, &mut rx, pops, &mut rearmed, &mut report) {
+                OutOfBuffers::LookAgain => {}
+                OutOfBuffers::Later => break,
+                OutOfBuffers::WaitForKick => {
                     starved = true;
                     break;
                 }
@@ -147,7 +116,7 @@ impl Switch {
     /// Delivers the packet at the front of the inbound queue (or as much of it as buffers
     /// allow). Returns `false` when no RX buffer was free.
     #[allow(clippy::too_many_arguments)]
-    fn fill_peer(
+    fn fill_held(
         &self,
         vm: &VmPort,
         att: &Attachment,
@@ -205,29 +174,70 @@ impl Switch {
         if progress == Progress::Failed {
             // The connection is gone: an RST to each side.
             self.peers().forget(&header);
-            if let Some(rst) = header.rst_reply() {
+            if let Some(rst) = rst_to_sender(&header) {
                 owed.push(OwedRst {
                     vm: sender_index,
                     header: rst,
                 });
             }
-            rx.owe_rst(
-                rst_towards_destination(&header),
-                Cause::Peer,
-                &vm.counters,
-                dropped,
-            );
+            rx.owe_rst(rst_to_receiver(&header), Cause::Peer, &vm.counters, dropped);
         }
         true
     }
+}
 
-    /// Interrupts each of `senders` for its TX used ring (chains of theirs came back).
-    pub(super) fn notify_tx(&self, senders: &[usize]) {
-        for &s in senders {
-            if let Some(vm) = self.vm(s) {
-                vm.with_attachment(|a| a.notify(TX));
-            }
+/// The source that gets the next RX buffer, or `None` when nothing waits (host connections
+/// count as waiting until one fill found them idle).
+fn next_source(rx: &mut RxSide, host_idle: bool) -> Option<Source> {
+    let has_host = !host_idle && rx.host.has_work_for_guest();
+    let has_peer = !rx.inbound.is_empty();
+    if !rx.replies.is_empty() {
+        Some(Source::Reply)
+    } else if has_peer && has_host {
+        rx.host_turn = !rx.host_turn;
+        Some(if rx.host_turn {
+            Source::Host
+        } else {
+            Source::Peer
+        })
+    } else if has_peer {
+        Some(Source::Peer)
+    } else if has_host {
+        Some(Source::Host)
+    } else {
+        None
+    }
+}
+
+/// A source found no RX buffer: with the budget spent, come back later; otherwise count the
+/// stall, start the wait, and ask for a kick when buffers come (looking once more if some came
+/// meanwhile).
+fn out_of_buffers(
+    vm: &VmPort,
+    att: &Attachment,
+    rx: &mut RxSide,
+    pops: u32,
+    rearmed: &mut bool,
+    report: &mut RxReport,
+) -> OutOfBuffers {
+    if pops == 0 {
+        // The budget is spent with work left: come back later, not now.
+        report.more = true;
+        return OutOfBuffers::Later;
+    }
+    vm.counters.rx_buffer_stalls.fetch_add(1, Ordering::Relaxed);
+    rx.start_starving();
+    match att.enable_kicks(RX) {
+        Ok(true) if !*rearmed => {
+            *rearmed = true;
+            OutOfBuffers::LookAgain
         }
+        Ok(true) => {
+            // Buffers keep coming as fast as they go: finish later.
+            report.more = true;
+            OutOfBuffers::Later
+        }
+        _ => OutOfBuffers::WaitForKick,
     }
 }
 
@@ -277,44 +287,6 @@ fn fill_host(
         }
     }
     true
-}
-
-/// Pops the next usable RX buffer into `buf`, ending a wait for buffers if one was running;
-/// false when the queue has none, or when `pops` (the caller's budget of RX chains, usable or
-/// not) is spent. Unusable chains go back with used length 0.
-pub fn take_buffer(
-    vm: &VmPort,
-    att: &Attachment,
-    mem: &MemGuard,
-    starved_since: &mut Option<Instant>,
-    pops: &mut u32,
-    buf: &mut RxBuffer,
-) -> bool {
-    loop {
-        if *pops == 0 {
-            return false;
-        }
-        let Some(chain) = att.pop(RX, mem) else {
-            return false;
-        };
-        *pops -= 1;
-        let head = chain.head_index();
-        match parse_rx_chain_into(chain, buf) {
-            Ok(()) => {
-                if let Some(since) = starved_since.take() {
-                    let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    vm.counters.rx_wait_ns.fetch_add(waited, Ordering::Relaxed);
-                }
-                return true;
-            }
-            Err(e) => {
-                vm.counters.rx_bad_chain.fetch_add(1, Ordering::Relaxed);
-                vm.counters.count_malformed(&e);
-                warn_limited!(vm.warn, vm = %vm.config.name, reason = e.reason(), error = %e, "unusable RX buffer");
-                vm.return_chain(att, mem, RX, head, 0);
-            }
-        }
-    }
 }
 
 /// Writes `hdr` (its payload of `len` bytes is already in place) and returns the buffer.
