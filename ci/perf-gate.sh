@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The perf-regression gate.
 #
-#   ci/perf-gate.sh                      instruction count per forwarded packet vs ci/perf-baseline.json
+#   ci/perf-gate.sh                      instruction counts per forwarded packet vs ci/perf-baseline.json
 #   ci/perf-gate.sh --update "reason"    measure and write a new baseline (commit it, with the reason)
 #   ci/perf-gate.sh --ab REV [ROUNDS]    wall-clock A/B: the microbenchmark at REV (A) vs this tree (B)
 #
-# The gate runs `sockbypass-microbench gate` (event mode, one VM pair, 400 batches of 32 packets
-# of 64 B) under `valgrind --tool=callgrind` and counts the instructions executed inside the
-# device's handle_event (the whole switch path: TX walk, routing, the copy, RX fill, used rings,
-# interrupts) per forwarded packet. The count is deterministic for a given binary (runs agree
-# to 0.01%), unlike time on a shared machine. It fails when the count is more than 5% above the
-# baseline. A different rustc changes the count; the gate prints both versions when they differ.
+# The gate runs `sockbypass-microbench gate` (one VM pair, 400 batches of 32 packets of 64 B)
+# under `valgrind --tool=callgrind` twice and counts the instructions per forwarded packet of
+# the two paths a packet can take through the switch:
+# - event: event mode; everything inside the device's handle_event (the kick handler: TX walk,
+#   routing, the copy, RX fill, used rings, interrupts);
+# - poll: poll mode, the path of the default (adaptive) mode while packets flow; everything
+#   inside the TX walk of a ring that has work (Switch::walk_tx_ring) and the RX fill a poll
+#   thread starts (Switch::fill_rx_then_resume_tx). Passes that find every ring idle are not
+#   counted: how many there are depends on timing.
+# Both counts are deterministic for a given binary (repeat runs agree exactly), unlike time on
+# a shared machine. The gate fails when either is more than 5% above its baseline. A different
+# rustc changes the counts; the gate prints both versions when they differ.
 # It is built with `--profile perfgate` (release with one codegen unit): with the usual 16 units,
 # adding unrelated functions moves code between units and the count by several percent.
 #
@@ -25,7 +31,15 @@ cd "$(dirname "$0")/.."
 BASELINE=ci/perf-baseline.json
 LIMIT_PCT=5
 GATE_ARGS=(gate --batches 400 --batch 32)
-TOGGLE='*VsockDevice*handle_event*'
+# The paths: name, the gate's --mode, the functions counted (callgrind --toggle-collect).
+PATHS=(event poll)
+declare -A MODE=([event]=event [poll]=poll)
+declare -A TOGGLES=(
+    [event]='*VsockDevice*handle_event*'
+    [poll]='*Switch*walk_tx_ring* *Switch*fill_rx_then_resume_tx*'
+)
+# The baseline key of each path's count.
+declare -A KEY=([event]=ir_per_packet [poll]=ir_per_packet_poll)
 BIN=target/release/sockbypass-microbench
 GATE_BIN=target/perfgate/sockbypass-microbench
 
@@ -43,15 +57,17 @@ build_gate() {
     cargo build --profile perfgate -q -p sockbypass-integration --bin sockbypass-microbench
 }
 
-# Prints "<instructions per packet> <packets>" for the gate run.
+# Prints "<instructions per packet> <packets>" for the gate run of path $1.
 measure() {
+    local path=$1
     command -v valgrind >/dev/null 2>&1 || SOCKBYPASS_APT_PACKAGES=valgrind ci/install-deps.sh >&2
-    local out log
+    local out log toggle toggles=()
     out=$(mktemp) log=$(mktemp)
     # shellcheck disable=SC2064 # expand now: the paths are fixed
     trap "rm -f '$out' '$log'" RETURN
-    if ! valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect="$TOGGLE" \
-        "$GATE_BIN" "${GATE_ARGS[@]}" >"$log" 2>&1; then
+    for toggle in ${TOGGLES[$path]}; do toggles+=("--toggle-collect=$toggle"); done
+    if ! valgrind --tool=callgrind --callgrind-out-file="$out" "${toggles[@]}" \
+        "$GATE_BIN" "${GATE_ARGS[@]}" --mode "${MODE[$path]}" >"$log" 2>&1; then
         cat "$log" >&2
         die "the gate run failed under valgrind"
     fi
@@ -62,7 +78,7 @@ measure() {
     [ -n "$ir" ] && [ -n "$packets" ] && [ "$packets" -gt 0 ] ||
         die "could not read the instruction count or the packet count (callgrind output: $out)"
     if [ "$ir" -eq 0 ]; then
-        die "callgrind counted 0 instructions in $TOGGLE: was handle_event renamed or inlined?"
+        die "callgrind counted 0 instructions in ${TOGGLES[$path]}: was a function renamed or inlined?"
     fi
     awk -v ir="$ir" -v p="$packets" 'BEGIN { printf "%.1f %d\n", ir / p, p }'
 }
@@ -72,51 +88,58 @@ json_field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\}.*/\1/p" "$BASE
 gate() {
     [ -f "$BASELINE" ] || die "$BASELINE is missing: run ci/perf-gate.sh --update \"reason\""
     build_gate
-    local result
-    # A failed measurement (reported by measure) stops the gate; it never compares nothing.
-    result=$(measure) || exit 2
-    read -r per_packet packets <<<"$result"
-    local base rustc_now rustc_base
-    base=$(json_field ir_per_packet)
+    local rustc_now rustc_base failed=0 path result per_packet packets base
     rustc_base=$(json_field rustc)
     rustc_now=$(rustc --version)
-    [ -n "$base" ] || die "$BASELINE has no ir_per_packet"
-    say "instructions per forwarded packet: $per_packet (over $packets packets); baseline $base"
     if [ "$rustc_now" != "$rustc_base" ]; then
         say "note: baseline measured with $rustc_base, this is $rustc_now; counts may differ"
     fi
-    if awk -v n="$per_packet" -v b="$base" -v l="$LIMIT_PCT" 'BEGIN { exit !(n > b * (1 + l / 100)) }'; then
-        awk -v n="$per_packet" -v b="$base" 'BEGIN { printf "[perf-gate] FAIL: %+.1f%% instructions per packet (limit +5%%)\n", (n / b - 1) * 100 }'
-        exit 1
-    fi
-    awk -v n="$per_packet" -v b="$base" 'BEGIN { printf "[perf-gate] ok: %+.1f%% against the baseline (limit +5%%)\n", (n / b - 1) * 100 }'
-    if awk -v n="$per_packet" -v b="$base" -v l="$LIMIT_PCT" 'BEGIN { exit !(n < b * (1 - l / 100)) }'; then
-        say "more than 5% better than the baseline: consider ci/perf-gate.sh --update \"why\""
-    fi
+    for path in "${PATHS[@]}"; do
+        # A failed measurement (reported by measure) stops the gate; it never compares nothing.
+        result=$(measure "$path") || exit 2
+        read -r per_packet packets <<<"$result"
+        base=$(json_field "${KEY[$path]}")
+        [ -n "$base" ] || die "$BASELINE has no ${KEY[$path]}: run ci/perf-gate.sh --update \"reason\""
+        say "$path path: instructions per forwarded packet: $per_packet (over $packets packets); baseline $base"
+        if awk -v n="$per_packet" -v b="$base" -v l="$LIMIT_PCT" 'BEGIN { exit !(n > b * (1 + l / 100)) }'; then
+            awk -v p="$path" -v n="$per_packet" -v b="$base" 'BEGIN { printf "[perf-gate] FAIL: %s path %+.1f%% instructions per packet (limit +5%%)\n", p, (n / b - 1) * 100 }'
+            failed=1
+            continue
+        fi
+        awk -v p="$path" -v n="$per_packet" -v b="$base" 'BEGIN { printf "[perf-gate] ok: %s path %+.1f%% against the baseline (limit +5%%)\n", p, (n / b - 1) * 100 }'
+        if awk -v n="$per_packet" -v b="$base" -v l="$LIMIT_PCT" 'BEGIN { exit !(n < b * (1 - l / 100)) }'; then
+            say "$path path more than 5% better than the baseline: consider ci/perf-gate.sh --update \"why\""
+        fi
+    done
+    exit "$failed"
 }
 
 update() {
-    local reason=$1
+    local reason=$1 path result per_packet packets
     [ -n "$reason" ] || die "--update needs a reason: ci/perf-gate.sh --update \"why the count changed\""
     build_gate
-    local result
-    # A failed measurement (reported by measure) stops the gate; it never compares nothing.
-    result=$(measure) || exit 2
-    read -r per_packet packets <<<"$result"
+    local -A count
+    for path in "${PATHS[@]}"; do
+        # A failed measurement (reported by measure) stops the gate; it never compares nothing.
+        result=$(measure "$path") || exit 2
+        read -r per_packet packets <<<"$result"
+        count[$path]=$per_packet
+    done
     cat >"$BASELINE" <<EOF
 {
-  "ir_per_packet": $per_packet,
+  "ir_per_packet": ${count[event]},
+  "ir_per_packet_poll": ${count[poll]},
   "packets": $packets,
-  "gate": "sockbypass-microbench ${GATE_ARGS[*]}",
+  "gate": "sockbypass-microbench ${GATE_ARGS[*]} --mode event|poll",
   "profile": "perfgate (release, codegen-units = 1)",
-  "toggle_collect": "$TOGGLE",
+  "toggle_collect": "event: ${TOGGLES[event]}; poll: ${TOGGLES[poll]}",
   "rustc": "$(rustc --version)",
   "valgrind": "$(valgrind --version)",
   "measured_at": "$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- backend virtio-spec integration Cargo.toml Cargo.lock || echo -dirty)",
   "reason": "$(printf '%s' "$reason" | sed 's/["\\]/\\&/g')"
 }
 EOF
-    say "wrote $BASELINE: $per_packet instructions per packet. Commit it with the reason."
+    say "wrote $BASELINE: ${count[event]} (event path) and ${count[poll]} (poll path) instructions per packet. Commit it with the reason."
 }
 
 ab() {
@@ -177,6 +200,6 @@ case "${1:-}" in
     "") gate ;;
     --update) update "${2:-}" ;;
     --ab) [ -n "${2:-}" ] || die "usage: ci/perf-gate.sh --ab REV [ROUNDS]"; ab "$2" "${3:-10}" ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown argument: $1 (see ci/perf-gate.sh --help)" ;;
 esac

@@ -40,7 +40,9 @@ impl Switch {
 
     /// Fills VM `index`'s RX queue. If the fill sent replies while the VM's TX walk was stalled
     /// on a full reply queue, the TX walk is handed back to whoever serves the VM (this path
-    /// takes no TX lock).
+    /// takes no TX lock). Never inlined: `ci/perf-gate.sh` counts a poll thread's work from
+    /// here and from the TX walk.
+    #[inline(never)]
     pub fn fill_rx_then_resume_tx(&self, index: usize) -> RxReport {
         let rx = self.fill_rx(index);
         if rx.replies_sent > 0 {
