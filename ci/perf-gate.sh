@@ -14,7 +14,7 @@
 #   inside the TX walk of a ring that has work (Switch::walk_tx_ring) and the RX fill a poll
 #   thread starts (Switch::fill_rx_then_resume_tx). Passes that find every ring idle are not
 #   counted: how many there are depends on timing.
-# Both counts are deterministic for a given binary (repeat runs agree exactly), unlike time on
+# Both counts are deterministic for a given binary (repeat runs agree to 0.01%), unlike time on
 # a shared machine. The gate fails when either is more than 5% above its baseline. A different
 # rustc changes the counts; the gate prints both versions when they differ.
 # It is built with `--profile perfgate` (release with one codegen unit): with the usual 16 units,
