@@ -33,13 +33,13 @@ die() { printf '[perf-gate] error: %s\n' "$*" >&2; exit 2; }
 
 build() {
     say "building sockbypass-microbench (--release)"
-    cargo build --release -q -p sockbypass-integration --bin sockbypass-microbench
+    cargo build --release -q -p sockbypass-benchmarks --bin sockbypass-microbench
 }
 
 # The gate's own build: release with one codegen unit (see [profile.perfgate] in Cargo.toml).
 build_gate() {
     say "building sockbypass-microbench (--profile perfgate)"
-    cargo build --profile perfgate -q -p sockbypass-integration --bin sockbypass-microbench
+    cargo build --profile perfgate -q -p sockbypass-benchmarks --bin sockbypass-microbench
 }
 
 # Prints "<instructions per packet> <packets>" for the gate run.

@@ -70,7 +70,7 @@ cargo test -p sockbypassd --features failpoints --test thread_panic 2>&1 | tee -
 : > target/test-modes.log
 for mode in poll event; do
     step "device tests in --poll-mode $mode"
-    SOCKBYPASS_TEST_POLL_MODE=$mode cargo test -p sockbypass-integration --tests 2>&1 \
+    SOCKBYPASS_TEST_POLL_MODE=$mode cargo test -p sockbypass-device-tests --tests 2>&1 \
         | tee -a target/test-modes.log
 done
 

@@ -1,0 +1,87 @@
+//! The poll engine (`backend/DESIGN-poller.md`, issue 5) with the test frontend: in each mode a
+//! VM-to-VM stream is byte-exact; poll threads do the work, kicks are suppressed while they
+//! spin, an adaptive thread sleeps when idle and wakes on the next kick, and event mode has no
+//! poll thread at all.
+
+mod common;
+
+use std::time::Duration;
+
+use common::peers::{assert_same_bytes, connect_peers};
+use common::transfer::{run, Job};
+use common::{random_bytes, wait_until, Harness, VmSpec};
+use sockbypassd::config::{PollConfig, PollMode};
+
+const T: Duration = Duration::from_secs(60);
+
+fn harness(mode: PollMode) -> Harness {
+    Harness::start_with_poll(
+        &[VmSpec::new("a", 3), VmSpec::new("b", 4)],
+        PollConfig {
+            mode,
+            ..PollConfig::default()
+        },
+    )
+}
+
+/// Streams `size` bytes from a to b; returns a's TX packets during the stream and a's kicks.
+fn stream(h: &Harness, size: usize, seed: u64) -> (u64, u64) {
+    let (mut a, mut b) = (h.vm("a"), h.vm("b"));
+    let (ia, ib) = connect_peers(&mut a, &mut b, 5000, T);
+    let before = h.counters("a");
+    let data = random_bytes(size, seed);
+    let mut ja = [Job::with_max_write(ia, data.clone(), 0, seed, 4096)];
+    let mut jb = [Job::new(ib, Vec::new(), size, seed + 1)];
+    std::thread::scope(|s| {
+        s.spawn(|| run(a.driver_mut(), &mut ja, T, "a"));
+        s.spawn(|| run(b.driver_mut(), &mut jb, T, "b"));
+    });
+    assert_same_bytes(&jb[0].got, &data, "a → b");
+    let after = h.counters("a");
+    (
+        after.tx_packets - before.tx_packets,
+        after.kicks_received - before.kicks_received,
+    )
+}
+
+#[test]
+fn poll_mode_moves_the_stream_with_kicks_suppressed() {
+    let h = harness(PollMode::Poll);
+    let (packets, kicks) = stream(&h, 2 << 20, 1);
+    let pc = h.poll_counters();
+    assert_eq!(pc.len(), 1, "one poll thread");
+    assert!(pc[0].useful_loops > 0 && pc[0].packets >= packets, "{pc:?}");
+    assert_eq!(pc[0].sleeps, 0, "poll mode never sleeps: {pc:?}");
+    assert!(
+        kicks * 4 < packets,
+        "TX kicks suppressed while polling: {kicks} kicks for {packets} packets"
+    );
+}
+
+#[test]
+fn adaptive_mode_sleeps_when_idle_and_wakes_on_a_kick() {
+    let h = harness(PollMode::Adaptive);
+    stream(&h, 1 << 20, 2);
+    assert!(
+        wait_until(T, || h.poll_counters()[0].sleeps > 0),
+        "the idle poll thread went to sleep: {:?}",
+        h.poll_counters()
+    );
+    let asleep = h.poll_counters()[0];
+    // A new stream needs the sleeping thread: a kick must wake it.
+    stream(&h, 1 << 20, 3);
+    let after = h.poll_counters()[0];
+    assert!(after.wakeups > asleep.wakeups, "woken by a kick: {after:?}");
+    assert!(
+        after.packets > asleep.packets,
+        "the poll thread moved the stream: {after:?}"
+    );
+}
+
+#[test]
+fn event_mode_has_no_poll_thread_and_takes_kicks() {
+    let h = harness(PollMode::Event);
+    let (packets, kicks) = stream(&h, 1 << 20, 4);
+    assert!(h.poll_counters().is_empty());
+    assert!(kicks > 0 && packets > 0, "{kicks} kicks, {packets} packets");
+}
