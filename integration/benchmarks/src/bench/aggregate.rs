@@ -3,6 +3,7 @@
 //! repetitions (the mean RTT is the mean of the repetitions' means).
 
 use serde_json::{json, Value};
+use sockbypass_measure::stats;
 
 use super::plan::{Path, Plan};
 
@@ -50,14 +51,9 @@ pub enum AggregateError {
     },
 }
 
+/// The median (`sockbypass_measure::stats`); NaN when there is none.
 fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
+    stats::median(v).unwrap_or(f64::NAN)
 }
 
 fn num(v: &Value, key: &str) -> f64 {

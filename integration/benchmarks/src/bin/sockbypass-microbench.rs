@@ -16,6 +16,7 @@ use sockbypass_benchmarks::bench::report::{commit, machine};
 use sockbypass_benchmarks::microbench::report::{mode_name, Reference, Report};
 use sockbypass_benchmarks::microbench::scenarios::{self, Settings, BULK};
 use sockbypass_benchmarks::microbench::{bench_vm::RING_SIZE, compare, reference};
+use sockbypass_measure::stats;
 use sockbypassd::config::{ConfigError, PollMode, DEFAULT_POLL_BUDGET_US};
 
 #[derive(Debug, Parser)]
@@ -186,7 +187,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // The median of `repeat` runs, like every other figure.
-    let mut copies: Vec<f64> = (0..s.repeat)
+    let copies: Vec<f64> = (0..s.repeat)
         .map(|_| {
             reference::memcpy_bandwidth(
                 BULK as usize,
@@ -195,8 +196,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             )
         })
         .collect();
-    copies.sort_by(f64::total_cmp);
-    let memcpy = copies[copies.len() / 2] / 1e9;
+    let memcpy = stats::median(&copies).ok_or("no memcpy run")? / 1e9;
     let mut modes = Vec::new();
     for &mode in &s.modes {
         println!("==> {} mode (--seccomp {})", mode_name(mode), args.seccomp);

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sockbypass_measure::stats;
 use sockbypassd::affinity::{pin_current_thread, CpuMask};
 
 use crate::error::MicrobenchError;
@@ -79,7 +80,8 @@ pub fn cacheline_round_trip(rounds: u64) -> Result<Duration, MicrobenchError> {
         .join()
         .map_err(|_| MicrobenchError::Thread("the pong thread panicked".into()))?;
     chunks.sort_unstable();
-    Ok(chunks[chunks.len() / 2] / u32::try_from(chunk).unwrap_or(u32::MAX))
+    let median = stats::percentile(&chunks, 500).unwrap_or_default();
+    Ok(median / u32::try_from(chunk).unwrap_or(u32::MAX))
 }
 
 /// Single-core copy bandwidth in bytes per second for blocks of `block` bytes, cycling over
@@ -112,5 +114,5 @@ pub fn timer_overhead() -> Duration {
         })
         .collect();
     samples.sort_unstable();
-    samples[samples.len() / 2]
+    stats::percentile(&samples, 500).unwrap_or_default()
 }

@@ -12,6 +12,7 @@ use super::pair::{spin_until, Pair, STALL_LIMIT};
 use super::reference;
 use crate::error::MicrobenchError;
 use sockbypass_measure::cpu_time as cpu;
+use sockbypass_measure::stats;
 
 /// Small packets: 64 payload bytes.
 pub const SMALL: u32 = 64;
@@ -217,11 +218,9 @@ fn median_of<T>(
     Ok(median_by(runs, key))
 }
 
-/// The element whose `key` is the median (the upper one of an even count). `runs` is not empty.
-fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
-    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    let mid = runs.len() / 2;
-    runs.swap_remove(mid)
+/// The element whose `key` is the median (`sockbypass_measure::stats`). `runs` is not empty.
+fn median_by<T>(runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    stats::median_by(runs, key).expect("at least one run")
 }
 
 /// Times `count` single packets of `len` bytes (after a tenth as many to warm up).
@@ -235,13 +234,10 @@ pub fn latency(pair: &mut Pair, len: u32, count: u32) -> Result<Latency, Microbe
         samples.push(pair.one_way(len)?.saturating_sub(overhead));
     }
     samples.sort_unstable();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).map_or(0.0, |d| d.as_nanos() as f64)
-    };
+    let at = |permille| stats::percentile(&samples, permille).map_or(0.0, |d| d.as_nanos() as f64);
     Ok(Latency {
-        p50_ns: at(0.5),
-        p99_ns: at(0.99),
+        p50_ns: at(500),
+        p99_ns: at(990),
         samples: u32::try_from(samples.len()).unwrap_or(u32::MAX),
     })
 }

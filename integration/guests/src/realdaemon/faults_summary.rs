@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 
 use super::faults::{Outcome, Params};
-use super::summary::{change_pct, percentile};
+use sockbypass_measure::stats::percentile_of;
+
+use super::summary::change_pct;
 
 /// The checks of a run and the results document.
 #[derive(Debug)]
@@ -75,7 +77,7 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
         failures.push("the daemon did not exit with status 0 on SIGTERM".into());
     }
     let fmt = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
-    let (p50, max) = (percentile(&resets, 50), percentile(&resets, 100));
+    let (p50, max) = (percentile_of(&resets, 500), percentile_of(&resets, 1000));
     let line = format!(
         "faults: {done}/{} cycles, reset latency p50 {} ms, max {} ms ({within}/{done} within \
          {:?}), daemon RSS without guest RAM {own_first} KiB after cycle 1, {own_last} KiB \
@@ -101,11 +103,11 @@ pub fn verdict(p: &Params, o: &Outcome, meta: Value) -> Verdict {
             last read of echo data to the end of the stream.",
         "reset_ms": {
             "limit": p.max_reset.as_secs_f64() * 1e3,
-            "p50": p50, "p99": percentile(&resets, 99), "max": max,
+            "p50": p50, "p99": percentile_of(&resets, 990), "max": max,
             "min": resets.iter().copied().reduce(f64::min),
             "within_limit": within,
         },
-        "guest_stall_ms": { "p50": percentile(&stalls, 50), "max": percentile(&stalls, 100) },
+        "guest_stall_ms": { "p50": percentile_of(&stalls, 500), "max": percentile_of(&stalls, 1000) },
         "daemon_rss_kib": {
             "checked": "own = VmRSS - RssShmem after cycle 1 and after the last cycle, within \
                 tolerance_pct",

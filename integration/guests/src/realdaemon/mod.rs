@@ -12,7 +12,7 @@
 //! | [`faults_summary`] | the checks and the results document of a fault run |
 //! | [`soak`] | `sockbypass-soak`: a thousand verified connections across four guests |
 //! | [`soak_summary`] | the checks and the results document of a soak |
-//! | [`summary`] | percentiles, results JSON files |
+//! | [`summary`] | changes in percent, results JSON files |
 
 pub mod faults;
 pub mod faults_summary;

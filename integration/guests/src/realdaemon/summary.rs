@@ -1,4 +1,4 @@
-//! Figures of the fault and soak runs: nearest-rank percentiles, and the results file
+//! Figures of the fault and soak runs: a change in percent, and the results file
 //! `<kind>-<UTC>.json` in the results directory.
 
 use std::path::{Path, PathBuf};
@@ -6,20 +6,6 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::RealDaemonError;
-
-/// The nearest-rank percentile `pct` (0 < pct <= 100) of `samples`: the smallest sample such
-/// that at least `pct`% of the samples are at or below it. `None` when empty.
-pub fn percentile(samples: &[f64], pct: u32) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    // ceil(pct * n / 100), at least 1.
-    let rank = (pct.min(100) as usize * n).div_ceil(100).max(1);
-    Some(sorted[rank - 1])
-}
 
 /// Writes `doc` as `<dir>/<kind>-<timestamp>.json`; returns the path.
 pub fn write_results(
@@ -54,17 +40,6 @@ pub fn change_pct(first: u64, last: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank() {
-        assert_eq!(percentile(&[], 50), None);
-        assert_eq!(percentile(&[7.0], 50), Some(7.0));
-        let v = [5.0, 1.0, 4.0, 2.0, 3.0];
-        assert_eq!(percentile(&v, 50), Some(3.0));
-        assert_eq!(percentile(&v, 100), Some(5.0));
-        assert_eq!(percentile(&v, 1), Some(1.0));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50), Some(2.0));
-    }
 
     #[test]
     fn change_in_percent() {
