@@ -2,27 +2,14 @@
 //! kick): a poll thread delivers packets held for a receiver that gives RX buffers back without
 //! a kick.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::wait_until;
 use sockbypass_benchmarks::microbench::daemon::{poll_config, BenchDaemon};
 use sockbypass_benchmarks::microbench::scenarios::SMALL;
 use sockbypassd::config::PollMode;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Polls `cond` every millisecond until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 /// A poll thread walks the RX queue of a VM that packets wait for: the receiver gives buffers
 /// back without ever kicking, and the poll thread delivers the held packets. (The host thread's

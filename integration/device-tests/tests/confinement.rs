@@ -3,11 +3,9 @@
 //! the seccomp filter, while the test's own threads are not. So the whole suite exercises the
 //! daemon with the filter on, and a system call outside the allowlist kills the test process.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{wait_until, Harness, VmSpec};
+use harness::{wait_until, Harness, VmSpec};
 use sockbypassd::config::PollMode;
 
 /// Name prefixes of the daemon's threads (`vhu-` and `vring_worker` are vhost-user-backend's).
@@ -47,7 +45,7 @@ fn every_daemon_thread_is_confined_and_the_tests_threads_are_not() {
     let _b = h.vm("b");
     // Both frontends are attached, so each VM has its vhost-user handler and vring worker; poll
     // threads exist except in event mode.
-    let event_mode = common::test_poll_config().mode == PollMode::Event;
+    let event_mode = harness::test_poll_config().mode == PollMode::Event;
     let kinds_present = |t: &[(String, u32)]| {
         DAEMON_THREADS
             .iter()

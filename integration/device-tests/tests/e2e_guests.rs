@@ -9,13 +9,11 @@
 //! Under TCG (no working KVM) a boot takes seconds and every figure is slow; no timing is
 //! asserted except that a refused connect fails at once rather than hanging.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{accept_within, cannot_run, wait_until, Harness, VmSpec};
+use harness::{accept_within, cannot_run, wait_until, Harness, VmSpec};
 use serde_json::Value;
 use sockbypass_guests::accel::{self, Accel};
 use sockbypass_guests::image::GuestImage;

@@ -1,13 +1,13 @@
 //! Guest↔host streams through the host endpoints (SPEC.md §6), with the test frontend playing
 //! QEMU and the guest driver. No QEMU needed.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{accept_within, random_bytes, random_chunks, sha256, wait_until, Harness, VmSpec};
+use harness::{
+    accept_within, host_connect, random_bytes, random_chunks, sha256, wait_until, Harness, VmSpec,
+};
 use sockbypass_frontend::{StreamState, TestVm, VmOptions};
 use sockbypass_wire::consts::HOST_CID;
 use sockbypass_wire::Op;
@@ -86,28 +86,7 @@ fn host_connects_with_connect_line_and_1mib_each_way_is_byte_exact() {
     let uds = h.uds("a");
     let to_guest2 = to_guest.clone();
     let host = thread::spawn(move || {
-        let mut s = std::os::unix::net::UnixStream::connect(uds).expect("connect uds");
-        s.set_read_timeout(Some(T)).expect("timeout");
-        s.set_write_timeout(Some(T)).expect("timeout");
-        s.write_all(b"CONNECT 6000\n").expect("CONNECT");
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        let deadline = Instant::now() + T;
-        while !line.ends_with(b"\n") {
-            assert!(
-                Instant::now() < deadline,
-                "no OK line within {T:?}: {line:?}"
-            );
-            assert_eq!(
-                s.read(&mut b).expect("OK line"),
-                1,
-                "stream ended before OK"
-            );
-            line.push(b[0]);
-        }
-        let text = String::from_utf8(line).expect("utf8");
-        assert!(text.starts_with("OK "), "got {text:?}");
-        let port: u32 = text[3..].trim().parse().expect("host port");
+        let (mut s, port) = host_connect(&uds, 6000, T).expect("CONNECT 6000, OK <host_port>");
         host_send(&mut s, &to_guest2, 7);
         let mut got = vec![0u8; MIB];
         s.read_exact(&mut got).expect("host reads 1 MiB");
@@ -183,13 +162,7 @@ fn host_to_guest_never_exceeds_guest_credit_and_resumes_on_credit_update() {
     let data = random_bytes(100 * 1024, 9);
     let writer_data = data.clone();
     let writer = thread::spawn(move || {
-        let mut s = std::os::unix::net::UnixStream::connect(uds).expect("uds");
-        s.set_read_timeout(Some(T)).expect("timeout");
-        s.set_write_timeout(Some(T)).expect("timeout");
-        s.write_all(b"CONNECT 6000\n").expect("CONNECT");
-        let mut ok = [0u8; 3];
-        s.read_exact(&mut ok).expect("OK");
-        assert_eq!(&ok, b"OK ");
+        let (mut s, _) = host_connect(&uds, 6000, T).expect("CONNECT 6000, OK <host_port>");
         s.write_all(&writer_data).expect("host writes 100 KiB");
         s
     });

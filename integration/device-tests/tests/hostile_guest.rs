@@ -8,17 +8,15 @@
 //! `SOCKBYPASS_HOSTILE_CHAINS` sets the number of chains (default 1000; `ci/test.sh` runs
 //! 10000), `SOCKBYPASS_HOSTILE_SEED` replays a run (the seed is printed).
 
-mod common;
 mod hostile_chains;
 mod hostile_steps;
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
-use common::transfer::{run, Job};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use harness::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
+use harness::transfer::{run, Job};
+use harness::{ping_host, random_bytes, wait_until, Harness, VmSpec};
 use hostile_chains::ChainMaker;
 use hostile_steps::RingAttacker;
 use rand::SeedableRng;
@@ -301,17 +299,7 @@ fn a_hostile_guest_cannot_disturb_other_vms_or_the_daemon() {
         .release_descriptors(&pool)
         .expect("release the pool");
     let listener = h.host_listener("x", 9000);
-    let id = x
-        .driver_mut()
-        .connect_blocking(2, 9000, T)
-        .expect("x reaches the host");
-    let (mut host, _) = listener.accept().expect("host accepts");
-    x.driver_mut().send_all(id, b"ping", T).expect("send");
-    let mut four = [0u8; 4];
-    host.read_exact(&mut four).expect("host reads");
-    assert_eq!(&four, b"ping");
-    host.write_all(b"pong").expect("host writes");
-    assert_eq!(x.driver_mut().recv_exact(id, 4, T).expect("recv"), b"pong");
+    ping_host(&mut x, &listener, 9000, T, "x reaches the host");
     // x resets its device: every connection x opened ends, a and b keep only their stream,
     // and x reaches a peer again.
     x.guest_reset().expect("x resets its device");

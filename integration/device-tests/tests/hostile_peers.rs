@@ -3,13 +3,11 @@
 //! a connection that never gets its RESPONSE expires, an RST never overtakes data held for its
 //! connection, and host connections of a VM share one byte budget.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::peers::{connect_peers, drive, send_and_expect};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use harness::peers::{connect_peers, drive, send_and_expect};
+use harness::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_frontend::{DriverConfig, StreamState, TestVm, TxLayout};
 use sockbypass_wire::{Op, PacketHeader};
 
@@ -130,7 +128,7 @@ fn one_peer_cannot_take_all_of_a_vms_connections() {
 fn a_connection_that_never_gets_its_response_expires() {
     let h = {
         let vms = [VmSpec::new("b", 4), VmSpec::new("x", 5)];
-        let mut config = common::harness_config(&vms, common::test_poll_config());
+        let mut config = harness::harness_config(&vms, harness::test_poll_config());
         config.0.half_open_timeout_ms = 300;
         Harness::start_config(config)
     };
@@ -259,7 +257,7 @@ fn a_receiver_that_posts_no_rx_buffers_holds_its_peers_only_so_long() {
             VmSpec::new("b", 4),
             VmSpec::new("c", 5),
         ];
-        let mut config = common::harness_config(&vms, common::test_poll_config());
+        let mut config = harness::harness_config(&vms, harness::test_poll_config());
         config.0.rx_stall_timeout_ms = 500;
         Harness::start_config(config)
     };

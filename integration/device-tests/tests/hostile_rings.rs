@@ -4,12 +4,10 @@
 //! and the daemon stops when asked. (A TX ring refilled as fast as the device drains it needs a
 //! poll thread, so that test is in `poll_engine.rs`, which sets its own poll mode.)
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::peers::{connect_peers, drive, send_and_expect};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use harness::peers::{connect_peers, drive, send_and_expect};
+use harness::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_frontend::{Buffer, DriverConfig, StreamId, StreamState, TestVm, TxLayout};
 use sockbypass_wire::consts::{RX_QUEUE, TX_QUEUE};
 use sockbypass_wire::{Op, PacketHeader};

@@ -5,14 +5,12 @@
 //! addressed to it where they carry a header, so anything that slipped through would reach it.
 //! Afterwards `b` must have received nothing, and `a` and `b` must still reach each other.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::thread;
 use std::time::Duration;
 
-use common::peers::{connect_peers, send_and_expect};
-use common::{accept_within, Harness, VmSpec};
+use harness::peers::{connect_peers, send_and_expect};
+use harness::{accept_within, Harness, VmSpec};
 use sockbypass_frontend::{Buffer, RawDescriptor, TestVm, VmOptions};
 use sockbypass_wire::consts::HOST_CID;
 use sockbypass_wire::{Op, PacketHeader};

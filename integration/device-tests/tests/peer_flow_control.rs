@@ -3,13 +3,11 @@
 //! no head-of-line blocking of the sender's other peers; an RW beyond the credit the receiver
 //! granted resets that connection only.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::peers::{assert_same_bytes, connect_peers};
-use common::transfer::{run, Job};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use harness::peers::{assert_same_bytes, connect_peers};
+use harness::transfer::{run, Job};
+use harness::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_frontend::{DriverConfig, StreamState, TxLayout};
 use sockbypass_wire::{Op, PacketHeader};
 

@@ -3,13 +3,11 @@
 //! peer that disconnects or resets its device mid-stream (RST within one second, state freed,
 //! reattach works), and TRANSPORT_RESET only when rings already in use are restored.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
-use common::transfer::{run, Job};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use harness::peers::{assert_same_bytes, connect_peers, drive, send_and_expect};
+use harness::transfer::{run, Job};
+use harness::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_frontend::{DriverConfig, StreamId, StreamState, TestVm};
 use sockbypass_wire::consts::{
     EVENT_TRANSPORT_RESET, RX_QUEUE, SHUTDOWN_BOTH, SHUTDOWN_SEND, TX_QUEUE,

@@ -2,13 +2,10 @@
 //! connection table, §7 policy, §10 RST cases, §11 limits): spoofed source CIDs, groups, `ports=`,
 //! `max_conns`, unknown and detached CIDs, and packets naming no connection.
 
-mod common;
-
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::peers::{connect_peers, drive, send_and_expect};
-use common::{accept_within, wait_until, Harness, VmSpec};
+use harness::peers::{connect_peers, drive, send_and_expect};
+use harness::{ping_host, wait_until, Harness, VmSpec};
 use sockbypass_frontend::{DriverError, StreamState, TestVm, TxLayout};
 use sockbypass_wire::{Op, PacketHeader};
 
@@ -183,17 +180,13 @@ fn connection_limit_refuses_past_max_conns_and_frees_on_close() {
 
     // Host connections are counted apart from peer connections.
     let listener = h.host_listener("a", 9000);
-    let id = a
-        .driver_mut()
-        .connect_blocking(2, 9000, T)
-        .expect("a host connection while at the peer limit");
-    let mut host = accept_within(&listener, T, "the host program");
-    a.driver_mut().send_all(id, b"host", T).expect("send");
-    let mut four = [0u8; 4];
-    host.read_exact(&mut four).expect("host reads");
-    assert_eq!(&four, b"host");
-    host.write_all(b"ok").expect("host writes");
-    assert_eq!(a.driver_mut().recv_exact(id, 2, T).expect("recv"), b"ok");
+    ping_host(
+        &mut a,
+        &listener,
+        9000,
+        T,
+        "a host connection while at the peer limit",
+    );
 
     // Closing one peer connection makes room for a new one.
     let (first, _) = conns[0];

@@ -3,13 +3,11 @@
 //! payloads split over RX buffers smaller than the packet, multi-descriptor TX chains, and 64
 //! concurrent connections without cross-talk.
 
-mod common;
-
 use std::time::Duration;
 
-use common::peers::{assert_same_bytes, connect_peers, drive};
-use common::transfer::{run, Job};
-use common::{random_bytes, Harness, VmSpec};
+use harness::peers::{assert_same_bytes, connect_peers, drive};
+use harness::transfer::{run, Job};
+use harness::{random_bytes, Harness, VmSpec};
 use sockbypass_frontend::{
     DriverConfig, RxLayout, StreamId, TestVm, TxLayout, VmOptions, VsockDriver,
 };

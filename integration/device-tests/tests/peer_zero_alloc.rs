@@ -9,17 +9,15 @@
 //! the driver threads of the measured round are started, and mark themselves, before the count
 //! is read.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
 
-use common::peers::{assert_same_bytes, connect_peers};
-use common::transfer::{run, Job};
-use common::{random_bytes, Harness, VmSpec};
+use harness::peers::{assert_same_bytes, connect_peers};
+use harness::transfer::{run, Job};
+use harness::{random_bytes, Harness, VmSpec};
 
 /// Counts allocations of threads that are not exempt.
 struct CountingAllocator;

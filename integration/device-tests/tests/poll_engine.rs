@@ -5,13 +5,11 @@
 //!
 //! Each test sets its own poll mode, so `ci/test.sh` does not run this file again per mode.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::peers::{assert_same_bytes, connect_peers};
-use common::transfer::{run, Job};
-use common::{random_bytes, wait_until, Harness, VmSpec};
+use harness::peers::{assert_same_bytes, connect_peers};
+use harness::transfer::{run, Job};
+use harness::{random_bytes, wait_until, Harness, VmSpec};
 use sockbypass_frontend::{DriverConfig, RawDescriptor};
 use sockbypassd::config::{PollConfig, PollMode};
 

@@ -143,14 +143,6 @@ impl TestVm {
         self.guest_cid
     }
 
-    /// Reads the CID from the config space again and gives it to the driver.
-    pub fn refresh_guest_cid(&mut self) -> Result<u64, VmError> {
-        let frontend = self.frontend.as_mut().ok_or(VmError::Disconnected)?;
-        self.guest_cid = frontend.guest_cid()?;
-        self.driver.set_guest_cid(self.guest_cid);
-        Ok(self.guest_cid)
-    }
-
     /// The guest driver.
     pub fn driver(&self) -> &VsockDriver {
         &self.driver

@@ -593,12 +593,6 @@ impl SplitQueue {
         Ok(())
     }
 
-    /// Writes `head` into available-ring slot `slot` without touching the index.
-    pub fn write_avail_slot(&mut self, slot: u16, head: u16) -> Result<(), QueueError> {
-        self.check_index(slot)?;
-        self.store_u16(self.layout.avail_slot_addr(slot), head, Ordering::Release)
-    }
-
     /// Sets the available index to `idx` (e.g. far ahead of what was added).
     pub fn set_avail_idx(&mut self, idx: u16) -> Result<(), QueueError> {
         self.next_avail = Wrapping(idx);
@@ -714,12 +708,6 @@ impl SplitQueue {
         // The write above must be visible before the used index is read again.
         fence(Ordering::SeqCst);
         self.has_used()
-    }
-
-    /// Asks the device not to interrupt (sets `VRING_AVAIL_F_NO_INTERRUPT`; with EVENT_IDX
-    /// the device ignores the flag, as in Linux).
-    pub fn disable_interrupts(&mut self) -> Result<(), QueueError> {
-        self.set_avail_flags(AVAIL_F_NO_INTERRUPT)
     }
 
     /// Reads the call eventfd without blocking; returns whether it was signalled.

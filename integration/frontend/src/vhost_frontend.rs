@@ -204,11 +204,6 @@ impl VhostFrontend {
         self.features & (1 << F_RING_EVENT_IDX) != 0
     }
 
-    /// The protocol features the backend offered.
-    pub fn offered_protocol_features(&self) -> VhostUserProtocolFeatures {
-        self.offered_protocol
-    }
-
     /// The protocol features acked.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         self.acked_protocol

@@ -360,16 +360,6 @@ impl VsockDriver {
         &self.cfg
     }
 
-    /// Changes the default TX layout.
-    pub fn set_tx_layout(&mut self, layout: TxLayout) {
-        self.cfg.tx_layout = layout;
-    }
-
-    /// Changes the largest payload per RW packet.
-    pub fn set_max_payload(&mut self, max: u32) {
-        self.cfg.max_payload = max.max(1);
-    }
-
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram

@@ -1,5 +1,8 @@
-//! Shared set-up for device tests: an in-process `sockbypassd` with sockets in a temporary
-//! directory, host-side helpers, and polling waits (no fixed sleeps).
+//! The device tests of `sockbypassd` (`tests/`): an in-process daemon, driven through its
+//! vhost-user sockets by the test frontend (`sockbypass-frontend`), which plays QEMU and the
+//! guest driver. `tests/e2e_guests.rs` does the same with real guests under QEMU
+//! (`sockbypass-guests`). This library is their shared set-up: the daemon with sockets in a
+//! temporary directory, host-side helpers, and polling waits (no fixed sleeps).
 //!
 //! | module | job |
 //! |---|---|
@@ -7,19 +10,18 @@
 //! | [`peers`] | driving several guest drivers from one thread: connect two VMs, pump, compare |
 //! | [`transfer`] | full-duplex stream jobs with random write sizes, run by one driver |
 
-#![allow(dead_code)]
-
 pub mod peers;
 pub mod transfer;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use sockbypass_frontend::{DriverConfig, TestVm, VmOptions};
+use sockbypass_frontend::{DriverConfig, StreamId, TestVm, VmOptions};
+use sockbypass_wire::consts::HOST_CID;
 use sockbypassd::config::{
     DaemonConfig, SeccompMode, VmConfig, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS,
 };
@@ -28,6 +30,7 @@ use sockbypassd::metrics::VmCountersSnapshot;
 use sockbypassd::switch::VmGauges;
 
 /// A VM to configure: name, CID, whether it gets a `uds`, its limit and its policy.
+#[derive(Debug, Clone)]
 pub struct VmSpec {
     pub name: &'static str,
     pub cid: u64,
@@ -91,6 +94,7 @@ impl VmSpec {
 
 /// A running daemon in a temporary directory. Dropping it stops the daemon and deletes the
 /// directory with every socket in it.
+#[derive(Debug)]
 pub struct Harness {
     pub daemon: Option<DaemonHandle>,
     pub dir: tempfile::TempDir,
@@ -138,41 +142,6 @@ impl Harness {
         let mut p = self.uds(name).into_os_string();
         p.push(format!("_{port}"));
         UnixListener::bind(PathBuf::from(p)).expect("bind host listener")
-    }
-
-    /// A host program connecting to guest port `port` with `CONNECT`; returns the stream after
-    /// `OK <host_port>` and the host port.
-    pub fn host_connect(&self, name: &str, port: u32) -> std::io::Result<(UnixStream, u32)> {
-        let mut s = UnixStream::connect(self.uds(name))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !line.ends_with(b"\n") {
-            if Instant::now() >= deadline {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no OK line within 10 s: {:?}",
-                        String::from_utf8_lossy(&line)
-                    ),
-                ));
-            }
-            if s.read(&mut b)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    format!("closed after {:?}", String::from_utf8_lossy(&line)),
-                ));
-            }
-            line.push(b[0]);
-        }
-        let text = String::from_utf8_lossy(&line);
-        let host_port = text
-            .strip_prefix("OK ")
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad reply {text:?}")))?;
-        Ok((s, host_port))
     }
 
     pub fn counters(&self, name: &str) -> VmCountersSnapshot {
@@ -348,6 +317,49 @@ pub fn cannot_run<T>(reason: &str) -> Option<T> {
     None
 }
 
+/// A host program connecting to guest port `port` through the VM's `uds` socket at `uds`: it
+/// writes `CONNECT <port>` and reads the reply byte by byte up to its newline, so nothing after
+/// the line is taken from the stream. Returns the stream after `OK <host_port>`, and the host
+/// port. The stream has `timeout` as its read and write timeouts; no complete line within
+/// `timeout`, a stream that ends first, or any other reply is an error.
+pub fn host_connect(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+) -> std::io::Result<(UnixStream, u32)> {
+    let mut s = UnixStream::connect(uds)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    let deadline = Instant::now() + timeout;
+    while !line.ends_with(b"\n") {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no OK line within {timeout:?}: {:?}",
+                    String::from_utf8_lossy(&line)
+                ),
+            ));
+        }
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("closed after {:?}", String::from_utf8_lossy(&line)),
+            ));
+        }
+        line.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&line);
+    let host_port = text
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad reply {text:?}")))?;
+    Ok((s, host_port))
+}
+
 /// A connection to `listener` (a host program's), waited for at most `timeout`; panics naming
 /// `what` after that. The stream is blocking, with `timeout` as its read and write timeouts, so
 /// a host program in a test never waits forever either.
@@ -374,6 +386,43 @@ pub fn accept_within(listener: &UnixListener, timeout: Duration, what: &str) -> 
             Err(e) => panic!("{what}: accept failed: {e}"),
         }
     }
+}
+
+/// The guest of `vm` reaches the host program listening on `listener` (CID 2, `port`): it
+/// connects, sends `ping`, the host program reads it and answers `pong`, and the guest reads
+/// that, each within `timeout`. Returns the guest's stream and the host program's end. Panics
+/// naming `what` when a step fails.
+pub fn ping_host(
+    vm: &mut TestVm,
+    listener: &UnixListener,
+    port: u32,
+    timeout: Duration,
+    what: &str,
+) -> (StreamId, UnixStream) {
+    let d = vm.driver_mut();
+    let id = d
+        .connect_blocking(HOST_CID, port, timeout)
+        .unwrap_or_else(|e| panic!("{what}: connect to host port {port}: {e}"));
+    let mut host = accept_within(listener, timeout, what);
+    d.send_all(id, b"ping", timeout)
+        .unwrap_or_else(|e| panic!("{what}: guest sends: {e}"));
+    let mut four = [0u8; 4];
+    host.read_exact(&mut four)
+        .unwrap_or_else(|e| panic!("{what}: host reads: {e}"));
+    assert_eq!(
+        &four, b"ping",
+        "{what}: the host program got the guest's bytes"
+    );
+    host.write_all(b"pong")
+        .unwrap_or_else(|e| panic!("{what}: host writes: {e}"));
+    let back = d
+        .recv_exact(id, 4, timeout)
+        .unwrap_or_else(|e| panic!("{what}: guest reads: {e}"));
+    assert_eq!(
+        back, b"pong",
+        "{what}: the guest got the host program's bytes"
+    );
+    (id, host)
 }
 
 /// The seccomp mode of test daemons: `kill`, as the daemon ships, so every daemon thread is

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sockbypass_frontend::{StreamId, VsockDriver};
 
-use super::random_chunks;
+use crate::random_chunks;
 
 /// Largest single write a job makes.
 pub const MAX_WRITE: usize = 70_000;

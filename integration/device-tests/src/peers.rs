@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sockbypass_frontend::{StreamId, StreamState, TestVm};
 
-use super::sha256;
+use crate::sha256;
 
 /// How long one driver may wait for its device before the next driver's turn.
 const SLICE: Duration = Duration::from_millis(1);
