@@ -10,7 +10,7 @@
 //! | [`vhost_frontend`] | the vhost-user conversation QEMU has with the backend ([`VhostFrontend`]) |
 //! | [`stream`] | stream ids, states, credit accounting and counters ([`StreamId`], [`StreamState`]) |
 //! | [`tx`] | how a TX packet is cut into descriptors ([`TxLayout`]) |
-//! | [`vsock_driver`] | the guest driver ([`VsockDriver`]): RX/TX/event queues, streams, raw packets |
+//! | [`vsock_driver`] | the guest driver ([`VsockDriver`]): queue plumbing, stream state machine, raw packets |
 //! | [`blocking`] | blocking helpers with timeouts on the driver (`connect_blocking`, `recv_exact`...) |
 //! | [`error`] | one error enum per module |
 //!
