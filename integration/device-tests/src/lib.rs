@@ -166,10 +166,17 @@ impl Harness {
 
     /// A frontend attached to VM `name` whose guest driver uses `driver`.
     pub fn vm_with(&self, name: &str, driver: DriverConfig) -> TestVm {
-        let options = VmOptions {
-            driver,
-            ..VmOptions::default()
-        };
+        self.vm_with_options(
+            name,
+            VmOptions {
+                driver,
+                ..VmOptions::default()
+            },
+        )
+    }
+
+    /// A frontend attached to VM `name` with `options` (guest RAM, negotiation, driver).
+    pub fn vm_with_options(&self, name: &str, options: VmOptions) -> TestVm {
         let vm = TestVm::connect(self.socket(name), options).expect("test VM connects");
         self.wait_attached(name);
         vm

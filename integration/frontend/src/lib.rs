@@ -17,6 +17,10 @@
 //! [`TestVm`] puts the three together: guest RAM, a frontend connected to the daemon's socket,
 //! and a started driver.
 //!
+//! Its own tests: the unit tests beside each module (the driver's against a device the test
+//! plays, `test_device`; the vhost-user conversation against a recording backend,
+//! `test_backend`), and `tests/driver_streams.rs`, two drivers through the real `sockbypassd`.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use sockbypass_frontend::{TestVm, VmOptions};

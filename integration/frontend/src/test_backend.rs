@@ -4,6 +4,13 @@
 //! and runs a tiny echo service on the host CID: REQUEST → RESPONSE, RW → the same bytes back,
 //! SHUTDOWN → RST, CREDIT_REQUEST → CREDIT_UPDATE. It ignores the guest's credit (tests send
 //! less than the guest's buffer).
+//!
+//! It is a recorder of the vhost-user conversation, not a switch: one guest, no routing, no
+//! credit, no connection table. The frontend's tests need what only a recorder shows (the
+//! features and protocol features acked, every TX header as sent, that a backend reattached to
+//! kept rings sees only new packets), which the real `sockbypassd` does not expose; everything
+//! a switch does is tested against the real daemon (`tests/driver_streams.rs` and the device
+//! tests).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
