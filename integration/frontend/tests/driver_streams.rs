@@ -4,12 +4,12 @@
 //! daemon's switch. (The driver's reaction to packets no switch would pass, and the exact
 //! descriptors it sends, are tested in its unit tests, on a device the test plays.)
 
-// Test patterns and port numbers are cut from wider integers on purpose.
+// Port numbers are cut from the layout index on purpose.
 #![allow(clippy::cast_possible_truncation)]
 
 use std::time::{Duration, Instant};
 
-use harness::{Harness, VmSpec};
+use harness::{random_bytes, Harness, VmSpec};
 use sockbypass_frontend::{
     DriverConfig, DriverError, RxLayout, StreamId, StreamState, TestVm, TxLayout, VmOptions,
     VsockDriver, DEFAULT_FEATURES,
@@ -84,12 +84,6 @@ fn connect(p: &mut Pair, port: u32) -> (StreamId, StreamId) {
     (ida, idb.expect("accepted"))
 }
 
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
-    (0..n as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
-        .collect()
-}
-
 /// a sends `data` to b, b echoes it back, in two threads with the blocking helpers.
 fn echo(p: &mut Pair, ida: StreamId, idb: StreamId, data: &[u8]) {
     let (a, b) = (p.vm_a.driver_mut(), p.vm_b.driver_mut());
@@ -128,7 +122,7 @@ fn connect_send_and_echo_in_every_layout() {
                 };
                 let mut p = pair_with(cfg.clone(), cfg, event_idx);
                 let (ida, idb) = connect(&mut p, 1000 + i as u32);
-                let data = pattern(300 * 1024, i as u32);
+                let data = random_bytes(300 * 1024, i as u64);
                 echo(&mut p, ida, idb, &data);
                 // The device took every chain and every RX buffer. (That full RW packets leave
                 // in the layout asked for is checked descriptor by descriptor in the driver's
@@ -168,7 +162,7 @@ fn sender_never_exceeds_the_peer_credit() {
     let mut p = pair_with(DriverConfig::default(), small, true);
     let (ida, idb) = connect(&mut p, 7);
     assert_eq!(p.a().stream_info(ida).expect("info").peer_buf_alloc, 8192);
-    let data = pattern(64 * 1024, 1);
+    let data = random_bytes(64 * 1024, 1);
     // Exactly the advertised window goes out, then nothing until B reads.
     assert_eq!(p.a().send(ida, &data).expect("send"), 8192);
     assert_eq!(p.a().send(ida, &data[8192..]).expect("send"), 0);
