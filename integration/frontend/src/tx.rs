@@ -46,6 +46,17 @@ pub enum TxLayout {
 }
 
 impl TxLayout {
+    /// One layout of each kind but [`TxLayout::Custom`]: one descriptor, header apart from one
+    /// and from three payload descriptors, and an indirect table. For tests that try them all.
+    pub fn each_kind() -> [TxLayout; 4] {
+        [
+            TxLayout::Single,
+            TxLayout::Split { payload_descs: 1 },
+            TxLayout::Split { payload_descs: 3 },
+            TxLayout::Indirect { payload_descs: 2 },
+        ]
+    }
+
     /// The descriptor sizes for a packet of `total` bytes, and whether they go indirect.
     pub fn plan(&self, total: usize) -> Result<(Vec<u32>, bool), DriverError> {
         let total32 = u32::try_from(total).map_err(|_| DriverError::TooBig {

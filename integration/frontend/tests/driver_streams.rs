@@ -105,13 +105,7 @@ fn echo(p: &mut Pair, ida: StreamId, idb: StreamId, data: &[u8]) {
 
 #[test]
 fn connect_send_and_echo_in_every_layout() {
-    let layouts = [
-        TxLayout::Single,
-        TxLayout::Split { payload_descs: 1 },
-        TxLayout::Split { payload_descs: 3 },
-        TxLayout::Indirect { payload_descs: 2 },
-    ];
-    for (i, layout) in layouts.iter().enumerate() {
+    for (i, layout) in TxLayout::each_kind().iter().enumerate() {
         for rx_layout in [RxLayout::Single, RxLayout::Split] {
             for event_idx in [true, false] {
                 let cfg = DriverConfig {

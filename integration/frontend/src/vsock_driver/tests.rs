@@ -62,13 +62,7 @@ fn pattern(n: usize, seed: u32) -> Vec<u8> {
 
 #[test]
 fn full_rw_packets_go_out_in_the_layout_asked_for() {
-    let layouts = [
-        TxLayout::Single,
-        TxLayout::Split { payload_descs: 1 },
-        TxLayout::Split { payload_descs: 3 },
-        TxLayout::Indirect { payload_descs: 2 },
-    ];
-    for (i, layout) in layouts.iter().enumerate() {
+    for (i, layout) in TxLayout::each_kind().iter().enumerate() {
         for event_idx in [true, false] {
             let cfg = DriverConfig {
                 tx_layout: layout.clone(),
