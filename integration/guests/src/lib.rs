@@ -1,8 +1,9 @@
 //! Real guests under QEMU: the guest image, the accelerator choice, the network namespace for
 //! the virtio-net baseline, QEMU processes attached to `sockbypassd`, and the results guests
 //! print on their serial consoles; and the runs of the real `sockbypassd` binary with real
-//! guests (`sockbypass-faults`, `sockbypass-soak`). The end-to-end tests (`tests/e2e_guests.rs`)
-//! boot guests with it; the benchmark against virtio-net (`sockbypass-benchmarks`) too.
+//! guests (`sockbypass-faults`, `sockbypass-soak`). The end-to-end tests
+//! (`integration/device-tests/tests/e2e_guests.rs`) boot guests with it; the benchmark against
+//! virtio-net (`sockbypass-benchmarks`) too.
 //!
 //! | module | job |
 //! |---|---|
