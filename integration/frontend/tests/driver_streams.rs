@@ -4,9 +4,6 @@
 //! daemon's switch. (The driver's reaction to packets no switch would pass, and the exact
 //! descriptors it sends, are tested in its unit tests, on a device the test plays.)
 
-// Port numbers are cut from the layout index on purpose.
-#![allow(clippy::cast_possible_truncation)]
-
 use std::time::{Duration, Instant};
 
 use harness::{random_bytes, Harness, VmSpec};
@@ -105,7 +102,7 @@ fn echo(p: &mut Pair, ida: StreamId, idb: StreamId, data: &[u8]) {
 
 #[test]
 fn connect_send_and_echo_in_every_layout() {
-    for (i, layout) in TxLayout::each_kind().iter().enumerate() {
+    for (i, layout) in (0u32..).zip(TxLayout::each_kind().iter()) {
         for rx_layout in [RxLayout::Single, RxLayout::Split] {
             for event_idx in [true, false] {
                 let cfg = DriverConfig {
@@ -115,8 +112,8 @@ fn connect_send_and_echo_in_every_layout() {
                     ..DriverConfig::default()
                 };
                 let mut p = pair_with(cfg.clone(), cfg, event_idx);
-                let (ida, idb) = connect(&mut p, 1000 + i as u32);
-                let data = random_bytes(300 * 1024, i as u64);
+                let (ida, idb) = connect(&mut p, 1000 + i);
+                let data = random_bytes(300 * 1024, u64::from(i));
                 echo(&mut p, ida, idb, &data);
                 // The device took every chain and every RX buffer. (That full RW packets leave
                 // in the layout asked for is checked descriptor by descriptor in the driver's
