@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end tests with real guests under QEMU (integration/tests/e2e_guests.rs), once per
-# poll mode. A plain `cargo test` skips them (#[ignore]); this builds the guest image and runs
-# them with --ignored.
+# End-to-end tests with real guests under QEMU (integration/device-tests/tests/e2e_guests.rs),
+# once per poll mode. A plain `cargo test` skips them (#[ignore]); this builds the guest image
+# and runs them with --ignored.
 #
 # When they cannot run (the guest image cannot be built, QEMU is missing): with CI=true that is
 # a failure (exit 1, and the tests themselves fail); elsewhere they are reported as skipped,
@@ -33,6 +33,6 @@ for mode in adaptive poll event; do
     log=target/test-modes.log
     [ "$mode" = adaptive ] && log=target/e2e-output.log
     SOCKBYPASS_TEST_POLL_MODE=$mode \
-        cargo test -p sockbypass-integration --test e2e_guests -- --ignored --test-threads=1 2>&1 \
+        cargo test -p sockbypass-device-tests --test e2e_guests -- --ignored --test-threads=1 2>&1 \
         | tee -a "$log"
 done

@@ -11,7 +11,7 @@
 # fresh connection from A must echo 1 MiB byte for byte. After the last cycle the daemon must
 # hold no connection state, and its resident memory must be within 10% of that after the first
 # cycle (VmRSS without the guest RAM it maps, RssShmem; VmRSS is reported too).
-# Details: integration/src/realdaemon/faults.rs.
+# Details: integration/guests/src/realdaemon/faults.rs.
 #
 # Prints a line per cycle and a summary; writes results/faults-<UTC>.json (the directory is
 # $SOCKBYPASS_RESULTS_DIR when set). On failure the run's logs are copied to
@@ -30,7 +30,7 @@ case "$cycles" in
     '' | *[!0-9]*) echo "usage: $0 [CYCLES]" >&2; exit 2 ;;
 esac
 need_guest_image "fault cycles"
-cargo build --release -q -p sockbypassd -p sockbypass-integration \
+cargo build --release -q -p sockbypassd -p sockbypass-guests \
     --bin sockbypassd --bin sockbypass-faults
 # In the background, so that a SIGTERM or SIGINT sent to this script reaches it: it then
 # stops its guests and the daemon by PID and deletes its work directory before exiting.

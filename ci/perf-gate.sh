@@ -48,13 +48,13 @@ die() { printf '[perf-gate] error: %s\n' "$*" >&2; exit 2; }
 
 build() {
     say "building sockbypass-microbench (--release)"
-    cargo build --release -q -p sockbypass-integration --bin sockbypass-microbench
+    cargo build --release -q -p sockbypass-benchmarks --bin sockbypass-microbench
 }
 
 # The gate's own build: release with one codegen unit (see [profile.perfgate] in Cargo.toml).
 build_gate() {
     say "building sockbypass-microbench (--profile perfgate)"
-    cargo build --profile perfgate -q -p sockbypass-integration --bin sockbypass-microbench
+    cargo build --profile perfgate -q -p sockbypass-benchmarks --bin sockbypass-microbench
 }
 
 # Prints "<instructions per packet> <packets>" for the gate run of path $1.
@@ -153,8 +153,12 @@ ab() {
     say "A = $rev, B = the working tree; $rounds rounds, alternating order"
     git worktree add -q --detach "$work/a" "$rev"
     say "building A"
+    # The microbenchmark's package: sockbypass-benchmarks since the split of integration/
+    # (issue 11), sockbypass-integration before.
+    local pkg_a=sockbypass-integration
+    if [ -f "$work/a/integration/benchmarks/Cargo.toml" ]; then pkg_a=sockbypass-benchmarks; fi
     CARGO_TARGET_DIR="$work/a-target" cargo build --release -q \
-        --manifest-path "$work/a/Cargo.toml" -p sockbypass-integration --bin sockbypass-microbench ||
+        --manifest-path "$work/a/Cargo.toml" -p "$pkg_a" --bin sockbypass-microbench ||
         die "$rev does not build sockbypass-microbench (it exists from commit fb8ac41 on)"
     build
     local bin_a="$work/a-target/release/sockbypass-microbench" bin_b="$BIN"

@@ -11,7 +11,7 @@
 # must hold the 1,000 connections the whole time and be empty after the clients close; its peak
 # RSS, connections opened and bytes verified are reported. Each VM gets max_conns=1024 and
 # max_conns_per_peer=512: a guest takes part in 500 connections at once (1,000 for a moment
-# while connections are replaced). Details: integration/src/realdaemon/soak.rs.
+# while connections are replaced). Details: integration/guests/src/realdaemon/soak.rs.
 #
 # Writes results/soak-<UTC>.json (the directory is $SOCKBYPASS_RESULTS_DIR when set); on failure
 # the run's logs go to <results>/logs/soak-<UTC>/. Exit status 1 when a check failed.
@@ -26,7 +26,7 @@ case "$seconds" in
     '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;;
 esac
 need_guest_image "soak"
-cargo build --release -q -p sockbypassd -p sockbypass-integration \
+cargo build --release -q -p sockbypassd -p sockbypass-guests \
     --bin sockbypassd --bin sockbypass-soak
 # In the background, so that a SIGTERM or SIGINT sent to this script reaches it: it then
 # stops its guests and the daemon by PID and deletes its work directory before exiting.

@@ -6,7 +6,7 @@
 //! that nothing hostile can ever carry the well-behaved stream's port (which holds that byte):
 //! a hostile packet can hurt the stream only through the switch, never by forging it.
 
-use sockbypass_integration::{
+use sockbypass_frontend::{
     Buffer, DriverConfig, GuestRam, GuestRange, RawDescriptor, RxLayout, TxLayout, VsockDriver,
 };
 use sockbypassd::switch::{AtomicMem, Vring};

@@ -27,7 +27,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sockbypass_integration::{StreamId, StreamState};
+use sockbypass_frontend::{StreamId, StreamState};
 use sockbypass_wire::consts::HOST_CID;
 use sockbypass_wire::{Op, PacketHeader};
 use sockbypassd::config::{DaemonConfig, VmConfig};

@@ -1,4 +1,7 @@
-//! Summary statistics of round-trip times.
+//! Summary statistics of round-trip times (percentiles by the project's one definition,
+//! `sockbypass_measure::stats`).
+
+use sockbypass_measure::stats::percentile;
 
 /// p50, p99, mean, min and max of a set of samples (µs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -13,18 +16,6 @@ pub struct Summary {
     pub min: f64,
     /// Largest sample.
     pub max: f64,
-}
-
-/// The percentile `permille`/10 (e.g. 990 for p99) of `sorted` (ascending) by the
-/// nearest-rank method: the smallest sample such that at least that share of the samples is
-/// ≤ it. Integer arithmetic, so an exact rank never rounds up to the next one. `None` if empty.
-pub fn percentile(sorted: &[f64], permille: usize) -> Option<f64> {
-    let n = sorted.len();
-    if n == 0 {
-        return None;
-    }
-    let rank = (permille.min(1000) * n).div_ceil(1000).clamp(1, n);
-    sorted.get(rank - 1).copied()
 }
 
 /// Sorts `samples` and summarises them. `None` if empty.
@@ -43,28 +34,6 @@ pub fn summarize(samples: &mut [f64]) -> Option<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 500), Some(50.0));
-        assert_eq!(percentile(&v, 990), Some(99.0));
-        assert_eq!(percentile(&v, 1000), Some(100.0));
-        assert_eq!(percentile(&v, 0), Some(1.0));
-        assert_eq!(percentile(&v, 10), Some(1.0));
-        assert_eq!(percentile(&v, 15), Some(2.0));
-
-        let v: Vec<f64> = (1..=2000).map(f64::from).collect();
-        assert_eq!(percentile(&v, 500), Some(1000.0));
-        assert_eq!(percentile(&v, 990), Some(1980.0));
-
-        assert_eq!(percentile(&[7.0], 500), Some(7.0));
-        assert_eq!(percentile(&[7.0], 990), Some(7.0));
-        assert_eq!(percentile(&[1.0, 2.0], 500), Some(1.0));
-        assert_eq!(percentile(&[1.0, 2.0], 990), Some(2.0));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0], 500), Some(2.0));
-        assert_eq!(percentile(&[], 500), None);
-    }
 
     #[test]
     fn summary_sorts_first() {

@@ -1,0 +1,331 @@
+//! `sockbypass-bench`: the main job. Boots two guests that have both paths (a
+//! `vhost-user-vsock-pci` device on `sockbypassd`, and a virtio-net NIC on a tap and a bridge in
+//! a private network namespace), measures RTT and bulk throughput over each path, interleaved
+//! over several repetitions, and prints and saves the comparison (`results/`).
+//!
+//! `integration/bench.sh` installs what this needs, builds it with `--release` and runs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+
+use sockbypass_benchmarks::bench::aggregate::aggregate;
+use sockbypass_benchmarks::bench::plan::Plan;
+use sockbypass_benchmarks::bench::report::{self, ModeFigures, RunInfo};
+use sockbypass_benchmarks::bench::through_daemon;
+use sockbypass_guests::image::GuestImage;
+use sockbypass_guests::netns::NetNs;
+use sockbypass_guests::qemu::{vhost_net_available, GuestSpec, Nic, QemuGuest};
+use sockbypass_guests::results::{results, RESULT};
+use sockbypass_guests::{accel, interrupt};
+use sockbypass_measure::cpu_time::{cpu_time_of, process_cpu_time};
+use sockbypassd::config::{DaemonConfig, VmConfig};
+
+/// Bypass vs virtio-net between two guests on this host.
+#[derive(Debug, Parser)]
+#[command(name = "sockbypass-bench")]
+struct Args {
+    /// Repetitions; each measures both paths, in alternating order.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Round trips per RTT measurement.
+    #[arg(long, default_value_t = 2000)]
+    rtt_count: u32,
+    /// Seconds per bulk measurement.
+    #[arg(long, default_value_t = 10)]
+    bulk_seconds: u32,
+    /// sockbypassd's poll mode for the main comparison: poll, event or adaptive.
+    #[arg(long, default_value = "adaptive")]
+    poll_mode: String,
+    /// Poll modes measured after the main one (bypass and virtio-net figures each, plus the
+    /// CPU the daemon and the guests used), comma-separated; empty for none.
+    #[arg(long, default_value = "poll,event", value_delimiter = ',')]
+    other_modes: Vec<String>,
+    /// Repetitions in each of the other modes.
+    #[arg(long, default_value_t = 1)]
+    other_reps: u32,
+    /// Directory for the JSON results and the plot.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+const BOOT: Duration = Duration::from_secs(300);
+
+fn main() -> ExitCode {
+    interrupt::install();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockbypass-bench: {}", sockbypassd::error_chain(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What one poll mode gave: its figures with the CPU use while the guests measured (to see
+/// whether a spinning switch starves the guests' vCPUs), and the daemon counters' proof that
+/// the bypass bytes went through `sockbypassd`.
+struct ModeRun {
+    result: ModeFigures,
+    through_daemon: String,
+}
+
+struct Setup<'a> {
+    image: &'a GuestImage,
+    acc: accel::Accel,
+    netns: &'a NetNs,
+    vhost: bool,
+    dir: &'a std::path::Path,
+    logs: &'a std::path::Path,
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut modes = vec![args.poll_mode.clone()];
+    modes.extend(
+        args.other_modes
+            .iter()
+            .filter(|m| !m.is_empty() && **m != args.poll_mode)
+            .cloned(),
+    );
+    for m in &modes {
+        m.parse::<sockbypassd::config::PollMode>()?;
+    }
+    println!("==> guest image");
+    let image = GuestImage::ensure()?;
+    let cache = image.kernel.parent().map(PathBuf::from).unwrap_or_default();
+    let (acc, why) = accel::choose(&image, &cache)?;
+    println!("==> accelerator: {why}");
+
+    let work = tempfile::tempdir()?;
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    sockbypassd::logging::init(Some("warn"));
+    let netns = NetNs::create()?;
+    netns.add_tap("sbptap0")?;
+    netns.add_tap("sbptap1")?;
+    let vhost = vhost_net_available();
+    println!(
+        "==> network namespace {} with bridge and taps (virtio-net {})",
+        netns.name(),
+        if vhost {
+            "with vhost-net"
+        } else {
+            "in QEMU userspace: /dev/vhost-net is absent"
+        }
+    );
+    let setup = Setup {
+        image: &image,
+        acc,
+        netns: &netns,
+        vhost,
+        dir: work.path(),
+        logs: &logs,
+    };
+    let mut runs = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        let reps = if i == 0 { args.reps } else { args.other_reps };
+        runs.push(measure(args, &setup, mode, reps)?);
+    }
+    drop(netns);
+    let main = &runs[0];
+    let figures = &main.result.figures;
+    let plan = plan(args, args.reps);
+
+    let info = RunInfo {
+        accel: acc.qemu_name().into(),
+        accel_reason: why,
+        machine: report::machine(),
+        commit: report::commit(),
+        timestamp: report::utc_timestamp(),
+        vhost_net: vhost,
+        plan: json!({
+            "reps": plan.reps, "rtt_count": plan.rtt_count, "rtt_size": plan.rtt_size,
+            "bulk_seconds": plan.bulk_seconds, "bulk_write": plan.bulk_write,
+            "guest_vcpus": 1, "guest_memory_mib": 512, "poll_mode": args.poll_mode,
+        }),
+    };
+    println!();
+    print!("{}", report::table(figures, &info));
+    for r in &runs {
+        println!("{} mode, {}", r.result.mode, r.through_daemon);
+    }
+    let per_mode: Vec<ModeFigures> = runs.iter().map(|r| r.result.clone()).collect();
+    if per_mode.len() > 1 {
+        println!();
+        print!("{}", report::modes_table(&per_mode));
+    }
+    let mut doc = report::document(figures, &info);
+    doc["poll_modes"] = report::modes_json(&per_mode);
+    doc["through_daemon"] = runs
+        .iter()
+        .map(|r| json!({"mode": r.result.mode, "check": r.through_daemon}))
+        .collect();
+    let [stamped, latest] = report::write_json(&args.out, &doc, &info.timestamp)?;
+    println!("==> wrote {} and {}", stamped.display(), latest.display());
+    match report::plot(&args.out, figures, &info) {
+        Ok(png) => println!("==> plotted {}", png.display()),
+        Err(e) => println!("==> no plot: {e}"),
+    }
+    Ok(())
+}
+
+fn plan(args: &Args, reps: u32) -> Plan {
+    Plan {
+        reps,
+        rtt_count: args.rtt_count,
+        rtt_size: 64,
+        bulk_seconds: args.bulk_seconds,
+        bulk_write: 65536,
+        bypass_addr: "vsock:3:5000".into(),
+        tcp_addr: "tcp:10.99.0.3:5001".into(),
+    }
+}
+
+/// Starts sockbypassd in `mode`, boots both guests, runs the plan and shuts everything down.
+fn measure(
+    args: &Args,
+    setup: &Setup<'_>,
+    mode: &str,
+    reps: u32,
+) -> Result<ModeRun, Box<dyn std::error::Error>> {
+    let dir = setup.dir;
+    let vm = |name: &str, cid: u64| VmConfig {
+        groups: vec!["bench".into()],
+        ..VmConfig::new(name, cid, dir.join(format!("{name}.sock")))
+    };
+    let config = DaemonConfig {
+        poll: sockbypassd::config::PollConfig {
+            mode: mode.parse()?,
+            ..sockbypassd::config::PollConfig::default()
+        },
+        ..DaemonConfig::with_vms(vec![vm("server", 3), vm("client", 4)])
+    };
+    config.validate()?;
+    let daemon = sockbypassd::daemon::start(config)?;
+    println!("==> sockbypassd serving CID 3 (server) and CID 4 (client), --poll-mode {mode}, {reps} repetition(s)");
+
+    let plan = plan(args, reps);
+    let guest = |name: &str, n: u8, command: String| GuestSpec {
+        name: name.into(),
+        memory_mib: 512,
+        vsock_socket: Some(dir.join(format!("{name}.sock"))),
+        nic: Some(Nic {
+            tap: format!("sbptap{}", n - 3),
+            mac: format!("52:54:00:5b:00:{n:02x}"),
+            ip: format!("10.99.0.{n}/24"),
+            vhost: setup.vhost,
+        }),
+        command,
+        serial_log: setup.logs.join(format!("{name}.{mode}.serial.log")),
+    };
+    println!("==> booting the server guest");
+    let mut server = QemuGuest::spawn(
+        &guest(
+            "server",
+            3,
+            "sbtool serve --vsock-port 5000 --tcp-port 5001".into(),
+        ),
+        setup.image,
+        setup.acc,
+        Some(setup.netns),
+    )?;
+    let t = server.wait_ready(BOOT)?;
+    println!("    booted in {:.1} s", t.as_secs_f64());
+    println!("==> booting the client guest");
+    let mut client = QemuGuest::spawn(
+        &guest("client", 4, plan.client_script()),
+        setup.image,
+        setup.acc,
+        Some(setup.netns),
+    )?;
+    let t = client.wait_ready(BOOT)?;
+    println!("    booted in {:.1} s", t.as_secs_f64());
+
+    // CPU use from here to the last result: the measuring window (plus the client's wait for
+    // the server, which is short once both have booted).
+    let guests_cpu = |s: &QemuGuest, c: &QemuGuest| -> Option<Duration> {
+        Some(cpu_time_of(s.pid()?)? + cpu_time_of(c.pid()?)?)
+    };
+    let started = Instant::now();
+    let daemon_before = process_cpu_time();
+    let guests_before = guests_cpu(&server, &client);
+
+    // Follow the client's results as they come.
+    let per_result = Duration::from_secs(u64::from(args.bulk_seconds) + 300);
+    let mut seen = 0;
+    while seen < plan.expected_results() {
+        let log = client.wait_for("the next measurement", per_result, |l| {
+            results(l).len() > seen || l.contains("SB-EXIT")
+        })?;
+        let all = results(&log);
+        for r in &all[seen..] {
+            print_result(&plan, r, seen);
+            seen += 1;
+        }
+        if all.len() == seen && log.contains("SB-EXIT") && seen < plan.expected_results() {
+            return Err(format!(
+                "the client guest stopped after {seen} results (serial log: {})",
+                client.log_path().display()
+            )
+            .into());
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let pct = |before: Option<Duration>, after: Option<Duration>| {
+        Some(after?.checked_sub(before?)?.as_secs_f64() / wall * 100.0)
+    };
+    let daemon_cpu_percent = pct(daemon_before, process_cpu_time());
+    let guests_cpu_percent = pct(guests_before, guests_cpu(&server, &client));
+    let all = results(&client.log());
+    let figures = aggregate(&plan, &all)?;
+    let counters = (
+        daemon.switch().counters("client"),
+        daemon.switch().counters("server"),
+    );
+    drop(client);
+    drop(server);
+    daemon.shutdown();
+    // A run whose bypass bytes did not all cross sockbypassd measured something else: fail it.
+    let through_daemon = through_daemon::check(
+        through_daemon::bypass_bytes(&plan, &all),
+        counters.0,
+        counters.1,
+    )?;
+    Ok(ModeRun {
+        result: ModeFigures {
+            mode: mode.to_owned(),
+            reps,
+            figures,
+            daemon_cpu_percent,
+            guests_cpu_percent,
+        },
+        through_daemon,
+    })
+}
+
+fn print_result(plan: &Plan, r: &serde_json::Value, seen: usize) {
+    let path = r["addr"].as_str().and_then(|a| plan.path_of(a));
+    let label = path.map_or("?", |p| p.key());
+    match r["mode"].as_str() {
+        Some("rtt") => println!(
+            "    [{}/{}] RTT {label}: p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs",
+            seen + 1,
+            plan.expected_results(),
+            r["p50_us"].as_f64().unwrap_or(f64::NAN),
+            r["p99_us"].as_f64().unwrap_or(f64::NAN),
+            r["mean_us"].as_f64().unwrap_or(f64::NAN)
+        ),
+        Some("bulk") => println!(
+            "    [{}/{}] bulk {label}: {:.3} Gb/s, verified: {}",
+            seen + 1,
+            plan.expected_results(),
+            r["gbps"].as_f64().unwrap_or(f64::NAN),
+            r["verified"]
+        ),
+        _ => println!("    {RESULT}{r}"),
+    }
+}
