@@ -7,41 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::image::GuestImage;
+pub use super::qemu::Accel;
 use super::qemu::{GuestSpec, QemuGuest};
 use super::GuestError;
 
 /// How long the KVM probe may take to reach `SB-READY`.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A QEMU accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// QEMU's emulator: the guest CPU is emulated, so only ratios carry over to real hosts.
-    Tcg,
-}
-
-impl Accel {
-    /// The `accel=` value.
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-
-    /// The `-cpu` model that goes with it: the host's CPU under KVM; under TCG none, so that
-    /// QEMU's default model runs. `-cpu max` makes TCG emulate every feature it knows, which
-    /// costs the guests much of their speed (measured on this project's machines: virtio-net
-    /// bulk between two guests 4.1 → 1.5 Gb/s, the bypass 1.6 → 0.7 Gb/s).
-    pub fn cpu(self) -> Option<&'static str> {
-        match self {
-            Accel::Kvm => Some("host"),
-            Accel::Tcg => None,
-        }
-    }
-}
 
 /// The accelerator to use, and why.
 pub fn choose(image: &GuestImage, cache_dir: &Path) -> Result<(Accel, String), GuestError> {

@@ -8,9 +8,9 @@
 //! | module | job |
 //! |---|---|
 //! | [`image`] | builds or finds the guest kernel and initramfs (`integration/guest/build-image.sh`) |
-//! | [`accel`] | KVM or TCG: detection, a boot probe for a KVM that hangs, `SOCKBYPASS_ACCEL` |
+//! | [`accel`] | choosing KVM or TCG: detection, a boot probe for a KVM that hangs, `SOCKBYPASS_ACCEL` |
 //! | [`netns`] | a network namespace with a bridge and taps, deleted on drop |
-//! | [`qemu`] | one QEMU process per guest: command line, serial log, kill by PID on drop |
+//! | [`qemu`] | the accelerator type ([`qemu::Accel`]) and one QEMU process per guest: command line, serial log, kill by PID on drop |
 //! | [`results`] | `SBRESULT {json}` lines and `SB-EXIT` markers from a serial log |
 //! | [`serial_watch`] | a serial log followed line by line as it grows, with host-side times |
 //! | [`sbtool`] | guest shell lines around `sbtool` (waiting for a server) |
