@@ -43,6 +43,15 @@ impl Accel {
     }
 }
 
+/// The `-cpu` model guests get: `SOCKBYPASS_QEMU_CPU` when set (e.g. `max`, to compare), else
+/// the accelerator's ([`Accel::cpu`]); `None` means QEMU's default model.
+pub fn cpu_model(accel: Accel) -> Option<String> {
+    match std::env::var("SOCKBYPASS_QEMU_CPU") {
+        Ok(model) if !model.is_empty() => Some(model),
+        _ => accel.cpu().map(str::to_owned),
+    }
+}
+
 /// The QEMU binary guests run in.
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -147,8 +156,8 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
             script_path(spec).display()
         ),
     ];
-    if let Some(cpu) = accel.cpu() {
-        args.extend(["-cpu".into(), cpu.into()]);
+    if let Some(cpu) = cpu_model(accel) {
+        args.extend(["-cpu".into(), cpu]);
     }
     if let Some(sock) = &spec.vsock_socket {
         args.extend([

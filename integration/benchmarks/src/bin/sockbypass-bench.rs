@@ -18,7 +18,7 @@ use sockbypass_benchmarks::bench::report::{self, ModeFigures, RunInfo};
 use sockbypass_benchmarks::bench::through_daemon;
 use sockbypass_guests::image::GuestImage;
 use sockbypass_guests::netns::NetNs;
-use sockbypass_guests::qemu::{vhost_net_available, GuestSpec, Nic, QemuGuest};
+use sockbypass_guests::qemu::{cpu_model, vhost_net_available, GuestSpec, Nic, QemuGuest};
 use sockbypass_guests::results::{results, RESULT};
 use sockbypass_guests::{accel, interrupt};
 use sockbypass_measure::cpu_time::{cpu_time_of, process_cpu_time};
@@ -98,7 +98,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let image = GuestImage::ensure()?;
     let cache = image.kernel.parent().map(PathBuf::from).unwrap_or_default();
     let (acc, why) = accel::choose(&image, &cache)?;
-    println!("==> accelerator: {why}");
+    println!(
+        "==> accelerator: {why}; guest CPU model: {}",
+        cpu_model(acc).unwrap_or_else(|| "QEMU's default".into())
+    );
 
     let work = tempfile::tempdir()?;
     let logs = args.out.join("logs");
@@ -146,6 +149,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "reps": plan.reps, "rtt_count": plan.rtt_count, "rtt_size": plan.rtt_size,
             "bulk_seconds": plan.bulk_seconds, "bulk_write": plan.bulk_write,
             "guest_vcpus": 1, "guest_memory_mib": 512, "poll_mode": args.poll_mode,
+            "guest_cpu": cpu_model(acc).unwrap_or_else(|| "QEMU's default".into()),
         }),
     };
     println!();
