@@ -23,7 +23,7 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores, {mem_gib} GiB")
 }
 
-/// The current commit, with `-dirty` if the work tree has changes.
+/// The current commit, with `-dirty` if tracked files outside `results/` have changes.
 pub fn commit() -> String {
     let root = repo_root();
     let git = |args: &[&str]| {
@@ -39,7 +39,16 @@ pub fn commit() -> String {
     let Some(id) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".into();
     };
-    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+    // results/ is left out: the runs write results/latest.json (tracked) themselves, and
+    // bench.sh's microbenchmark runs after the benchmark has.
+    match git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)results",
+    ]) {
         Some(s) if !s.is_empty() => format!("{id}-dirty"),
         _ => id,
     }
