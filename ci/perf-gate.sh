@@ -24,7 +24,8 @@
 # reports the change of small-packet ns/packet and latency with a p-value from a paired test
 # (a sign-flip permutation test of the per-round differences B - A, since each round runs A and
 # B back to back), flagging p < 0.01 together with a change over 5%. Exit status 3 when a
-# flagged change is a slowdown.
+# flagged change is a slowdown. It writes the samples of every round and the verdicts to
+# results/ab-<UTC>.txt (or $SOCKBYPASS_RESULTS_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -185,10 +186,24 @@ ab() {
         fi
         say "round $i/$rounds done"
     done
+    # The samples and the verdicts are kept, like every other measured run.
+    local out_dir=${SOCKBYPASS_RESULTS_DIR:-results} report dirty=""
+    mkdir -p "$out_dir"
+    report="$out_dir/ab-$(date -u +%Y%m%dT%H%M%SZ).txt"
+    git diff --quiet HEAD -- backend virtio-spec integration Cargo.toml Cargo.lock || dirty=-dirty
+    {
+        echo "ci/perf-gate.sh --ab $rev $rounds"
+        echo "A: $(git rev-parse --short=12 "$rev"), B: $(git rev-parse --short=12 HEAD)$dirty (the working tree)"
+        echo "machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) CPUs; host only (no VM)"
+        echo "microbenchmark: ${args[*]}"
+        echo "round a_small_ns_per_packet b_small_ns_per_packet a_latency_ns_p50 b_latency_ns_p50"
+        paste -d' ' <(seq 1 "$rounds") "$work/a-small" "$work/b-small" "$work/a-latency" "$work/b-latency"
+    } >"$report"
     local status=0 rc
     for fig in small latency; do
         rc=0
-        "$BIN" compare "$work/a-$fig" "$work/b-$fig" --label "poll mode, 64 B, $fig ns" || rc=$?
+        "$BIN" compare "$work/a-$fig" "$work/b-$fig" --label "poll mode, 64 B, $fig ns" \
+            | tee -a "$report" || rc=$?
         if [ "$rc" -eq 3 ]; then
             # Flagged: a slowdown (B above A) fails, a speed-up does not.
             awk -v a="$(awk '{s+=$1} END {print s/NR}' "$work/a-$fig")" \
@@ -197,6 +212,7 @@ ab() {
             die "comparing $fig failed"
         fi
     done
+    say "wrote $report"
     exit "$status"
 }
 
@@ -204,6 +220,6 @@ case "${1:-}" in
     "") gate ;;
     --update) update "${2:-}" ;;
     --ab) [ -n "${2:-}" ] || die "usage: ci/perf-gate.sh --ab REV [ROUNDS]"; ab "$2" "${3:-10}" ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown argument: $1 (see ci/perf-gate.sh --help)" ;;
 esac
