@@ -8,9 +8,9 @@
 //! packet held for a peer VM that has no RX buffer free, once its last byte is delivered (the
 //! peer's RX fill, `rx_fill.rs`, finishes such packets with [`deliver`]).
 //!
-//! Reading order: `process_tx` → `walk_tx` → `walk_tx_ring` → `take_tx_chains` → `route` → the host
-//! (`to_host`), a peer (`to_peer` → `forward` → [`deliver`], or `hold` when the peer has no RX
-//! buffer), or an RST (`answer_with_rst`, `reset_both`, `owe_rst`) → `signal_receivers`.
+//! Reading order: `process_tx` → `walk_tx` → `walk_tx_ring` → `take_tx_chains` → `route` → the
+//! host (`to_host`), a peer (`to_peer` → `forward` → [`deliver`], or `hold` when the peer has no
+//! RX buffer), or an RST (`answer_with_rst`, `reset_both`, `owe_rst`) → `signal_receivers`.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
