@@ -83,12 +83,12 @@ impl ServerControl {
     /// Asks the server to stop, and ends the current frontend connection.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self
+        let current = self
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+            .take();
+        if let Some(h) = current {
             h.shutdown();
         }
         // Wake a thread waiting for a frontend. A full counter still wakes it.

@@ -284,7 +284,11 @@ impl Switch {
         touched: &mut Vec<usize>,
     ) -> Disposition {
         let h = &pkt.header;
-        match self.peers().on_packet(vm.index, to, h, Instant::now) {
+        // The verdict first, so that the connection table's lock is released before anything
+        // below takes another lock (SPEC.md §12): in a `match` on the call itself, the guard
+        // would live to the end of the match.
+        let verdict = self.peers().on_packet(vm.index, to, h, Instant::now);
+        match verdict {
             Verdict::Forward => self.forward(vm, att, mem, pkt, to, touched),
             Verdict::Ignore => {
                 vm.counters
@@ -385,6 +389,8 @@ impl Switch {
     }
 
     /// Answers `h`, a packet of VM `vm`, with an RST, unless `h` is an RST itself.
+    // Refusals are the rare path: kept out of the forwarding code's way.
+    #[cold]
     pub(super) fn answer_with_rst(&self, vm: usize, h: &PacketHeader, touched: &mut Vec<usize>) {
         if let Some(rst) = rst_to_sender(h) {
             self.owe_rst(vm, rst, Cause::Own, touched);
@@ -392,6 +398,7 @@ impl Switch {
     }
 
     /// Resets the connection of `h` (a packet from VM `from` to VM `to`) on both sides.
+    #[cold]
     fn reset_both(&self, from: usize, to: usize, h: &PacketHeader, touched: &mut Vec<usize>) {
         self.answer_with_rst(from, h, touched);
         self.owe_rst(to, rst_to_receiver(h), Cause::Peer, touched);

@@ -253,10 +253,9 @@ impl GuestRam {
         if len == 0 || align == 0 || !align.is_power_of_two() {
             return Err(MemoryError::BadRequest { len, align });
         }
-        match self.lock().alloc(len, align) {
-            Some(addr) => Ok(GuestRange::new(addr, len)),
-            None => Err(MemoryError::OutOfMemory { len, align }),
-        }
+        let addr = self.lock().alloc(len, align);
+        addr.map(|addr| GuestRange::new(addr, len))
+            .ok_or(MemoryError::OutOfMemory { len, align })
     }
 
     /// Allocates `len` bytes aligned to `align` and fills them with zeroes.

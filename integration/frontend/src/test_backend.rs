@@ -284,8 +284,11 @@ impl VhostUserBackend for TestBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if let Some(k) = self.lock().snap.kicks.get_mut(usize::from(device_event)) {
-            *k += 1;
+        {
+            let mut state = self.lock();
+            if let Some(k) = state.snap.kicks.get_mut(usize::from(device_event)) {
+                *k += 1;
+            }
         }
         self.process(vrings)
     }
