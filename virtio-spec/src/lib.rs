@@ -11,6 +11,7 @@
 //! | [`config_space`] | the device config space (`guest_cid`) as GET_CONFIG returns it |
 //! | [`segments`] | a bounded, heap-free list of guest buffers, and copies between two guests' buffers |
 //! | [`chain`] | validating a descriptor chain into a [`TxPacket`] or an [`RxBuffer`] |
+//! | [`fastpath`] | the fast path's window layout, ring arithmetic and control messages (§13, planned) |
 //!
 //! Why not `virtio-vsock`'s `VsockPacket`: it accepts at most one data descriptor and rejects
 //! fragmented payloads, while Linux guests split large packets over several descriptors. The
@@ -23,6 +24,7 @@ pub mod chain;
 pub mod config_space;
 pub mod consts;
 pub mod event;
+pub mod fastpath;
 pub mod header;
 pub mod segments;
 
