@@ -9,7 +9,7 @@ use std::path::PathBuf;
 const AFTER_HELP: &str = "\
 VM SPEC:
   name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]
-      [,max_conns_per_peer=N][,host_buffer_bytes=N]
+      [,max_conns_per_peer=N][,host_buffer_bytes=N][,fastpath=on|off][,fastpath_size=N]
 
   name       VM name: letters, digits, `_`, `.`, `-`
   cid        guest CID, 3..=4294967294, unique across VMs
@@ -23,6 +23,10 @@ VM SPEC:
   host_buffer_bytes
              bytes this VM's host connections may buffer in all, 4096..=1073741824
              (default: 33554432)
+  fastpath   on: the VM gets a fast-path window, NAME.window beside its socket, for QEMU's
+             ivshmem-plain (SPEC.md §13; being built: so far the window and its header)
+  fastpath_size
+             the window's size: a power of two, 1048576..=1073741824 (default: 16777216)
 
 EXAMPLE:
   sockbypassd \\

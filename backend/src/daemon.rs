@@ -10,6 +10,7 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use crate::config::DaemonConfig;
 use crate::device::server::{self, ServerControl, ServerError};
+use crate::fastpath::{window_path, Window, WindowError};
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
 use crate::poll::{PollCountersSnapshot, PollEngine};
@@ -31,6 +32,9 @@ pub enum DaemonError {
     /// A VM's vhost-user socket could not be set up.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A VM's fast-path window could not be made.
+    #[error(transparent)]
+    Window(#[from] WindowError),
     /// A thread could not be started.
     #[error("cannot start thread `{name}`")]
     Thread {
@@ -65,9 +69,16 @@ pub struct DaemonHandle {
     threads: Vec<JoinHandle<()>>,
     engine: Option<PollEngine>,
     filter: ThreadFilter,
+    /// The fast-path windows, mapped for the daemon's life.
+    windows: Vec<Window>,
 }
 
 impl DaemonHandle {
+    /// The fast-path windows of the VMs with `fastpath=on`, in configuration order.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
     /// The switch, for counters and state.
     pub fn switch(&self) -> &Arc<Switch> {
         &self.switch
@@ -135,6 +146,21 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let filter = ThreadFilter::build(config.seccomp)?;
     let poller = HostPoller::new().map_err(DaemonError::Epoll)?;
     let switch = Arc::new(Switch::new(&config, &poller)?);
+    // Before any thread starts (and so before any seccomp filter: creating files is not among
+    // the calls the filter allows), and before the sockets, so that a VMM that finds its
+    // socket finds its window too.
+    let windows = config
+        .vms
+        .iter()
+        .filter_map(|vm| {
+            let size = vm.fastpath_size?;
+            Some(Window::create_own(
+                &window_path(&vm.socket, &vm.name),
+                size,
+                vm.cid,
+            ))
+        })
+        .collect::<Result<Vec<Window>, WindowError>>()?;
     let mut listeners = Vec::with_capacity(config.vms.len());
     for index in 0..config.vms.len() {
         let vm = &config.vms[index];
@@ -149,6 +175,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         threads: Vec::new(),
         engine: None,
         filter: filter.clone(),
+        windows,
     };
     handle.engine = Some(
         PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {

@@ -11,6 +11,7 @@
 //! | [`daemon`] | starts the switch, one vhost-user server per VM, and the host I/O thread |
 //! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects; it reaches the switch only through [`device::VsockBackend`] |
 //! | [`failure`] | a panicking daemon thread stops the daemon with a non-zero exit |
+//! | [`fastpath`] | the fast path's windows (SPEC.md §13, being built) |
 //! | [`switch`] | a packet's way (TX walk, routing, delivery, RSTs), RX fills, per-VM state and locks |
 //! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention; they answer the guest only through [`host::GuestReplies`] |
 //! | [`memory`] | the guest memory and vring types of the vhost-user layer, named once |
@@ -28,6 +29,7 @@ pub mod credit;
 pub mod daemon;
 pub mod device;
 pub mod failure;
+pub mod fastpath;
 pub mod host;
 pub mod logging;
 pub mod memory;

@@ -237,6 +237,14 @@ fn limits_out_of_range() {
     assert_mentions(&line, "max_conns_per_peer must be in 1..=8");
     let line = fails(&[
         "--vm",
+        &format!("name=web,cid=3,socket={d}/w.sock,fastpath=on,fastpath_size=3145728"),
+    ]);
+    assert_mentions(
+        &line,
+        "VM `web`: fastpath_size: window size 3145728 bytes: must be a power of two from 1 MiB to 1 GiB",
+    );
+    let line = fails(&[
+        "--vm",
         &format!("name=web,cid=3,socket={d}/w.sock,host_buffer_bytes=100"),
     ]);
     assert_mentions(

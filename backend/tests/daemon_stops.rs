@@ -2,18 +2,9 @@
 //! its socket directory is deleted first (as a service manager's or an admin's clean-up may),
 //! so nothing can reach its listeners through the file system.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the daemon by PID if the test ends early.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod support;
 
 #[test]
 fn sigterm_stops_the_daemon_even_with_its_sockets_deleted() {
@@ -21,24 +12,13 @@ fn sigterm_stops_the_daemon_even_with_its_sockets_deleted() {
     let run = dir.path().join("run");
     std::fs::create_dir(&run).expect("socket dir");
     let d = run.display();
-    let child = Command::new(env!("CARGO_BIN_EXE_sockbypassd"))
-        .args([
-            "--vm",
-            &format!("name=web,cid=3,socket={d}/web.sock,uds={d}/web.vsock"),
-            "--vm",
-            &format!("name=db,cid=4,socket={d}/db.sock"),
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sockbypassd");
-    let mut daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(run.join("web.sock").exists() && run.join("db.sock").exists()) {
-        assert!(Instant::now() < deadline, "the sockets never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = support::start(&[
+        "--vm".into(),
+        format!("name=web,cid=3,socket={d}/web.sock,uds={d}/web.vsock"),
+        "--vm".into(),
+        format!("name=db,cid=4,socket={d}/db.sock"),
+    ]);
+    support::wait_for_files(&mut daemon, &[run.join("web.sock"), run.join("db.sock")]);
     std::fs::remove_dir_all(&run).expect("delete the socket directory");
 
     let pid = libc::pid_t::try_from(daemon.0.id()).expect("pid fits");

@@ -75,6 +75,23 @@ pub enum ConfigError {
         source: ParseIntError,
     },
 
+    /// An on/off key with another value.
+    #[error("--vm `{spec}`: `{key}` must be on or off, got `{value}`")]
+    SpecBadSwitch {
+        /// The whole spec.
+        spec: String,
+        /// The key.
+        key: &'static str,
+        /// What it got.
+        value: String,
+    },
+    /// `fastpath_size` without `fastpath=on`.
+    #[error("--vm `{spec}`: fastpath_size needs fastpath=on")]
+    SpecFastpathSizeWithoutFastpath {
+        /// The whole spec.
+        spec: String,
+    },
+
     // ---- config file ----
     /// The config file could not be read.
     #[error("cannot read config file {}", .path.display())]
@@ -258,6 +275,23 @@ pub enum ConfigError {
         value: u32,
         /// The VM's `max_conns`.
         max_conns: u32,
+    },
+    /// `fastpath_size` in a `[[vm]]` table without `fastpath = true`.
+    #[error("{path}: VM `{vm}`: fastpath_size needs fastpath = true")]
+    FileFastpathSizeWithoutFastpath {
+        /// The config file.
+        path: PathBuf,
+        /// The VM.
+        vm: String,
+    },
+    /// A fast-path window size that ivshmem or the layout cannot take.
+    #[error("VM `{vm}`: fastpath_size: {source}")]
+    InvalidFastpathSize {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: sockbypass_wire::fastpath::layout::LayoutError,
     },
     /// `host_buffer_bytes` outside its range.
     #[error("VM `{vm}`: host_buffer_bytes must be in {min}..={max}, got {value}")]

@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::poll::{parse_cpu_list, PollConfig};
 use super::{
-    ConfigError, SeccompMode, VmConfig, DEFAULT_HALF_OPEN_TIMEOUT_MS, DEFAULT_HOST_BUFFER_BYTES,
-    DEFAULT_MAX_CONNS, DEFAULT_RX_STALL_TIMEOUT_MS,
+    ConfigError, SeccompMode, VmConfig, DEFAULT_FASTPATH_SIZE, DEFAULT_HALF_OPEN_TIMEOUT_MS,
+    DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RX_STALL_TIMEOUT_MS,
 };
 
 /// The contents of a config file, before the checks of [`super::validate`].
@@ -72,6 +72,9 @@ struct RawVm {
     max_conns: Option<u32>,
     max_conns_per_peer: Option<u32>,
     host_buffer_bytes: Option<u64>,
+    #[serde(default)]
+    fastpath: bool,
+    fastpath_size: Option<u64>,
 }
 
 impl From<RawVm> for VmConfig {
@@ -86,6 +89,10 @@ impl From<RawVm> for VmConfig {
             max_conns: raw.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
             max_conns_per_peer: raw.max_conns_per_peer,
             host_buffer_bytes: raw.host_buffer_bytes.unwrap_or(DEFAULT_HOST_BUFFER_BYTES),
+            // `parse` refused a size without `fastpath = true`.
+            fastpath_size: raw
+                .fastpath
+                .then(|| raw.fastpath_size.unwrap_or(DEFAULT_FASTPATH_SIZE)),
         }
     }
 }
@@ -116,6 +123,16 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         poll.cpus = Some(parse_cpu_list(list)?);
     }
     let seccomp = raw.seccomp.as_deref().map(str::parse).transpose()?;
+    if let Some(vm) = raw
+        .vm
+        .iter()
+        .find(|vm| !vm.fastpath && vm.fastpath_size.is_some())
+    {
+        return Err(ConfigError::FileFastpathSizeWithoutFastpath {
+            path: path.to_owned(),
+            vm: vm.name.clone(),
+        });
+    }
     Ok(FileConfig {
         vms: raw.vm.into_iter().map(VmConfig::from).collect(),
         log_level: raw.log_level,
@@ -232,6 +249,25 @@ socket = "/run/sb/db.sock"
                 log_level: Some("sockbypassd=debug".to_owned()),
                 ..FileConfig::default()
             }
+        );
+    }
+
+    #[test]
+    fn fastpath_keys() {
+        let vm = |extra: &str| format!("[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"/s\"\n{extra}");
+        assert_eq!(parse_ok(&vm("")).vms[0].fastpath_size, None);
+        assert_eq!(
+            parse_ok(&vm("fastpath = true\n")).vms[0].fastpath_size,
+            Some(DEFAULT_FASTPATH_SIZE)
+        );
+        assert_eq!(
+            parse_ok(&vm("fastpath = true\nfastpath_size = 2097152\n")).vms[0].fastpath_size,
+            Some(2 << 20)
+        );
+        let e = parse_err(&vm("fastpath_size = 2097152\n"));
+        assert_eq!(
+            e.to_string(),
+            format!("{FILE}: VM `a`: fastpath_size needs fastpath = true")
         );
     }
 

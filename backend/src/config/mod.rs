@@ -32,6 +32,8 @@ pub const MAX_CONNS_LIMIT: u32 = 1024;
 /// `host_buffer_bytes` of a VM that does not set it: what its host connections may hold in
 /// all, waiting for host programs that read slower than the guest writes.
 pub const DEFAULT_HOST_BUFFER_BYTES: u64 = 32 << 20;
+/// The fast-path window of a VM with `fastpath=on` and no `fastpath_size`: 16 MiB, 124 slots.
+pub const DEFAULT_FASTPATH_SIZE: u64 = 16 << 20;
 /// The smallest `host_buffer_bytes`: one host connection's smallest grant.
 pub const MIN_HOST_BUFFER_BYTES: u64 = 4096;
 /// The largest `host_buffer_bytes`.
@@ -90,6 +92,9 @@ pub struct VmConfig {
     /// Bytes this VM's host connections may buffer in all ([`DEFAULT_HOST_BUFFER_BYTES`] if
     /// not given).
     pub host_buffer_bytes: u64,
+    /// The size of the VM's fast-path window (SPEC.md §13.1) when the fast path is on
+    /// (`fastpath=on`, [`DEFAULT_FASTPATH_SIZE`] unless `fastpath_size` says otherwise).
+    pub fastpath_size: Option<u64>,
 }
 
 impl VmConfig {
@@ -105,6 +110,7 @@ impl VmConfig {
             max_conns: DEFAULT_MAX_CONNS,
             max_conns_per_peer: None,
             host_buffer_bytes: DEFAULT_HOST_BUFFER_BYTES,
+            fastpath_size: None,
         }
     }
 

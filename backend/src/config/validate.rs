@@ -100,6 +100,10 @@ fn check_vm(vm: &VmConfig) -> Result<(), ConfigError> {
             });
         }
     }
+    if let Some(size) = vm.fastpath_size {
+        sockbypass_wire::fastpath::layout::Geometry::new(size)
+            .map_err(|source| ConfigError::InvalidFastpathSize { vm: name(), source })?;
+    }
     if !(MIN_HOST_BUFFER_BYTES..=MAX_HOST_BUFFER_BYTES).contains(&vm.host_buffer_bytes) {
         return Err(ConfigError::InvalidHostBuffer {
             vm: name(),

@@ -1,4 +1,4 @@
-//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N][,max_conns_per_peer=N][,host_buffer_bytes=N]`.
+//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N][,max_conns_per_peer=N][,host_buffer_bytes=N][,fastpath=on|off][,fastpath_size=N]`.
 //!
 //! Only the syntax is checked here; value rules (CID range, name characters, ...) are in
 //! [`super::validate`] so that `--vm` and `--config` VMs are held to the same rules.
@@ -6,10 +6,12 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::{ConfigError, VmConfig, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS};
+use super::{
+    ConfigError, VmConfig, DEFAULT_FASTPATH_SIZE, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS,
+};
 
 /// Every key a spec may have, in the order `--help` lists them.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 11] = [
     "name",
     "cid",
     "socket",
@@ -19,6 +21,8 @@ const KEYS: [&str; 9] = [
     "max_conns",
     "max_conns_per_peer",
     "host_buffer_bytes",
+    "fastpath",
+    "fastpath_size",
 ];
 
 impl VmConfig {
@@ -53,7 +57,8 @@ impl VmConfig {
             }
             values[slot] = Some(value);
         }
-        let [name, cid, socket, uds, groups, ports, max_conns, per_peer, host_buffer] = values;
+        let [name, cid, socket, uds, groups, ports, max_conns, per_peer, host_buffer, fastpath, fastpath_size] =
+            values;
         let name = required(spec, "name", name)?;
         let cid = required(spec, "cid", cid)?;
         let socket = required(spec, "socket", socket)?;
@@ -90,7 +95,36 @@ impl VmConfig {
                 Some(v) => number(spec, "host_buffer_bytes", v)?,
                 None => DEFAULT_HOST_BUFFER_BYTES,
             },
+            fastpath_size: fastpath_size_of(spec, fastpath, fastpath_size)?,
         })
+    }
+}
+
+/// The window size of `fastpath=on|off` and `fastpath_size=N`: `None` when the fast path is
+/// off. A size without `fastpath=on` is an error, so that a typo does not leave it off.
+fn fastpath_size_of(
+    spec: &str,
+    fastpath: Option<&str>,
+    size: Option<&str>,
+) -> Result<Option<u64>, ConfigError> {
+    let on = match fastpath {
+        Some("on") => true,
+        None | Some("off") => false,
+        Some(other) => {
+            return Err(ConfigError::SpecBadSwitch {
+                spec: spec.to_owned(),
+                key: "fastpath",
+                value: other.to_owned(),
+            })
+        }
+    };
+    match (on, size) {
+        (true, Some(size)) => Ok(Some(number(spec, "fastpath_size", size)?)),
+        (true, None) => Ok(Some(DEFAULT_FASTPATH_SIZE)),
+        (false, Some(_)) => Err(ConfigError::SpecFastpathSizeWithoutFastpath {
+            spec: spec.to_owned(),
+        }),
+        (false, None) => Ok(None),
     }
 }
 
@@ -164,6 +198,45 @@ mod tests {
                 ..VmConfig::new("web", 4_294_967_296, "/run/sb/a=b.sock")
             }
         );
+    }
+
+    #[test]
+    fn fastpath_is_off_unless_on_and_a_size_needs_it_on() {
+        let spec = |extra: &str| format!("name=web,cid=3,socket=/s{extra}");
+        assert_eq!(VmConfig::from_spec(&spec("")).unwrap().fastpath_size, None);
+        assert_eq!(
+            VmConfig::from_spec(&spec(",fastpath=off"))
+                .unwrap()
+                .fastpath_size,
+            None
+        );
+        assert_eq!(
+            VmConfig::from_spec(&spec(",fastpath=on"))
+                .unwrap()
+                .fastpath_size,
+            Some(DEFAULT_FASTPATH_SIZE)
+        );
+        assert_eq!(
+            VmConfig::from_spec(&spec(",fastpath_size=1048576,fastpath=on"))
+                .unwrap()
+                .fastpath_size,
+            Some(1 << 20)
+        );
+        let e = err(&spec(",fastpath=yes"));
+        assert!(
+            e.to_string()
+                .contains("`fastpath` must be on or off, got `yes`"),
+            "{e}"
+        );
+        let e = err(&spec(",fastpath_size=1048576"));
+        assert!(
+            e.to_string().contains("fastpath_size needs fastpath=on"),
+            "{e}"
+        );
+        assert!(matches!(
+            err(&spec(",fastpath=on,fastpath_size=16M")),
+            ConfigError::SpecBadNumber { .. }
+        ));
     }
 
     #[test]
