@@ -55,6 +55,10 @@ CONFIG FILE (--config):
   groups = [\"prod\"]
   max_conns = 256
 
+  # fast path (being built): fastpath = true in both [[vm]] tables, then
+  # [[pair]]
+  # vms = [\"web\", \"db\"]
+
 VMs from --vm and --config are merged and checked together.";
 
 /// Command line of `sockbypassd`.
@@ -69,6 +73,10 @@ pub struct Cli {
     /// A VM to serve (repeatable): name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]
     #[arg(long = "vm", value_name = "SPEC")]
     pub vm: Vec<String>,
+
+    /// Two VMs with fastpath=on that share a fast-path pair window (repeatable): VM,VM[,size=BYTES]
+    #[arg(long = "pair", value_name = "VM,VM")]
+    pub pair: Vec<String>,
 
     /// TOML file with `[[vm]]` tables (same keys as --vm) and an optional `log_level`
     #[arg(long = "config", value_name = "FILE.toml")]

@@ -10,7 +10,7 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use crate::config::DaemonConfig;
 use crate::device::server::{self, ServerControl, ServerError};
-use crate::fastpath::{window_path, Window, WindowError};
+use crate::fastpath::{pair_window_path, window_path, Window, WindowError};
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
 use crate::poll::{PollCountersSnapshot, PollEngine};
@@ -74,7 +74,8 @@ pub struct DaemonHandle {
 }
 
 impl DaemonHandle {
-    /// The fast-path windows of the VMs with `fastpath=on`, in configuration order.
+    /// The fast-path windows: the VMs' own (those with `fastpath=on`, in configuration order),
+    /// then the pairs'.
     pub fn windows(&self) -> &[Window] {
         &self.windows
     }
@@ -149,7 +150,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     // Before any thread starts (and so before any seccomp filter: creating files is not among
     // the calls the filter allows), and before the sockets, so that a VMM that finds its
     // socket finds its window too.
-    let windows = config
+    let mut windows = config
         .vms
         .iter()
         .filter_map(|vm| {
@@ -161,6 +162,14 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             ))
         })
         .collect::<Result<Vec<Window>, WindowError>>()?;
+    for pair in &config.pairs {
+        // Validation made sure both VMs exist.
+        let vm = |name: &str| config.vms.iter().find(|vm| vm.name == name);
+        if let (Some(a), Some(b)) = (vm(&pair.vms[0]), vm(&pair.vms[1])) {
+            let path = pair_window_path(&a.socket, &a.name, &b.name);
+            windows.push(Window::create_pair(&path, pair.size, a.cid, b.cid)?);
+        }
+    }
     let mut listeners = Vec::with_capacity(config.vms.len());
     for index in 0..config.vms.len() {
         let vm = &config.vms[index];

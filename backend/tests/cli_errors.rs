@@ -237,6 +237,20 @@ fn limits_out_of_range() {
     assert_mentions(&line, "max_conns_per_peer must be in 1..=8");
     let line = fails(&[
         "--vm",
+        &format!("name=web,cid=3,socket={d}/w.sock,fastpath=on"),
+        "--pair",
+        "web,db",
+    ]);
+    assert_mentions(&line, "pair web+db: no VM has that name");
+    let line = fails(&[
+        "--vm",
+        &format!("name=web,cid=3,socket={d}/w.sock"),
+        "--pair",
+        "web",
+    ]);
+    assert_mentions(&line, "--pair `web`: expected VM,VM[,size=BYTES]");
+    let line = fails(&[
+        "--vm",
         &format!("name=web,cid=3,socket={d}/w.sock,fastpath=on,fastpath_size=3145728"),
     ]);
     assert_mentions(

@@ -85,6 +85,34 @@ pub enum ConfigError {
         /// What it got.
         value: String,
     },
+    /// A `--pair` value that does not parse.
+    #[error("--pair `{spec}`: expected VM,VM[,size=BYTES]")]
+    PairSpec {
+        /// The value.
+        spec: String,
+    },
+    /// A pair that names an unknown VM, the same VM twice, a VM without the fast path, or a
+    /// pair given twice.
+    #[error("pair {a}+{b}: {why}")]
+    InvalidPair {
+        /// The first VM.
+        a: String,
+        /// The second VM.
+        b: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A pair window size that ivshmem or the layout cannot take.
+    #[error("pair {a}+{b}: size: {source}")]
+    InvalidPairSize {
+        /// The first VM.
+        a: String,
+        /// The second VM.
+        b: String,
+        /// Why.
+        #[source]
+        source: sockbypass_wire::fastpath::layout::LayoutError,
+    },
     /// `fastpath_size` without `fastpath=on`.
     #[error("--vm `{spec}`: fastpath_size needs fastpath=on")]
     SpecFastpathSizeWithoutFastpath {

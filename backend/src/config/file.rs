@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 use super::poll::{parse_cpu_list, PollConfig};
 use super::{
-    ConfigError, SeccompMode, VmConfig, DEFAULT_FASTPATH_SIZE, DEFAULT_HALF_OPEN_TIMEOUT_MS,
-    DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS, DEFAULT_RX_STALL_TIMEOUT_MS,
+    ConfigError, PairConfig, SeccompMode, VmConfig, DEFAULT_FASTPATH_SIZE,
+    DEFAULT_HALF_OPEN_TIMEOUT_MS, DEFAULT_HOST_BUFFER_BYTES, DEFAULT_MAX_CONNS,
+    DEFAULT_RX_STALL_TIMEOUT_MS,
 };
 
 /// The contents of a config file, before the checks of [`super::validate`].
@@ -27,6 +28,8 @@ pub struct FileConfig {
     pub rx_stall_timeout_ms: u64,
     /// Top-level `seccomp`, if present.
     pub seccomp: Option<SeccompMode>,
+    /// The `[[pair]]` tables, in file order.
+    pub pairs: Vec<PairConfig>,
 }
 
 impl Default for FileConfig {
@@ -38,6 +41,7 @@ impl Default for FileConfig {
             half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
             rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: None,
+            pairs: Vec::new(),
         }
     }
 }
@@ -48,6 +52,8 @@ impl Default for FileConfig {
 struct RawFile {
     #[serde(default)]
     vm: Vec<RawVm>,
+    #[serde(default)]
+    pair: Vec<RawPair>,
     log_level: Option<String>,
     poll_mode: Option<String>,
     poll_threads: Option<u32>,
@@ -56,6 +62,14 @@ struct RawFile {
     half_open_timeout_ms: Option<u64>,
     rx_stall_timeout_ms: Option<u64>,
     seccomp: Option<String>,
+}
+
+/// One `[[pair]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    vms: [String; 2],
+    size: Option<u64>,
 }
 
 /// One `[[vm]]` table.
@@ -144,6 +158,14 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
             .rx_stall_timeout_ms
             .unwrap_or(DEFAULT_RX_STALL_TIMEOUT_MS),
         seccomp,
+        pairs: raw
+            .pair
+            .into_iter()
+            .map(|p| PairConfig {
+                vms: p.vms,
+                size: p.size.unwrap_or(DEFAULT_FASTPATH_SIZE),
+            })
+            .collect(),
     })
 }
 
@@ -263,6 +285,17 @@ socket = "/run/sb/db.sock"
         assert_eq!(
             parse_ok(&vm("fastpath = true\nfastpath_size = 2097152\n")).vms[0].fastpath_size,
             Some(2 << 20)
+        );
+        let pair = parse_ok(&format!(
+            "{}[[pair]]\nvms = [\"a\", \"b\"]\nsize = 2097152\n",
+            vm("fastpath = true\n")
+        ));
+        assert_eq!(
+            pair.pairs,
+            vec![PairConfig {
+                vms: ["a".into(), "b".into()],
+                size: 2 << 20
+            }]
         );
         let e = parse_err(&vm("fastpath_size = 2097152\n"));
         assert_eq!(

@@ -12,6 +12,7 @@
 
 mod error;
 mod file;
+mod pair_spec;
 mod poll;
 mod seccomp_mode;
 mod validate;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::Cli;
 
 pub use error::ConfigError;
+pub use pair_spec::PairConfig;
 pub use poll::{parse_cpu_list, PollConfig, PollMode, DEFAULT_POLL_BUDGET_US};
 pub use seccomp_mode::SeccompMode;
 
@@ -67,6 +69,8 @@ pub struct DaemonConfig {
     /// The seccomp filter's mode: `--seccomp`, else the file's `seccomp`, else
     /// [`SeccompMode::Kill`].
     pub seccomp: SeccompMode,
+    /// Fast-path pairs (SPEC.md §13.1): those of `--config` first, then `--pair`.
+    pub pairs: Vec<PairConfig>,
 }
 
 /// One VM: its vsock identity and the sockets that serve it.
@@ -132,6 +136,7 @@ impl DaemonConfig {
             half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
             rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: SeccompMode::default(),
+            pairs: Vec::new(),
         }
     }
 
@@ -179,6 +184,10 @@ impl DaemonConfig {
             Some(mode) => mode.parse()?,
             None => file.seccomp.unwrap_or_default(),
         };
+        let mut pairs = file.pairs;
+        for spec in &cli.pair {
+            pairs.push(PairConfig::from_spec(spec)?);
+        }
         let config = DaemonConfig {
             vms,
             log_level: cli.log_level.clone().or(file.log_level),
@@ -186,6 +195,7 @@ impl DaemonConfig {
             half_open_timeout_ms,
             rx_stall_timeout_ms,
             seccomp,
+            pairs,
         };
         config.validate()?;
         Ok(config)
@@ -202,6 +212,7 @@ impl DaemonConfig {
             half_open_timeout_ms: parsed.half_open_timeout_ms,
             rx_stall_timeout_ms: parsed.rx_stall_timeout_ms,
             seccomp: parsed.seccomp.unwrap_or_default(),
+            pairs: parsed.pairs,
         };
         config.validate()?;
         Ok(config)
@@ -237,7 +248,8 @@ impl DaemonConfig {
                 }
             })?;
         }
-        validate::validate(&self.vms)
+        validate::validate(&self.vms)?;
+        validate::validate_pairs(&self.vms, &self.pairs)
     }
 }
 
@@ -307,6 +319,7 @@ mod tests {
                 half_open_timeout_ms: DEFAULT_HALF_OPEN_TIMEOUT_MS,
                 rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
                 seccomp: SeccompMode::Kill,
+                pairs: Vec::new(),
             }
         );
     }

@@ -1,5 +1,5 @@
-//! Checks on the merged VM list: value rules per VM, uniqueness across VMs, and the
-//! directories that must hold the sockets.
+//! Checks on the merged VM list: value rules per VM, uniqueness across VMs, the directories
+//! that must hold the sockets, and the fast-path pairs.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -7,8 +7,12 @@ use std::io;
 use std::path::Path;
 
 use sockbypass_wire::consts::{CID_ANY, MIN_GUEST_CID};
+use sockbypass_wire::fastpath::layout::Geometry;
 
-use super::{ConfigError, VmConfig, MAX_CONNS_LIMIT, MAX_HOST_BUFFER_BYTES, MIN_HOST_BUFFER_BYTES};
+use super::{
+    ConfigError, PairConfig, VmConfig, MAX_CONNS_LIMIT, MAX_HOST_BUFFER_BYTES,
+    MIN_HOST_BUFFER_BYTES,
+};
 
 /// `VMADDR_PORT_ANY`: never a real port.
 const PORT_ANY: u32 = u32::MAX;
@@ -28,6 +32,44 @@ pub fn validate(vms: &[VmConfig]) -> Result<(), ConfigError> {
         if let Some(uds) = &vm.uds {
             check_parent_dir(vm, "uds", uds)?;
         }
+    }
+    Ok(())
+}
+
+/// Each pair names two different VMs that have `fastpath=on`, at most once (in either order),
+/// with a window size the layout takes.
+pub fn validate_pairs(vms: &[VmConfig], pairs: &[PairConfig]) -> Result<(), ConfigError> {
+    for (i, pair) in pairs.iter().enumerate() {
+        let [a, b] = &pair.vms;
+        let invalid = |why| ConfigError::InvalidPair {
+            a: a.clone(),
+            b: b.clone(),
+            why,
+        };
+        if a == b {
+            return Err(invalid("a VM cannot pair with itself"));
+        }
+        for name in [a, b] {
+            match vms.iter().find(|vm| vm.name == *name) {
+                None => return Err(invalid("no VM has that name")),
+                Some(vm) if vm.fastpath_size.is_none() => {
+                    return Err(invalid("both VMs need fastpath=on"))
+                }
+                Some(_) => {}
+            }
+        }
+        let same = |p: &PairConfig| {
+            let [c, d] = &p.vms;
+            (c == a && d == b) || (c == b && d == a)
+        };
+        if pairs[..i].iter().any(same) {
+            return Err(invalid("given twice"));
+        }
+        Geometry::new(pair.size).map_err(|source| ConfigError::InvalidPairSize {
+            a: a.clone(),
+            b: b.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -101,7 +143,7 @@ fn check_vm(vm: &VmConfig) -> Result<(), ConfigError> {
         }
     }
     if let Some(size) = vm.fastpath_size {
-        sockbypass_wire::fastpath::layout::Geometry::new(size)
+        Geometry::new(size)
             .map_err(|source| ConfigError::InvalidFastpathSize { vm: name(), source })?;
     }
     if !(MIN_HOST_BUFFER_BYTES..=MAX_HOST_BUFFER_BYTES).contains(&vm.host_buffer_bytes) {
@@ -220,6 +262,37 @@ mod tests {
 
     fn check(vms: &[VmConfig]) -> ConfigError {
         validate(vms).unwrap_err()
+    }
+
+    #[test]
+    fn pairs_need_two_known_vms_with_the_fast_path_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fast = |name: &str, cid| VmConfig {
+            fastpath_size: Some(1 << 20),
+            ..vm(dir.path(), name, cid)
+        };
+        let vms = [fast("a", 3), fast("b", 4), vm(dir.path(), "c", 5)];
+        let pair = |a: &str, b: &str, size| PairConfig {
+            vms: [a.to_owned(), b.to_owned()],
+            size,
+        };
+        assert!(validate_pairs(&vms, &[pair("a", "b", 1 << 20)]).is_ok());
+        for (pairs, message) in [
+            (vec![pair("a", "a", 1 << 20)], "pair a+a: a VM cannot pair with itself"),
+            (vec![pair("a", "x", 1 << 20)], "pair a+x: no VM has that name"),
+            (vec![pair("a", "c", 1 << 20)], "pair a+c: both VMs need fastpath=on"),
+            (
+                vec![pair("a", "b", 1 << 20), pair("b", "a", 1 << 20)],
+                "pair b+a: given twice",
+            ),
+            (
+                vec![pair("a", "b", 5 << 20)],
+                "pair a+b: size: window size 5242880 bytes: must be a power of two from 1 MiB to 1 GiB",
+            ),
+        ] {
+            let e = validate_pairs(&vms, &pairs).unwrap_err();
+            assert_eq!(e.to_string(), message);
+        }
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub fn window_path(socket: &Path, vm: &str) -> PathBuf {
         .join(format!("{vm}.window"))
 }
 
+/// The pair window of VMs `a` and `b`: `<a>+<b>.window` beside `a`'s vhost-user socket.
+pub fn pair_window_path(socket_of_a: &Path, a: &str, b: &str) -> PathBuf {
+    window_path(socket_of_a, &format!("{a}+{b}"))
+}
+
 /// A mapped window.
 #[derive(Debug)]
 pub struct Window {
@@ -82,6 +87,22 @@ impl Window {
     /// Creates (or takes over) the window file at `path` for a VM's own window of `size`
     /// bytes, and writes its header for `cid`.
     pub fn create_own(path: &Path, size: u64, cid: u64) -> Result<Window, WindowError> {
+        Self::create(path, size, WindowKind::Own, cid, 0)
+    }
+
+    /// The same for the pair window of the VMs with CIDs `a` and `b` (the header names the
+    /// lower one `cid` and the higher one `peer_cid`).
+    pub fn create_pair(path: &Path, size: u64, a: u64, b: u64) -> Result<Window, WindowError> {
+        Self::create(path, size, WindowKind::Pair, a.min(b), a.max(b))
+    }
+
+    fn create(
+        path: &Path,
+        size: u64,
+        kind: WindowKind,
+        cid: u64,
+        peer_cid: u64,
+    ) -> Result<Window, WindowError> {
         let geometry = Geometry::new(size).map_err(|source| WindowError::Size {
             path: path.to_owned(),
             source,
@@ -116,9 +137,9 @@ impl Window {
             }
         })?;
         let header = WindowHeader {
-            kind: WindowKind::Own,
+            kind,
             cid,
-            peer_cid: 0,
+            peer_cid,
             geometry,
             epoch,
         };
@@ -214,5 +235,11 @@ mod tests {
             Window::create_own(&path, 3 << 20, 7),
             Err(WindowError::Size { .. })
         ));
+        let pair = pair_window_path(&dir.path().join("a.sock"), "a", "b");
+        assert_eq!(pair, dir.path().join("a+b.window"));
+        let w = Window::create_pair(&pair, 1 << 20, 9, 4).expect("pair window");
+        let h = WindowHeader::decode(&std::fs::read(&pair).expect("read")).expect("header");
+        assert_eq!((h.kind, h.cid, h.peer_cid), (WindowKind::Pair, 4, 9));
+        assert_eq!(h, *w.header());
     }
 }
