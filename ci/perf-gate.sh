@@ -62,11 +62,13 @@ build_gate() {
 measure() {
     local path=$1
     command -v valgrind >/dev/null 2>&1 || SOCKBYPASS_APT_PACKAGES=valgrind ci/install-deps.sh >&2
-    local out log toggle toggles=()
+    local out log toggle toggles=() names
     out=$(mktemp) log=$(mktemp)
     # shellcheck disable=SC2064 # expand now: the paths are fixed
     trap "rm -f '$out' '$log'" RETURN
-    for toggle in ${TOGGLES[$path]}; do toggles+=("--toggle-collect=$toggle"); done
+    # Split on spaces without glob expansion: the patterns contain `*`.
+    read -r -a names <<<"${TOGGLES[$path]}"
+    for toggle in "${names[@]}"; do toggles+=("--toggle-collect=$toggle"); done
     if ! valgrind --tool=callgrind --callgrind-out-file="$out" "${toggles[@]}" \
         "$GATE_BIN" "${GATE_ARGS[@]}" --mode "${MODE[$path]}" >"$log" 2>&1; then
         cat "$log" >&2

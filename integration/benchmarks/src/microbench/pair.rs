@@ -264,7 +264,9 @@ impl Pair {
             return Err(unexpected("RW", h));
         }
         let len = h.len();
-        if len < MIN_PAYLOAD || got.used_len != sockbypass_wire::consts::HEADER_LEN + len {
+        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&len)
+            || got.used_len != sockbypass_wire::consts::HEADER_LEN + len
+        {
             return Err(MicrobenchError::Corrupt(format!(
                 "RW of {len} bytes in a used buffer of {} bytes",
                 got.used_len
