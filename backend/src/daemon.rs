@@ -10,9 +10,12 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use crate::config::DaemonConfig;
 use crate::device::server::{self, ServerControl, ServerError};
-use crate::fastpath::{pair_window_path, window_path, Window, WindowError};
+use crate::fastpath::{
+    pair_window_path, window_path, FastPathThread, Intake, Service, Window, WindowError,
+};
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
+use crate::metrics::{FastPathCounters, FastPathCountersSnapshot};
 use crate::poll::{PollCountersSnapshot, PollEngine};
 use crate::seccomp::{SeccompError, ThreadFilter};
 use crate::switch::{Switch, SwitchError, SwitchPort};
@@ -70,7 +73,11 @@ pub struct DaemonHandle {
     engine: Option<PollEngine>,
     filter: ThreadFilter,
     /// The fast-path windows, mapped for the daemon's life.
-    windows: Vec<Window>,
+    windows: Arc<[Window]>,
+    /// The fast-path thread, when some VM has `fastpath=on`.
+    fastpath: Option<FastPathThread>,
+    /// Each VM's fast-path counters, in configuration order (empty without the thread).
+    fastpath_counters: Vec<Arc<FastPathCounters>>,
 }
 
 impl DaemonHandle {
@@ -78,6 +85,13 @@ impl DaemonHandle {
     /// then the pairs'.
     pub fn windows(&self) -> &[Window] {
         &self.windows
+    }
+
+    /// The fast-path counters of VM `name` (SPEC.md §13.10); `None` for an unknown VM or when no
+    /// VM has the fast path.
+    pub fn fastpath_counters(&self, name: &str) -> Option<FastPathCountersSnapshot> {
+        let i = self.config.vms.iter().position(|vm| vm.name == name)?;
+        self.fastpath_counters.get(i).map(|c| c.snapshot())
     }
 
     /// The switch, for counters and state.
@@ -103,6 +117,11 @@ impl DaemonHandle {
             if let Some(g) = self.switch.gauges(&vm.name) {
                 tracing::info!(vm = %vm.name, gauges = ?g, "VM gauges");
             }
+            if vm.fastpath_size.is_some() {
+                if let Some(c) = self.fastpath_counters(&vm.name) {
+                    tracing::info!(vm = %vm.name, counters = ?c, "VM fast-path counters");
+                }
+            }
         }
         for (thread, c) in self.poll_counters().iter().enumerate() {
             tracing::info!(thread, counters = ?c, "poll thread counters");
@@ -118,6 +137,9 @@ impl DaemonHandle {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(mut engine) = self.engine.take() {
             engine.stop();
+        }
+        if let Some(mut fastpath) = self.fastpath.take() {
+            fastpath.stop();
         }
         for control in &self.controls {
             control.stop();
@@ -146,7 +168,18 @@ impl Drop for DaemonHandle {
 pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let filter = ThreadFilter::build(config.seccomp)?;
     let poller = HostPoller::new().map_err(DaemonError::Epoll)?;
-    let switch = Arc::new(Switch::new(&config, &poller)?);
+    let intake = match config.vms.iter().any(|vm| vm.fastpath_size.is_some()) {
+        true => Some(Intake::new().map_err(DaemonError::Eventfd)?),
+        false => None,
+    };
+    let (intake, queue) = match intake {
+        Some((i, q)) => (Some(Arc::new(i)), Some(q)),
+        None => (None, None),
+    };
+    let sink = intake
+        .clone()
+        .map(|i| i as Arc<dyn crate::host::ControlSink>);
+    let switch = Arc::new(Switch::new(&config, &poller, sink)?);
     // Before any thread starts (and so before any seccomp filter: creating files is not among
     // the calls the filter allows), and before the sockets, so that a VMM that finds its
     // socket finds its window too.
@@ -170,6 +203,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             windows.push(Window::create_pair(&path, pair.size, a.cid, b.cid)?);
         }
     }
+    let windows: Arc<[Window]> = windows.into();
     let mut listeners = Vec::with_capacity(config.vms.len());
     for index in 0..config.vms.len() {
         let vm = &config.vms[index];
@@ -184,8 +218,30 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         threads: Vec::new(),
         engine: None,
         filter: filter.clone(),
-        windows,
+        windows: windows.clone(),
+        fastpath: None,
+        fastpath_counters: Vec::new(),
     };
+    if let (Some(intake), Some(queue)) = (intake, queue) {
+        let epoll = vmm_sys_util::epoll::Epoll::new().map_err(DaemonError::Epoll)?;
+        let service = Service::new(&config, windows, epoll);
+        handle.fastpath_counters = service.counters();
+        handle.fastpath = Some(
+            FastPathThread::start(
+                service,
+                intake,
+                queue,
+                config.poll.mode,
+                Duration::from_micros(config.poll.budget_us),
+                &filter,
+                switch.failure().clone(),
+            )
+            .map_err(|source| DaemonError::Thread {
+                name: "sb-fastpath".into(),
+                source,
+            })?,
+        );
+    }
     handle.engine = Some(
         PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {
             DaemonError::Thread {

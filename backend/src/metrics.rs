@@ -115,6 +115,32 @@ counters!(
     }
 );
 
+counters!(
+    /// Fast-path counters of one VM (SPEC.md §13.10). All are monotonic.
+    FastPathCounters, FastPathCountersSnapshot {
+        /// Fast-path connections this VM took part in that were set up (either side).
+        fastpath_conns,
+        /// Fast-path `CONNECT`s of this VM refused (any reason).
+        fastpath_refused,
+        /// Bytes the daemon copied out of this VM's TX rings.
+        fastpath_tx_bytes,
+        /// Bytes the daemon copied into this VM's RX rings.
+        fastpath_rx_bytes,
+        /// `WAKE`s sent to this VM.
+        fastpath_wakes,
+        /// `KICK`s this VM sent.
+        fastpath_kicks,
+        /// Connections reset because this VM broke a ring (an index out of range).
+        fastpath_bad_ring,
+        /// `ABORT`s of direct-pair connections this VM took part in.
+        fastpath_aborts,
+        /// Control connections closed for a protocol error.
+        fastpath_control_errors,
+        /// Control connections this VM opened.
+        fastpath_control_conns,
+    }
+);
+
 impl VmCounters {
     /// Counts one malformed chain under the reason `err` names.
     pub fn count_malformed(&self, err: &ChainError) {

@@ -347,6 +347,8 @@ fn sockets() -> Result<Rules, BackendError> {
     Ok(vec![
         (libc::SYS_accept4, vec![]),
         (libc::SYS_socket, one_of(0, &[c(libc::AF_UNIX)])?),
+        // The fast path's control connections (a socket pair per guest connection).
+        (libc::SYS_socketpair, one_of(0, &[c(libc::AF_UNIX)])?),
         (libc::SYS_connect, vec![]),
         (libc::SYS_recvmsg, vec![]),
         (libc::SYS_sendmsg, vec![]),

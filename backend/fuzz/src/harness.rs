@@ -138,7 +138,7 @@ impl Run {
         let max_conns = 1 + u32::from(setup.max_conns % 16);
         let config = DaemonConfig::with_vms(vec![vm_config(0, max_conns), vm_config(1, max_conns)]);
         let poller = HostPoller::new().expect("epoll instance");
-        let switch = Switch::new(&config, &poller).expect("a switch with no uds listeners");
+        let switch = Switch::new(&config, &poller, None).expect("a switch with no uds listeners");
         let guests = [
             Guest::new(CIDS[0], setup, false),
             Guest::new(CIDS[1], setup, true),

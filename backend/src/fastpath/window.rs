@@ -11,10 +11,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sockbypass_wire::fastpath::layout::{
-    Geometry, LayoutError, WindowHeader, WindowKind, HEADER_SIZE, SLOT_CONTROL_SIZE,
+    header, Geometry, LayoutError, WindowHeader, WindowKind, HEADER_SIZE, RING_CONTROL_SIZE,
+    RING_SIZE, SLOT_CONTROL_SIZE,
 };
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{Bytes, FileOffset, VolatileMemory};
+use vm_memory::{Bytes, FileOffset, VolatileMemory, VolatileSlice};
+
+use super::ring_access::RingAccess;
 
 /// Why a window could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +82,7 @@ pub fn pair_window_path(socket_of_a: &Path, a: &str, b: &str) -> PathBuf {
 pub struct Window {
     path: PathBuf,
     header: WindowHeader,
-    // Kept mapped for the daemon's life; the rings will be read and written through it.
+    // Kept mapped for the daemon's life; the rings are read and written through it.
     region: MmapRegion,
 }
 
@@ -160,6 +163,31 @@ impl Window {
     /// The window file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn slice(&self, offset: u64, len: u64) -> Option<VolatileSlice<'_, ()>> {
+        self.region
+            .as_volatile_slice()
+            .subslice(usize::try_from(offset).ok()?, usize::try_from(len).ok()?)
+            .ok()
+    }
+
+    /// Ring `ring` (0 or 1) of slot `slot`; `None` for a slot or ring the window does not have.
+    pub fn ring(&self, slot: u32, ring: u8) -> Option<RingAccess<'_>> {
+        let g = self.header.geometry;
+        let control = self.slice(g.ring_control(slot, ring)?, RING_CONTROL_SIZE)?;
+        let data = self.slice(g.ring_data(slot, ring)?, RING_SIZE)?;
+        Some(RingAccess::new(control, data))
+    }
+
+    /// Stores the header's `host_sleeping` (SeqCst: paired with the guests' fence, §13.5).
+    pub fn set_host_sleeping(&self, sleeping: bool) {
+        let at = header::HOST_SLEEPING;
+        let _ = self.region.as_volatile_slice().store(
+            u32::from(sleeping),
+            at,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// Zeroes the header page and every slot's ring controls, then writes the header.

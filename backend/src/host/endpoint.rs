@@ -11,18 +11,20 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
 use sockbypass_wire::consts::{HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use sockbypass_wire::fastpath::control::CONTROL_PORT;
 use sockbypass_wire::segments::io_would_block;
 use sockbypass_wire::{Op, PacketHeader, RxBuffer, TxPacket};
 
 use super::connection::{ConnKey, ConnState, Fate, HostConn, HOST_BUF_ALLOC, MIN_HOST_BUF_ALLOC};
 use super::poller::{token, HostPoller, LISTENER_ID};
 use super::uds::{self, MAX_CONNECT_LINE};
-use super::GuestReplies;
+use super::{ControlSink, GuestReplies};
 use crate::logging::RateLimiter;
 use crate::memory::GuestMem;
 use crate::metrics::VmCounters;
@@ -53,6 +55,8 @@ pub struct HostEndpoint {
     vm_index: usize,
     guest_cid: u64,
     uds: Option<PathBuf>,
+    /// The fast-path service, for a VM with `fastpath=on` (SPEC.md §13.7).
+    control: Option<Arc<dyn ControlSink>>,
     max_conns: usize,
     /// Bytes the connections may buffer in all (`host_buffer_bytes`).
     buffer_budget: u64,
@@ -76,6 +80,7 @@ impl HostEndpoint {
         vm_index: usize,
         guest_cid: u64,
         uds: Option<PathBuf>,
+        control: Option<Arc<dyn ControlSink>>,
         max_conns: usize,
         buffer_budget: u64,
         poller: HostPoller,
@@ -92,6 +97,7 @@ impl HostEndpoint {
             vm_index,
             guest_cid,
             uds,
+            control,
             max_conns,
             buffer_budget,
             granted: 0,
@@ -287,9 +293,9 @@ impl HostEndpoint {
         counters: &VmCounters,
     ) {
         let refuse = |replies: &mut R| replies.refuse(h);
-        let Some(uds_path) = &self.uds else {
+        if key.host_port != CONTROL_PORT && self.uds.is_none() {
             return refuse(replies);
-        };
+        }
         if self.conns.len() + self.handshakes.len() >= self.max_conns {
             warn_limited!(
                 self.warn,
@@ -301,13 +307,13 @@ impl HostEndpoint {
         let Some(grant) = self.grant_or_refuse(counters) else {
             return refuse(replies);
         };
-        let target = uds::guest_target_path(uds_path, key.host_port);
-        let stream = match uds::connect_nonblocking(&target) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(target = %target.display(), error = %e, "no host listener; RST");
-                return refuse(replies);
-            }
+        let opened = if key.host_port == CONTROL_PORT {
+            self.open_control(key)
+        } else {
+            self.open_uds(key)
+        };
+        let Some(stream) = opened else {
+            return refuse(replies);
         };
         let id = self.alloc_id();
         let tok = token(self.vm_index, id);
@@ -321,6 +327,31 @@ impl HostEndpoint {
         self.insert(key, conn);
         counters.host_conns_opened.fetch_add(1, Ordering::Relaxed);
         self.activate(key);
+    }
+
+    /// The host program's end of a guest connect to `uds`: `<uds>_<port>`, connected now.
+    fn open_uds(&self, key: ConnKey) -> Option<UnixStream> {
+        let target = uds::guest_target_path(self.uds.as_ref()?, key.host_port);
+        uds::connect_nonblocking(&target)
+            .map_err(|e| {
+                tracing::debug!(target = %target.display(), error = %e, "no host listener; RST");
+            })
+            .ok()
+    }
+
+    /// A control connection of the fast path (SPEC.md §13.7): one end of a socket pair for the
+    /// guest's side, the other handed to the fast-path service. A VM without `fastpath=on`
+    /// has no service here, and its connect is refused.
+    fn open_control(&self, key: ConnKey) -> Option<UnixStream> {
+        let sink = self.control.as_ref()?;
+        let (ours, theirs) = UnixStream::pair()
+            .and_then(|(a, b)| a.set_nonblocking(true).map(|()| (a, b)))
+            .map_err(|e| tracing::warn!(error = %e, "cannot make a control socket pair; RST"))
+            .ok()?;
+        sink.take(self.vm_index, key.guest_port, theirs)
+            .map_err(|e| tracing::debug!(error = %e, "fast-path service refused a control connection; RST"))
+            .ok()?;
+        Some(ours)
     }
 
     fn guest_data(

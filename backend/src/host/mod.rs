@@ -19,7 +19,20 @@ pub mod uds;
 pub use endpoint::HostEndpoint;
 pub use poller::HostPoller;
 
+use std::os::unix::net::UnixStream;
+
 use sockbypass_wire::PacketHeader;
+
+/// Where a guest's connections to the fast-path control port (CID 2, port
+/// [`sockbypass_wire::fastpath::control::CONTROL_PORT`], SPEC.md §13.7) go: the daemon
+/// terminates them itself. The endpoint keeps the guest side of the connection like any
+/// other host connection (credit, buffers, RST), and hands the other end of a socket pair to
+/// the sink; the fast-path service implements it.
+pub trait ControlSink: Send + Sync + std::fmt::Debug {
+    /// Takes the daemon's end of a new control connection from VM `vm_index`'s port
+    /// `guest_port`. An error refuses the connection (the guest gets an RST).
+    fn take(&self, vm_index: usize, guest_port: u32, stream: UnixStream) -> std::io::Result<()>;
+}
 
 /// What a host endpoint needs from the switch that serves its guest: a way to send the guest an
 /// RST (a refused connect, a connection reset from the host side, SPEC.md §10). The switch

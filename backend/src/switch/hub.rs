@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::DaemonConfig;
 use crate::failure::Failure;
-use crate::host::{HostEndpoint, HostPoller};
+use crate::host::{ControlSink, HostEndpoint, HostPoller};
 use crate::metrics::VmCountersSnapshot;
 
 use super::peer_table::{ConnLimits, PeerTable};
@@ -85,8 +85,13 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// One port per configured VM; binds every `uds` listener into `poller`.
-    pub fn new(config: &DaemonConfig, poller: &HostPoller) -> Result<Self, SwitchError> {
+    /// One port per configured VM; binds every `uds` listener into `poller`. The VMs with
+    /// `fastpath=on` hand their fast-path control connections to `control` (SPEC.md §13.7).
+    pub fn new(
+        config: &DaemonConfig,
+        poller: &HostPoller,
+        control: Option<Arc<dyn ControlSink>>,
+    ) -> Result<Self, SwitchError> {
         let mut vms = Vec::with_capacity(config.vms.len());
         let mut by_cid = HashMap::default();
         for (index, vm) in config.vms.iter().enumerate() {
@@ -94,6 +99,7 @@ impl Switch {
                 index,
                 vm.cid,
                 vm.uds.clone(),
+                control.clone().filter(|_| vm.fastpath_size.is_some()),
                 vm.max_conns as usize,
                 vm.host_buffer_bytes,
                 poller.clone(),

@@ -9,9 +9,15 @@
 //! | this file | [`Harness`], [`VmSpec`], waits, random data, checksums |
 //! | [`peers`] | driving several guest drivers from one thread: connect two VMs, pump, compare |
 //! | [`transfer`] | full-duplex stream jobs with random write sizes, run by one driver |
+//! | [`guest_bridge`] | a test VM's fast-path control connections, as Unix sockets |
+//! | [`window_file`] | a fast-path window as a guest sees it, through its file |
+//! | [`raw_control`] | a fast-path control connection driven message by message |
 
+pub mod guest_bridge;
 pub mod peers;
+pub mod raw_control;
 pub mod transfer;
+pub mod window_file;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -44,6 +50,8 @@ pub struct VmSpec {
     pub max_conns_per_peer: Option<u32>,
     /// `host_buffer_bytes`.
     pub host_buffer_bytes: u64,
+    /// `fastpath_size` (`fastpath=on`), or `None`.
+    pub fastpath: Option<u64>,
 }
 
 impl VmSpec {
@@ -58,7 +66,14 @@ impl VmSpec {
             ports: None,
             max_conns_per_peer: None,
             host_buffer_bytes: DEFAULT_HOST_BUFFER_BYTES,
+            fastpath: None,
         }
+    }
+
+    /// Turns the fast path on with a window of `size` bytes.
+    pub fn fastpath(mut self, size: u64) -> Self {
+        self.fastpath = Some(size);
+        self
     }
 
     /// Replaces the groups.
@@ -127,6 +142,19 @@ impl Harness {
             daemon: Some(daemon),
             dir,
         }
+    }
+
+    /// The fast-path window of VM `name`.
+    pub fn window(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.window"))
+    }
+
+    /// The fast-path counters of VM `name`.
+    pub fn fastpath_counters(&self, name: &str) -> sockbypassd::metrics::FastPathCountersSnapshot {
+        self.daemon
+            .as_ref()
+            .and_then(|d| d.fastpath_counters(name))
+            .unwrap_or_else(|| panic!("no fast-path counters for {name}"))
     }
 
     pub fn socket(&self, name: &str) -> PathBuf {
@@ -288,6 +316,7 @@ fn harness_config_in(
                     max_conns: v.max_conns,
                     max_conns_per_peer: v.max_conns_per_peer,
                     host_buffer_bytes: v.host_buffer_bytes,
+                    fastpath_size: v.fastpath,
                     ..VmConfig::new(v.name, v.cid, dir.join(format!("{}.sock", v.name)))
                 })
                 .collect(),
