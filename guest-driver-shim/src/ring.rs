@@ -244,7 +244,8 @@ impl RingRx {
     /// (`closed` is loaded before `head`, so bytes written before it are never missed.)
     pub fn at_end(&self) -> Result<bool, RingError> {
         let closed = self.r.closed().load(Ordering::Acquire) != 0;
-        Ok(closed && self.readable()? == 0)
+        let readable = self.readable()?;
+        Ok(closed && readable == 0)
     }
 
     /// This side's `tail` (private copy).
