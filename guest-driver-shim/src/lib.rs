@@ -34,6 +34,8 @@
 //! dispatched, whether a read or write would proceed. A shim builds its fd/`epoll`
 //! integration on these two (a non-blocking read or write dispatches pending messages).
 
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
+
 pub mod capi;
 pub mod connection;
 pub mod control;

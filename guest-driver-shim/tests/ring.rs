@@ -1,6 +1,9 @@
 //! Rings over two mappings of one window file (two "sides"): a stream both ways, hostile
 //! indices, and the sleeping-flag race.
 
+// Test patterns and sizes: truncation is intended or impossible.
+#![allow(clippy::cast_possible_truncation)]
+
 mod support;
 
 use std::sync::mpsc;
@@ -81,7 +84,7 @@ fn a_stream_crosses_the_ring_many_times_both_ways() {
     assert_eq!(c1.join().expect("consumer"), TOTAL);
     assert_eq!(c2.join().expect("consumer"), TOTAL);
     let tx = p1.join().expect("producer");
-    assert!(TOTAL / RING_SIZE > 40, "wraps many times");
+    const { assert!(TOTAL / RING_SIZE > 40, "wraps many times") };
     assert_eq!(tx.head(), TOTAL);
     // Nothing outside slot 5's data areas was written: slot 4 and 6 are still zero.
     let g = Geometry::new(MIB).expect("geometry");

@@ -1,5 +1,8 @@
 //! Window mapping, header checks and discovery in a fake sysfs tree.
 
+// Test patterns and sizes: truncation is intended or impossible.
+#![allow(clippy::cast_possible_truncation)]
+
 mod support;
 
 use std::fs;
