@@ -280,7 +280,10 @@ impl<T: Transport> Session<T> {
             };
             let r = self.note(&st, r);
             self.cv.notify_all();
-            r?;
+            if let Err(e) = r {
+                // What was dispatched before the failure still counts.
+                return ready(&mut st).ok_or(e);
+            }
         }
     }
 }
