@@ -167,10 +167,15 @@ fn daemon(mut chans: [Daemon; 2], a: &std::path::Path, b: &std::path::Path) {
             }
         }
         let mut wakes = Vec::new();
-        while copies
-            .iter_mut()
-            .fold(false, |moved, c| c.pass(&mut buf, &mut wakes) || moved)
-        {}
+        loop {
+            let mut moved = false;
+            for c in &mut copies {
+                moved |= c.pass(&mut buf, &mut wakes);
+            }
+            if !moved {
+                break;
+            }
+        }
         wakes.sort_unstable();
         wakes.dedup();
         for (vm, conn) in wakes {
