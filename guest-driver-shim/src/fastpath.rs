@@ -126,6 +126,14 @@ impl<T: Transport> FastPath<T> {
         &self.pairs
     }
 
+    /// Reads and dispatches the daemon messages that are there, without blocking (call it
+    /// when [`as_raw_fd`](AsRawFd::as_raw_fd) is readable, before
+    /// [`FastStream::poll_ready`]). Nothing happens while another thread waits in a blocking
+    /// call: that thread dispatches.
+    pub fn dispatch(&self) -> Result<(), ControlChannelError> {
+        self.session.pump()
+    }
+
     /// The spin budget new streams get.
     pub fn set_spin_budget(&mut self, spin: SpinBudget) {
         self.spin = spin;

@@ -377,6 +377,8 @@ fn reset_fails_the_stream_and_nothing_more_is_sent_for_it() {
         expect_marker(&mut d, 4242);
     });
     let mut s = fp.connect_fast(9, 1).expect("conn");
+    let r = s.poll_ready();
+    assert!(!r.readable && r.writable && !r.hup, "{r:?}");
     let mut buf = [0u8; 4];
     // Blocks (empty ring) until the RESET.
     match s.read(&mut buf) {
@@ -555,5 +557,58 @@ fn a_daemon_that_goes_away_fails_waits() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(s.read(&mut buf), Err(StreamError::Control(_))));
+    t.join().expect("daemon");
+}
+
+#[test]
+fn readiness_follows_the_rings_and_dispatched_messages() {
+    let vm = Vm::new(5, &[]);
+    let own = vm.own.path().to_path_buf();
+    let (fp, t) = start(&vm, move |mut d| {
+        answer_connect(&mut d, 7, 0, Placement::HostCopied);
+        answer_connect(&mut d, 8, 1, Placement::HostCopied);
+        let w = Arc::new(Window::open_path(&own).expect("map"));
+        let mut to_guest = RingTx::new(w, 0, 1).expect("ring");
+        to_guest.write(b"data").expect("range");
+        d.send(ControlMsg {
+            conn: 7,
+            ..ControlMsg::new(Op::Wake)
+        });
+        d.send(ControlMsg {
+            conn: 8,
+            ..ControlMsg::new(Op::Closed)
+        });
+        expect_marker(&mut d, 77);
+        // conn 8 sends CLOSE when dropped; conn 7 too.
+        let mut closed = [d.expect(Op::Close).conn, d.expect(Op::Close).conn];
+        closed.sort_unstable();
+        assert_eq!(closed, [7, 8]);
+    });
+    let mut a = fp.connect_fast(9, 1).expect("7");
+    let mut b = fp.connect_fast(9, 2).expect("8");
+    // Wait for the control socket (the messages may also have been dispatched already, by
+    // the read that took CONNECTED), dispatch, and the streams say what they can do.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fp);
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call.
+    unsafe { libc::poll(&mut pfd, 1, 100) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.poll_ready().hup {
+        assert!(Instant::now() < deadline, "CLOSED never dispatched");
+        fp.dispatch().expect("dispatch");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let ra = a.poll_ready();
+    assert!(ra.readable && ra.writable && !ra.hup, "{ra:?}");
+    let mut buf = [0u8; 8];
+    assert_eq!(a.read(&mut buf).expect("read"), 4);
+    assert!(matches!(b.write(b"x"), Err(StreamError::PeerClosed)));
+    assert_eq!(StreamError::PeerClosed.errno(), libc::EPIPE);
+    fp.listen(77).expect("marker");
+    drop((a, b));
     t.join().expect("daemon");
 }
