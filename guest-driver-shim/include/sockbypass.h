@@ -35,7 +35,7 @@ typedef struct SbStream sb_stream;
  * control channel (AF_VSOCK, CID 2, port 0x53425000). NULL with errno on failure. */
 sb_handle *sb_open(void);
 
-/* Closes the handle (NULL: nothing). */
+/* Closes the handle (NULL: nothing). Not while another thread is inside a call on it. */
 void sb_close_handle(sb_handle *h);
 
 /* The control socket: readable when a daemon message is pending (for poll/epoll). */

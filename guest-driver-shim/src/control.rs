@@ -52,8 +52,13 @@ pub enum ControlChannelError {
         why: &'static str,
     },
     /// The channel failed earlier; it is not used any more.
-    #[error("control channel failed earlier: {0}")]
-    Failed(String),
+    #[error("control channel failed earlier: {why}")]
+    Failed {
+        /// The first error.
+        why: String,
+        /// Whether that was a protocol error.
+        protocol: bool,
+    },
 }
 
 impl ControlChannelError {
@@ -61,7 +66,9 @@ impl ControlChannelError {
     pub fn is_protocol(&self) -> bool {
         matches!(
             self,
-            ControlChannelError::Decode(_) | ControlChannelError::Unexpected { .. }
+            ControlChannelError::Decode(_)
+                | ControlChannelError::Unexpected { .. }
+                | ControlChannelError::Failed { protocol: true, .. }
         )
     }
 
@@ -83,7 +90,7 @@ pub struct ControlChannel<T> {
     queue: VecDeque<ControlMsg>,
     partial: [u8; MSG_LEN],
     partial_len: usize,
-    failed: Option<String>,
+    failed: Option<(String, bool)>,
 }
 
 impl<T: Transport> ControlChannel<T> {
@@ -258,7 +265,7 @@ impl<T: Transport> ControlChannel<T> {
     /// Marks the channel failed (it is not used again) and returns the error.
     pub(crate) fn fail(&mut self, e: ControlChannelError) -> ControlChannelError {
         if self.failed.is_none() {
-            self.failed = Some(e.to_string());
+            self.failed = Some((e.to_string(), e.is_protocol()));
         }
         e
     }
@@ -270,7 +277,10 @@ impl<T: Transport> ControlChannel<T> {
 
     pub(crate) fn check(&self) -> Result<(), ControlChannelError> {
         match &self.failed {
-            Some(why) => Err(ControlChannelError::Failed(why.clone())),
+            Some((why, protocol)) => Err(ControlChannelError::Failed {
+                why: why.clone(),
+                protocol: *protocol,
+            }),
             None => Ok(()),
         }
     }

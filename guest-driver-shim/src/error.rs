@@ -181,7 +181,7 @@ impl From<StreamError> for io::Error {
 pub(crate) fn control_errno(e: &ControlChannelError) -> i32 {
     match e {
         ControlChannelError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-        ControlChannelError::Closed | ControlChannelError::Failed(_) => libc::ECONNRESET,
-        ControlChannelError::Decode(_) | ControlChannelError::Unexpected { .. } => libc::EPROTO,
+        e if e.is_protocol() => libc::EPROTO,
+        _ => libc::ECONNRESET,
     }
 }

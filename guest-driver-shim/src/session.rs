@@ -166,6 +166,11 @@ impl<T: Transport> Session<T> {
         r
     }
 
+    /// The channel's failure, if it failed.
+    pub fn check(&self) -> Result<(), ControlChannelError> {
+        self.lock().ch.check()
+    }
+
     /// Sends one message.
     pub fn send(&self, msg: &ControlMsg) -> Result<(), ControlChannelError> {
         let mut st = self.lock();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use sockbypass_wire::fastpath::control::{ControlMsg, Op, Placement, Reason};
 use sockbypass_wire::fastpath::ring::RingError;
 
-use crate::control::{ControlChannelError, Transport};
+use crate::control::Transport;
 use crate::error::StreamError;
 use crate::ring::{RingRx, RingTx};
 use crate::session::{ConnFlags, Session};
@@ -223,9 +223,8 @@ impl<T: Transport> FastStream<T> {
             return Err(f.error());
         }
         if self.session.is_failed() {
-            return Err(StreamError::Control(ControlChannelError::Failed(
-                "the control channel failed: the daemon resets its connections".into(),
-            )));
+            // The daemon resets every connection of a control channel that fails.
+            self.session.check()?;
         }
         Ok(())
     }

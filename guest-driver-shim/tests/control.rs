@@ -538,7 +538,10 @@ fn malformed_daemon_messages_are_protocol_errors() {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(fp.listen(1), Err(ControlChannelError::Failed(_))));
+        assert!(matches!(
+            fp.listen(1),
+            Err(ControlChannelError::Failed { protocol: true, .. })
+        ));
         t.join().expect("daemon");
     }
 }
