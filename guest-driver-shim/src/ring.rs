@@ -58,14 +58,30 @@ impl RingRef {
         };
         let control = g.ring_control(slot, ring).ok_or(err)?;
         let data = g.ring_data(slot, ring).ok_or(err)?;
+        // Every field resolves (inside the mapping, aligned) and the data area fits: the
+        // accessors below rely on it.
+        let fields_ok = [ring_control::HEAD, ring_control::TAIL]
+            .iter()
+            .all(|f| win.u64_at(control + f).is_some())
+            && [
+                ring_control::CLOSED,
+                ring_control::PRODUCER_SLEEPING,
+                ring_control::CONSUMER_SLEEPING,
+                ring_control::GENERATION,
+            ]
+            .iter()
+            .all(|f| win.u32_at(control + f).is_some())
+            && data + RING_SIZE <= g.size();
+        if !fields_ok {
+            return Err(err);
+        }
         Ok(RingRef { win, control, data })
     }
 
     fn u64_field(&self, field: u64) -> &AtomicU64 {
         match self.win.u64_at(self.control + field) {
             Some(a) => a,
-            // The geometry put the ring control inside the mapping (checked at open) and every
-            // field is aligned to its size; this cannot happen.
+            // Checked in `RingRef::new`; the mapping does not change.
             None => unreachable!("ring control field {field} outside the window"),
         }
     }
