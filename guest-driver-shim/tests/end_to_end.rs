@@ -1,8 +1,9 @@
-//! End to end through the host-copied placement: two VMs' own windows, two `FastPath`s and a
-//! fake daemon that copies between the rings (checked indices, through the library's own
-//! rings on its own mappings) and wakes sleepers. `host_sleeping` stays 1 (the daemon's
-//! `event` mode, §13.5), so every byte moves because of a KICK and every blocked guest
-//! resumes because of a WAKE: a lost wake-up hangs the test (a watchdog fails it).
+//! End to end with two VMs' windows, two `FastPath`s and a fake daemon. Host-copied: the
+//! daemon copies between the rings (checked indices, through the library's own rings on its
+//! own mappings) and wakes sleepers; `host_sleeping` stays 1 (the daemon's `event` mode,
+//! §13.5), so every byte moves because of a KICK. Direct: both guests map the pair window and
+//! the daemon only forwards each KICK as a WAKE to the peer. Every blocked guest resumes
+//! because of a WAKE: a lost wake-up hangs the test (a watchdog fails it).
 
 // Test patterns: truncation is intended.
 #![allow(clippy::cast_possible_truncation)]
@@ -78,7 +79,14 @@ impl Copy {
     }
 }
 
-fn daemon(mut chans: [Daemon; 2], a: &std::path::Path, b: &std::path::Path, n: u32) {
+fn daemon(
+    mut chans: [Daemon; 2],
+    a: &std::path::Path,
+    b: &std::path::Path,
+    n: u32,
+    placement: Placement,
+) {
+    let direct = placement == Placement::Direct;
     for d in &mut chans {
         d.greet();
     }
@@ -90,17 +98,22 @@ fn daemon(mut chans: [Daemon; 2], a: &std::path::Path, b: &std::path::Path, n: u
     let rx = |w: &Arc<Window>, slot, r| RingRx::new(Arc::clone(w), slot, r).expect("ring");
     let tx = |w: &Arc<Window>, slot, r| RingTx::new(Arc::clone(w), slot, r).expect("ring");
     // B listens; A connects n times; B accepts each. Connection i: A's conn 100 + i in slot
-    // i + 2 of A's window, B's conn 200 + i in slot 6 - i of B's (1 MiB: 7 slots).
+    // i + 2 of A's window, B's conn 200 + i in slot 6 - i of B's (1 MiB: 7 slots); direct:
+    // slot i of the pair window for both, and the daemon only forwards KICKs as WAKEs.
     let l = chans[1].expect(Op::Listen);
     let mut copies = Vec::new();
     for i in 0..n {
         let c = chans[0].expect(Op::Connect);
         assert_eq!((c.peer_cid, c.peer_port), (4, l.port));
-        let (slot_a, conn_a, slot_b, conn_b) = (i + 2, 100 + i, 6 - i, 200 + i);
+        let (slot_a, conn_a, slot_b, conn_b) = if direct {
+            (i, 100 + i, i, 200 + i)
+        } else {
+            (i + 2, 100 + i, 6 - i, 200 + i)
+        };
         chans[1].send(ControlMsg {
             conn: conn_b,
             slot: slot_b,
-            code: Placement::HostCopied.raw(),
+            code: placement.raw(),
             peer_cid: 3,
             port: l.port,
             peer_port: 1024 + i,
@@ -111,12 +124,15 @@ fn daemon(mut chans: [Daemon; 2], a: &std::path::Path, b: &std::path::Path, n: u
             req: c.req,
             conn: conn_a,
             slot: slot_a,
-            code: Placement::HostCopied.raw(),
+            code: placement.raw(),
             peer_cid: 4,
             port: 1024 + i,
             peer_port: l.port,
             ..ControlMsg::new(Op::Connected)
         });
+        if direct {
+            continue;
+        }
         copies.push(Copy {
             from: rx(&wa, slot_a, 0),
             to: tx(&wb, slot_b, 1),
@@ -159,7 +175,20 @@ fn daemon(mut chans: [Daemon; 2], a: &std::path::Path, b: &std::path::Path, n: u
             let m = chans[vm].recv();
             assert!(!closed[vm].contains(&m.conn), "{m:?} after CLOSE");
             match m.op {
-                Op::Kick => kicks += 1,
+                Op::Kick => {
+                    kicks += 1;
+                    if direct {
+                        // The peer of a direct connection sleeps on the shared ring.
+                        let (other, conn) = peer_of(vm, m.conn);
+                        if !closed[other].contains(&conn) {
+                            wakes_sent += 1;
+                            chans[other].send(ControlMsg {
+                                conn,
+                                ..ControlMsg::new(Op::Wake)
+                            });
+                        }
+                    }
+                }
                 Op::Close => {
                     closed[vm].push(m.conn);
                     let (other, conn) = peer_of(vm, m.conn);
@@ -235,8 +264,8 @@ fn serve(mut s: FastStream<UnixStream>, load: Load, seed: u64) {
 }
 
 /// A's side of one connection: pings, sends, half-closes, checks B's reply, closes.
-fn client(mut s: FastStream<UnixStream>, load: Load, seed: u64) {
-    assert_eq!(s.info().placement, Placement::HostCopied);
+fn client(mut s: FastStream<UnixStream>, load: Load, seed: u64, placement: Placement) {
+    assert_eq!(s.info().placement, placement);
     for i in 0..load.pings {
         assert_eq!(s.write(&[i as u8]).expect("ping"), 1);
         let mut one = [0u8; 1];
@@ -268,20 +297,23 @@ fn client(mut s: FastStream<UnixStream>, load: Load, seed: u64) {
 
 /// `n` connections from A (CID 3) to B (CID 4), each in its own thread on both sides
 /// (streams of one FastPath blocking at once), through the fake daemon.
-fn run(n: u32, load: Load) {
+fn run(n: u32, load: Load, placement: Placement) {
     let fa = window_file(WindowKind::Own, 3, 0, MIB, 1);
     let fb = window_file(WindowKind::Own, 4, 0, MIB, 1);
+    let fp = window_file(WindowKind::Pair, 3, 4, MIB, 1);
     let (ga, da) = UnixStream::pair().expect("pair");
     let (gb, db) = UnixStream::pair().expect("pair");
     let (pa, pb) = (fa.path().to_path_buf(), fb.path().to_path_buf());
-    let d = thread::spawn(move || daemon([Daemon { s: da }, Daemon { s: db }], &pa, &pb, n));
-    let wa = Window::open_path(fa.path()).expect("A");
-    let wb = Window::open_path(fb.path()).expect("B");
+    let d =
+        thread::spawn(move || daemon([Daemon { s: da }, Daemon { s: db }], &pa, &pb, n, placement));
+    let pair = || Window::open_path(fp.path()).expect("pair");
+    let wa = vec![Window::open_path(fa.path()).expect("A"), pair()];
+    let wb = vec![Window::open_path(fb.path()).expect("B"), pair()];
 
     let (done, finished) = mpsc::channel();
     let done_b = done.clone();
     let b = thread::spawn(move || {
-        let mut fp = FastPath::new(vec![wb], gb).expect("B handshake");
+        let mut fp = FastPath::new(wb, gb).expect("B handshake");
         fp.set_spin_budget(SpinBudget::iterations(50));
         fp.listen(5000).expect("listen");
         let streams: Vec<_> = (0..n).map(|_| fp.accept().expect("accept")).collect();
@@ -298,7 +330,7 @@ fn run(n: u32, load: Load) {
         let _ = done_b.send("B");
     });
     let a = thread::spawn(move || {
-        let mut fp = FastPath::new(vec![wa], ga).expect("A handshake");
+        let mut fp = FastPath::new(wa, ga).expect("A handshake");
         fp.set_spin_budget(SpinBudget::iterations(50));
         let streams: Vec<_> = (0..n)
             .map(|_| fp.connect_fast(4, 5000).expect("connect"))
@@ -307,7 +339,7 @@ fn run(n: u32, load: Load) {
             .into_iter()
             .map(|s| {
                 let seed = u64::from(s.info().port);
-                thread::spawn(move || client(s, load, seed))
+                thread::spawn(move || client(s, load, seed, placement))
             })
             .collect();
         for w in workers {
@@ -334,6 +366,7 @@ fn one_stream_crosses_two_windows_through_a_copying_daemon_both_ways() {
             a_to_b: 2 * MIB + 777,
             b_to_a: MIB + 333,
         },
+        Placement::HostCopied,
     );
 }
 
@@ -346,5 +379,19 @@ fn concurrent_streams_of_one_fastpath_block_and_wake_in_their_own_threads() {
             a_to_b: MIB / 2 + 11,
             b_to_a: MIB / 3 + 7,
         },
+        Placement::HostCopied,
+    );
+}
+
+#[test]
+fn direct_streams_share_the_pair_window_and_wake_through_forwarded_kicks() {
+    run(
+        3,
+        Load {
+            pings: 2000,
+            a_to_b: MIB + 5,
+            b_to_a: MIB / 2 + 3,
+        },
+        Placement::Direct,
     );
 }
