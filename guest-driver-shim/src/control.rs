@@ -8,9 +8,14 @@
 //! does not decode, a guest-only op coming from the daemon, or the daemon closing the stream
 //! is an error; the channel is unusable afterwards (the daemon resets every connection of a
 //! control connection that closes).
+//!
+//! Messages are sent with `send(2)` and `MSG_NOSIGNAL` on the transport's descriptor (a
+//! stream socket), so a daemon that went away gives `EPIPE` and not a `SIGPIPE` that would
+//! kill a C program using the library.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -135,8 +140,7 @@ impl<T: Transport> ControlChannel<T> {
     /// Sends one message.
     pub fn send(&mut self, msg: &ControlMsg) -> Result<(), ControlChannelError> {
         self.check()?;
-        let bytes = msg.encode();
-        match self.t.write_all(&bytes).and_then(|()| self.t.flush()) {
+        match send_msg(self.t.as_raw_fd(), msg) {
             Ok(()) => Ok(()),
             Err(source) => Err(self.fail(ControlChannelError::Io {
                 what: "write",
@@ -290,6 +294,29 @@ impl<T: AsRawFd> AsRawFd for ControlChannel<T> {
     fn as_raw_fd(&self) -> RawFd {
         self.t.as_raw_fd()
     }
+}
+
+/// Sends one whole message on the stream socket `fd` (`MSG_NOSIGNAL`; short sends and
+/// `EINTR` are retried).
+pub(crate) fn send_msg(fd: RawFd, msg: &ControlMsg) -> io::Result<()> {
+    let bytes = msg.encode();
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: `rest` is valid for `rest.len()` bytes for the duration of the call.
+        let rc = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        match usize::try_from(rc) {
+            Ok(n) if n > 0 => done += n,
+            Ok(_) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until `fd` is readable (or hung up), at most `timeout` (`None`: forever).

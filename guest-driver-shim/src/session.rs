@@ -7,7 +7,9 @@
 //! arrived, and wakes every other waiter (condition variable). The others sleep on the
 //! condition variable and look at their state after each dispatch; when the reader's own
 //! event has come, it leaves and another waiter takes its place. The lock is never held while
-//! blocking, so any thread may send (`KICK`, `CLOSE`, ...) while another waits.
+//! blocking. Sending (`KICK`, `CLOSE`, ...) takes only a separate send lock (so that
+//! messages do not interleave), never the state lock, so a send that blocks on a full socket
+//! cannot stop the dispatch of what the daemon sends meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use sockbypass_wire::fastpath::control::{ControlMsg, Op, Reason};
 
-use crate::control::{poll_in, ControlChannel, ControlChannelError, Transport};
+use crate::control::{poll_in, send_msg, ControlChannel, ControlChannelError, Transport};
 
 /// What the daemon said about one connection, read by its stream without the lock.
 #[derive(Debug, Default)]
@@ -47,6 +49,7 @@ pub(crate) struct State<T> {
     answers: HashMap<u32, Option<ControlMsg>>,
     listening: HashSet<u32>,
     incoming: VecDeque<ControlMsg>,
+    send_lock: Arc<Mutex<()>>,
 }
 
 impl<T: Transport> State<T> {
@@ -72,6 +75,10 @@ impl<T: Transport> State<T> {
                     self.incoming.push_back(m);
                 } else {
                     // Raced with UNLISTEN: refuse it.
+                    let _g = self
+                        .send_lock
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
                     self.ch.send(&ControlMsg {
                         conn: m.conn,
                         ..ControlMsg::new(Op::Reject)
@@ -121,11 +128,13 @@ pub(crate) struct Session<T> {
     cv: Condvar,
     failed: AtomicBool,
     fd: RawFd,
+    send_lock: Arc<Mutex<()>>,
 }
 
 impl<T: Transport> Session<T> {
     pub fn new(ch: ControlChannel<T>) -> Session<T> {
         let fd = ch.as_raw_fd();
+        let send_lock = Arc::new(Mutex::new(()));
         Session {
             state: Mutex::new(State {
                 ch,
@@ -134,10 +143,12 @@ impl<T: Transport> Session<T> {
                 answers: HashMap::new(),
                 listening: HashSet::new(),
                 incoming: VecDeque::new(),
+                send_lock: Arc::clone(&send_lock),
             }),
             cv: Condvar::new(),
             failed: AtomicBool::new(false),
             fd,
+            send_lock,
         }
     }
 
@@ -171,11 +182,30 @@ impl<T: Transport> Session<T> {
         self.lock().ch.check()
     }
 
-    /// Sends one message.
+    /// Sends one message (under the send lock only).
     pub fn send(&self, msg: &ControlMsg) -> Result<(), ControlChannelError> {
-        let mut st = self.lock();
-        let r = st.ch.send(msg);
-        self.note(&st, r)
+        if self.is_failed() {
+            self.check()?;
+        }
+        let r = {
+            let _g = self
+                .send_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            send_msg(self.fd, msg)
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                let mut st = self.lock();
+                let e = st.ch.fail(ControlChannelError::Io {
+                    what: "write",
+                    source,
+                });
+                self.failed.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
     /// Sends `msg` with a fresh request number and waits for `CONNECTED` or `REFUSED` with it.
@@ -184,13 +214,12 @@ impl<T: Transport> Session<T> {
             let mut st = self.lock();
             let req = st.ch.new_req();
             st.answers.insert(req, None);
-            let r = st.ch.send(&ControlMsg { req, ..msg });
-            if let Err(e) = self.note(&st, r) {
-                st.answers.remove(&req);
-                return Err(e);
-            }
             req
         };
+        if let Err(e) = self.send(&ControlMsg { req, ..msg }) {
+            self.lock().answers.remove(&req);
+            return Err(e);
+        }
         let r = self.wait_until(|st| match st.answers.get(&req) {
             Some(Some(_)) => st.answers.remove(&req).flatten(),
             _ => None,
@@ -203,19 +232,20 @@ impl<T: Transport> Session<T> {
 
     /// Starts or stops taking `INCOMING`s for `port` and tells the daemon.
     pub fn listen(&self, port: u32, on: bool) -> Result<(), ControlChannelError> {
-        let mut st = self.lock();
-        let op = if on {
-            st.listening.insert(port);
-            Op::Listen
-        } else {
-            st.listening.remove(&port);
-            Op::Unlisten
+        let op = {
+            let mut st = self.lock();
+            if on {
+                st.listening.insert(port);
+                Op::Listen
+            } else {
+                st.listening.remove(&port);
+                Op::Unlisten
+            }
         };
-        let r = st.ch.send(&ControlMsg {
+        self.send(&ControlMsg {
             port,
             ..ControlMsg::new(op)
-        });
-        self.note(&st, r)
+        })
     }
 
     /// The next `INCOMING`, blocking.

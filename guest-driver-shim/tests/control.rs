@@ -615,3 +615,25 @@ fn readiness_follows_the_rings_and_dispatched_messages() {
     drop((a, b));
     t.join().expect("daemon");
 }
+
+#[test]
+fn sending_to_a_daemon_that_went_away_is_epipe_not_a_signal() {
+    let vm = Vm::new(5, &[]);
+    let (fp, t) = start(&vm, drop);
+    t.join().expect("daemon");
+    match fp.listen(1) {
+        Err(e @ ControlChannelError::Io { .. }) => {
+            let src = std::error::Error::source(&e).expect("source");
+            let io = src.downcast_ref::<std::io::Error>().expect("io");
+            assert_eq!(io.raw_os_error(), Some(libc::EPIPE), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        fp.listen(2),
+        Err(ControlChannelError::Failed {
+            protocol: false,
+            ..
+        })
+    ));
+}
