@@ -51,7 +51,9 @@ impl Write for Connection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Connection::Fast(s) => Ok(s.write(buf)?),
-            Connection::Vsock(s) => Write::write(s, buf),
+            // MSG_NOSIGNAL: a peer that went away is EPIPE, not a SIGPIPE (C programs do not
+            // ignore it as Rust programs do).
+            Connection::Vsock(s) => s.send_with_flags(buf, libc::MSG_NOSIGNAL),
         }
     }
 
