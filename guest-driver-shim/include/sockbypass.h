@@ -38,7 +38,8 @@ sb_handle *sb_open(void);
 /* Closes the handle (NULL: nothing). Not while another thread is inside a call on it. */
 void sb_close_handle(sb_handle *h);
 
-/* The control socket: readable when a daemon message is pending (for poll/epoll). */
+/* The control socket: readable when a daemon message is pending (for poll/epoll). It
+ * belongs to the handle: do not close or read it. */
 int sb_control_fd(const sb_handle *h);
 
 /* Connects to cid:port: through the fast path, or plain vsock when the daemon refuses the

@@ -271,10 +271,15 @@ impl Window {
 
     fn open_device(dir: &Path) -> Result<Window, WindowError> {
         let enable = dir.join("enable");
-        fs::write(&enable, b"1").map_err(|source| WindowError::Enable {
-            path: enable,
-            source,
-        })?;
+        // Already enabled (by another process, or at boot): no need to be allowed to write
+        // `enable`, and no second increment of the kernel's enable count.
+        let enabled = fs::read_to_string(&enable).is_ok_and(|s| s.trim() == "1");
+        if !enabled {
+            fs::write(&enable, b"1").map_err(|source| WindowError::Enable {
+                path: enable,
+                source,
+            })?;
+        }
         // resource2's size is the BAR's size: the window's.
         Self::open_path(dir.join("resource2"))
     }

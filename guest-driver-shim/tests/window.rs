@@ -148,6 +148,15 @@ fn discovery_finds_exactly_the_windows_and_enables_them() {
         "0x1110",
         Some(&vec![0u8; MIB as usize]),
     );
+    // Enabled already: found, and `enable` is not written again.
+    device(
+        r,
+        "0000:00:06.0",
+        "0x1af4",
+        "0x1110",
+        Some(&window_bytes(WindowKind::Pair, 5, 7)),
+    );
+    fs::write(r.join("0000:00:06.0/enable"), "1\n").expect("enable");
 
     let ws = Window::discover_in(r).expect("discover");
     let found: Vec<_> = ws
@@ -156,7 +165,16 @@ fn discovery_finds_exactly_the_windows_and_enables_them() {
         .collect();
     assert_eq!(
         found,
-        vec![(WindowKind::Own, 5, 0), (WindowKind::Pair, 4, 5)]
+        vec![
+            (WindowKind::Own, 5, 0),
+            (WindowKind::Pair, 4, 5),
+            (WindowKind::Pair, 5, 7)
+        ]
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("0000:00:06.0/enable")).expect("enable"),
+        "1\n",
+        "not written again"
     );
     for dev in ["0000:00:02.0", "0000:00:04.0", "0000:00:05.0"] {
         assert_eq!(
@@ -171,7 +189,7 @@ fn discovery_finds_exactly_the_windows_and_enables_them() {
         );
     }
     let probed = Window::probe_in(r).expect("probe");
-    assert_eq!(probed.len(), 3);
+    assert_eq!(probed.len(), 4);
     assert!(matches!(
         probed[2],
         Err(WindowError::Header {
