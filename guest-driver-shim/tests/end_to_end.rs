@@ -182,7 +182,7 @@ fn daemon(
                         let (other, conn) = peer_of(vm, m.conn);
                         if !closed[other].contains(&conn) {
                             wakes_sent += 1;
-                            chans[other].send(ControlMsg {
+                            chans[other].send_if_there(ControlMsg {
                                 conn,
                                 ..ControlMsg::new(Op::Wake)
                             });
@@ -193,7 +193,7 @@ fn daemon(
                     closed[vm].push(m.conn);
                     let (other, conn) = peer_of(vm, m.conn);
                     if !closed[other].contains(&conn) {
-                        chans[other].send(ControlMsg {
+                        chans[other].send_if_there(ControlMsg {
                             conn,
                             ..ControlMsg::new(Op::Closed)
                         });
@@ -217,7 +217,7 @@ fn daemon(
         for (vm, conn) in wakes {
             if !closed[vm].contains(&conn) {
                 wakes_sent += 1;
-                chans[vm].send(ControlMsg {
+                chans[vm].send_if_there(ControlMsg {
                     conn,
                     ..ControlMsg::new(Op::Wake)
                 });

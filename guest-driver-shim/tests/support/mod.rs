@@ -106,6 +106,11 @@ impl Daemon {
         self.s.write_all(&m.encode()).expect("daemon write");
     }
 
+    /// Sends, ignoring a guest that went away (its CLOSE may still be unread here).
+    pub fn send_if_there(&mut self, m: ControlMsg) {
+        let _ = self.s.write_all(&m.encode());
+    }
+
     /// HELLO → WELCOME.
     pub fn greet(&mut self) {
         let h = self.expect(Op::Hello);
