@@ -124,7 +124,7 @@ pub unsafe extern "C" fn sb_listen(h: *const SbHandle, port: u32) -> c_int {
     };
     guard(-1, || match h.fp.listen(port) {
         Ok(()) => 0,
-        Err(e) => fail_int(crate::error::control_errno(&e)),
+        Err(e) => fail_int(e.errno()),
     })
 }
 

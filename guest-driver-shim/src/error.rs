@@ -92,6 +92,7 @@ impl ConnectError {
     /// The `errno` for C.
     pub fn errno(&self) -> i32 {
         match self {
+            ConnectError::Refused(Reason::PortInUse) => libc::EADDRINUSE,
             ConnectError::Fallback(_) | ConnectError::Refused(_) => libc::ECONNREFUSED,
             ConnectError::Control(e) => control_errno(e),
             ConnectError::NoPairWindow { .. } | ConnectError::BadSlot(_) => libc::EPROTO,

@@ -166,13 +166,16 @@ impl<T: Transport> FastPath<T> {
     }
 
     /// Accepts fast-path connections on `port` (`LISTEN`).
-    pub fn listen(&self, port: u32) -> Result<(), ControlChannelError> {
-        self.session.listen(port, true)
+    pub fn listen(&self, port: u32) -> Result<(), ConnectError> {
+        match self.session.listen(port, true)? {
+            None => Ok(()),
+            Some(reason) => Err(ConnectError::Refused(reason)),
+        }
     }
 
     /// Stops that (`UNLISTEN`); `INCOMING`s for it that arrive later are rejected.
     pub fn unlisten(&self, port: u32) -> Result<(), ControlChannelError> {
-        self.session.listen(port, false)
+        self.session.listen(port, false).map(|_| ())
     }
 
     /// The next incoming connection on any listening port (blocking).

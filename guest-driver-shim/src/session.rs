@@ -55,7 +55,7 @@ pub(crate) struct State<T> {
 impl<T: Transport> State<T> {
     fn dispatch(&mut self, m: ControlMsg) -> Result<(), ControlChannelError> {
         match m.op {
-            Op::Connected | Op::Refused => match self.answers.get_mut(&m.req) {
+            Op::Connected | Op::Refused | Op::Listening => match self.answers.get_mut(&m.req) {
                 Some(slot @ None) => {
                     if m.op == Op::Connected {
                         self.conns.entry(m.conn).or_default();
@@ -65,7 +65,7 @@ impl<T: Transport> State<T> {
                 _ => {
                     return Err(self.ch.fail(ControlChannelError::unexpected(
                         &m,
-                        "no CONNECT with this req is waiting",
+                        "no CONNECT or LISTEN with this req is waiting",
                     )))
                 }
             },
@@ -230,22 +230,37 @@ impl<T: Transport> Session<T> {
         r
     }
 
-    /// Starts or stops taking `INCOMING`s for `port` and tells the daemon.
-    pub fn listen(&self, port: u32, on: bool) -> Result<(), ControlChannelError> {
-        let op = {
-            let mut st = self.lock();
-            if on {
-                st.listening.insert(port);
-                Op::Listen
-            } else {
-                st.listening.remove(&port);
-                Op::Unlisten
-            }
-        };
-        self.send(&ControlMsg {
+    /// Starts or stops taking `INCOMING`s for `port` and tells the daemon. `LISTEN` waits
+    /// for the daemon's `LISTENING`: `Some(reason)` when it refused the port.
+    pub fn listen(&self, port: u32, on: bool) -> Result<Option<Reason>, ControlChannelError> {
+        if !on {
+            self.lock().listening.remove(&port);
+            return self
+                .send(&ControlMsg {
+                    port,
+                    ..ControlMsg::new(Op::Unlisten)
+                })
+                .map(|()| None);
+        }
+        self.lock().listening.insert(port);
+        let answer = self.connect(ControlMsg {
             port,
-            ..ControlMsg::new(op)
-        })
+            ..ControlMsg::new(Op::Listen)
+        });
+        let refused = match &answer {
+            Ok(m) if m.op == Op::Listening => m.reason(),
+            Ok(m) => {
+                return Err(self.lock().ch.fail(ControlChannelError::unexpected(
+                    m,
+                    "a LISTEN is answered with LISTENING",
+                )))
+            }
+            Err(_) => None,
+        };
+        if answer.is_err() || refused.is_some() {
+            self.lock().listening.remove(&port);
+        }
+        answer.map(|_| refused)
     }
 
     /// The next `INCOMING`, blocking.

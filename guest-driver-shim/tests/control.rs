@@ -540,7 +540,10 @@ fn malformed_daemon_messages_are_protocol_errors() {
         }
         assert!(matches!(
             fp.listen(1),
-            Err(ControlChannelError::Failed { protocol: true, .. })
+            Err(ConnectError::Control(ControlChannelError::Failed {
+                protocol: true,
+                ..
+            }))
         ));
         t.join().expect("daemon");
     }
@@ -622,7 +625,7 @@ fn sending_to_a_daemon_that_went_away_is_epipe_not_a_signal() {
     let (fp, t) = start(&vm, drop);
     t.join().expect("daemon");
     match fp.listen(1) {
-        Err(e @ ControlChannelError::Io { .. }) => {
+        Err(ConnectError::Control(e @ ControlChannelError::Io { .. })) => {
             let src = std::error::Error::source(&e).expect("source");
             let io = src.downcast_ref::<std::io::Error>().expect("io");
             assert_eq!(io.raw_os_error(), Some(libc::EPIPE), "{e}");
@@ -631,9 +634,9 @@ fn sending_to_a_daemon_that_went_away_is_epipe_not_a_signal() {
     }
     assert!(matches!(
         fp.listen(2),
-        Err(ControlChannelError::Failed {
+        Err(ConnectError::Control(ControlChannelError::Failed {
             protocol: false,
             ..
-        })
+        }))
     ));
 }

@@ -30,7 +30,14 @@ impl Service {
                 self.send(token, &w);
                 Ok(())
             }
-            Op::Listen => self.on_listen(token, m.port),
+            Op::Listen => {
+                let mut answer = ControlMsg::new(Op::Listening);
+                answer.req = m.req;
+                answer.port = m.port;
+                answer.code = self.on_listen(token, m.port).map_or(0, Reason::raw);
+                self.send(token, &answer);
+                Ok(())
+            }
             Op::Unlisten => {
                 let vm = c.vm;
                 c.listens.retain(|p| *p != m.port);
@@ -53,21 +60,20 @@ impl Service {
         }
     }
 
-    fn on_listen(&mut self, token: u64, port: u32) -> Result<(), ProtocolError> {
-        let Some(c) = self.controls.get_mut(&token) else {
-            return Ok(());
-        };
+    /// Takes `LISTEN` on `port`; a refusal's reason (`None`: listening).
+    fn on_listen(&mut self, token: u64, port: u32) -> Option<Reason> {
+        let c = self.controls.get_mut(&token)?;
         match self.listeners.get(&(c.vm, port)) {
-            Some(t) if *t == token => return Ok(()),
-            Some(_) => return Err(ProtocolError::PortTaken(port)),
+            Some(t) if *t == token => return None,
+            Some(_) => return Some(Reason::PortInUse),
             None => {}
         }
         if c.listens.len() >= MAX_LISTENS {
-            return Err(ProtocolError::TooManyListens);
+            return Some(Reason::ConnLimit);
         }
         c.listens.push(port);
         self.listeners.insert((c.vm, port), token);
-        Ok(())
+        None
     }
 
     /// The side of connection `conn` that `token` owns: `Ok(None)` for a connection that no

@@ -83,12 +83,6 @@ pub enum ProtocolError {
     /// A connection id that belongs to someone else.
     #[error("connection {0} is not this control connection's")]
     NotYours(u32),
-    /// A port another control connection of the VM listens on.
-    #[error("port {0} is taken")]
-    PortTaken(u32),
-    /// More than [`MAX_LISTENS`] ports.
-    #[error("more than {MAX_LISTENS} listening ports")]
-    TooManyListens,
 }
 
 /// The fast-path service.

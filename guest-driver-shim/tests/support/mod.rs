@@ -90,10 +90,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The next guest message. A `LISTEN` is answered at once with `LISTENING` (code 0), as
+    /// the daemon does.
     pub fn recv(&mut self) -> ControlMsg {
         let mut b = [0u8; MSG_LEN];
         self.s.read_exact(&mut b).expect("daemon read");
-        ControlMsg::decode(&b).expect("guest message decodes")
+        let m = ControlMsg::decode(&b).expect("guest message decodes");
+        if m.op == Op::Listen {
+            self.send_if_there(ControlMsg {
+                req: m.req,
+                port: m.port,
+                ..ControlMsg::new(Op::Listening)
+            });
+        }
+        m
     }
 
     pub fn expect(&mut self, op: Op) -> ControlMsg {

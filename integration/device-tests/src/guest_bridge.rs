@@ -29,6 +29,8 @@ struct Link {
     to_vsock: Vec<u8>,
     /// Bytes from the vsock stream the socket has not taken yet.
     to_socket: Vec<u8>,
+    /// The socket ended: close the vsock stream once `to_vsock` is sent.
+    socket_ended: bool,
 }
 
 /// The bridge of one test VM.
@@ -98,6 +100,7 @@ fn open(vm: &mut TestVm, links: &mut Vec<Link>) -> Opened {
         socket: ours,
         to_vsock: Vec::new(),
         to_socket: Vec::new(),
+        socket_ended: false,
     });
     Ok(theirs)
 }
@@ -128,9 +131,9 @@ fn shuttle(vm: &mut TestVm, link: &mut Link) -> bool {
         return close(vm, link); // the daemon closed its end: so does the socket
     }
     let mut buf = [0u8; 4096];
-    loop {
+    while !link.socket_ended {
         match link.socket.read(&mut buf) {
-            Ok(0) => return close(vm, link),
+            Ok(0) => link.socket_ended = true,
             Ok(n) => link.to_vsock.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(_) => return close(vm, link),
@@ -143,6 +146,9 @@ fn shuttle(vm: &mut TestVm, link: &mut Link) -> bool {
             }
             Err(_) => return false,
         }
+    }
+    if link.socket_ended && link.to_vsock.is_empty() {
+        return close(vm, link);
     }
     true
 }

@@ -82,19 +82,26 @@ impl RawControl {
         got.is_err() && got != Err("closed".into())
     }
 
-    /// `LISTEN` on `port`, and waits until the daemon took it: `LISTEN` has no answer, but
-    /// the daemon handles a connection's messages in order, so the answer to a `CONNECT` to a
-    /// CID that is no VM (`REFUSED`, counted in `fastpath_refused`) comes after it.
+    /// `LISTEN` on `port`; expects `LISTENING` with code 0.
     pub fn listen(&mut self, port: u32) {
-        self.listen_unsynced(port);
-        self.connect_refused(u64::from(u32::MAX), 1, Reason::PeerGone);
+        let req = self.listen_unsynced(port);
+        let m = self.expect();
+        assert_eq!(
+            (m.op, m.req, m.port, m.code),
+            (Op::Listening, req, port, 0),
+            "LISTEN {port}: {m:?}"
+        );
     }
 
-    /// `LISTEN` on `port` without waiting.
-    pub fn listen_unsynced(&mut self, port: u32) {
+    /// `LISTEN` on `port` without waiting for the answer; returns the request number.
+    pub fn listen_unsynced(&mut self, port: u32) -> u32 {
+        let req = self.next_req;
+        self.next_req += 1;
         let mut m = ControlMsg::new(Op::Listen);
+        m.req = req;
         m.port = port;
         self.send(&m);
+        req
     }
 
     /// `CONNECT` from `port` to `cid`:`peer_port`; returns the request number.

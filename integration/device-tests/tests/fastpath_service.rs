@@ -173,6 +173,14 @@ fn refusals_name_their_reason_and_fall_back_only_where_vsock_would_work() {
         (Op::Refused, req, Some(Reason::Rejected))
     );
     assert_eq!(h.fastpath_counters("a").fastpath_refused, 6);
+    // A port is listened on by one control connection of a VM at a time.
+    let mut cb2 = control(&bb);
+    let req = cb2.listen_unsynced(7000);
+    let m = cb2.expect();
+    assert_eq!(
+        (m.op, m.req, m.reason()),
+        (Op::Listening, req, Some(Reason::PortInUse))
+    );
     // A VM without the fast path cannot open a control connection at all (RST).
     let plain = bridge(&h, "plain");
     assert!(

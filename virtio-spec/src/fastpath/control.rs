@@ -65,6 +65,8 @@ raw_enum!(
         Closed = 0x86,
         /// Daemon: `conn` is gone (reason in `code`).
         Reset = 0x87,
+        /// Daemon: answer to `Listen` `req`: `code` 0 when listening, else a reason.
+        Listening = 0x88,
     }
 );
 
@@ -99,6 +101,8 @@ raw_enum!(
         BrokenRing = 8,
         /// A control-channel protocol error.
         Protocol = 9,
+        /// Another control connection of the VM listens on the port.
+        PortInUse = 10,
     }
 );
 
@@ -112,6 +116,7 @@ impl Op {
         match self {
             Op::Connected | Op::Incoming => CodeKind::Placement,
             Op::Refused | Op::Reset | Op::Abort => CodeKind::Reason,
+            Op::Listening => CodeKind::ZeroOrReason,
             _ => CodeKind::Zero,
         }
     }
@@ -132,6 +137,7 @@ enum CodeKind {
     Zero,
     Placement,
     Reason,
+    ZeroOrReason,
 }
 
 /// A message that cannot be taken.
@@ -198,7 +204,7 @@ impl ControlMsg {
 
     /// The reason of a `Refused`, `Reset` or `Abort`.
     pub fn reason(&self) -> Option<Reason> {
-        matches!(self.op.code_is(), CodeKind::Reason)
+        matches!(self.op.code_is(), CodeKind::Reason | CodeKind::ZeroOrReason)
             .then(|| Reason::from_raw(self.code))
             .flatten()
     }
@@ -231,6 +237,7 @@ impl ControlMsg {
             CodeKind::Zero => code == 0,
             CodeKind::Placement => Placement::from_raw(code).is_some(),
             CodeKind::Reason => Reason::from_raw(code).is_some(),
+            CodeKind::ZeroOrReason => code == 0 || Reason::from_raw(code).is_some(),
         };
         if !fits {
             return Err(ControlError::BadCode { op, code });
@@ -254,7 +261,7 @@ impl ControlMsg {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 16] = [
+    const OPS: [Op; 17] = [
         Op::Hello,
         Op::Listen,
         Op::Unlisten,
@@ -271,6 +278,7 @@ mod tests {
         Op::Wake,
         Op::Closed,
         Op::Reset,
+        Op::Listening,
     ];
 
     #[test]
@@ -280,7 +288,7 @@ mod tests {
             let code = match op.code_is() {
                 CodeKind::Zero => 0,
                 CodeKind::Placement => Placement::Direct.raw(),
-                CodeKind::Reason => Reason::WindowFull.raw(),
+                CodeKind::Reason | CodeKind::ZeroOrReason => Reason::WindowFull.raw(),
             };
             let m = ControlMsg {
                 op,
