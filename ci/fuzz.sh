@@ -28,8 +28,9 @@ declare -A FUZZ_DIR=(
     [header]=virtio-spec/fuzz
     [chains]=virtio-spec/fuzz
     [switch]=backend/fuzz
+    [fastpath]=backend/fuzz
 )
-ORDER=(header chains switch)
+ORDER=(header chains switch fastpath)
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else

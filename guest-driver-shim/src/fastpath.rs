@@ -60,6 +60,8 @@ pub struct FastPath<T: Transport = Socket> {
     own: Arc<Window>,
     pairs: Vec<Arc<Window>>,
     spin: SpinBudget,
+    /// The placement `CONNECT` asks for (`None`: the daemon chooses).
+    placement: Option<Placement>,
 }
 
 impl FastPath<Socket> {
@@ -108,6 +110,7 @@ impl<T: Transport> FastPath<T> {
             own,
             pairs,
             spin: SpinBudget::default(),
+            placement: None,
         })
     }
 
@@ -139,8 +142,15 @@ impl<T: Transport> FastPath<T> {
         self.spin = spin;
     }
 
-    /// A fast-path connection to `peer_cid`:`peer_port` (this side's port is chosen by the
-    /// daemon: `CONNECT` carries port 0, `CONNECTED` the port used).
+    /// Asks the daemon for one placement in later connects (`None`, the default: the daemon
+    /// chooses, direct when the peer is this VM's pair). A placement it cannot give is refused
+    /// with a fallback reason (SPEC.md §13.6).
+    pub fn set_placement(&mut self, placement: Option<Placement>) {
+        self.placement = placement;
+    }
+
+    /// A fast-path connection to `peer_cid`:`peer_port` (`CONNECT` carries port 0: this side
+    /// has no port of its own; the daemon passes it on as it is).
     pub fn connect_fast(
         &self,
         peer_cid: u32,
@@ -150,6 +160,7 @@ impl<T: Transport> FastPath<T> {
         let answer = self.session.connect(ControlMsg {
             peer_cid,
             peer_port,
+            code: self.placement.map_or(0, Placement::raw),
             ..ControlMsg::new(Op::Connect)
         })?;
         match answer.op {

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
-use sockbypassd_fuzz::harness;
 use sockbypassd_fuzz::scenario::Scenario;
+use sockbypassd_fuzz::{fastpath, harness};
 
 fn scenario(bytes: &[u8]) -> Scenario {
     Scenario::arbitrary_take_rest(Unstructured::new(bytes)).expect("any bytes make a scenario")
@@ -29,4 +29,25 @@ fn every_seed_input_passes() {
         n += 1;
     }
     assert!(n > 0, "no seed inputs in {}", dir.display());
+}
+
+#[test]
+fn a_fastpath_run_with_no_steps_frees_every_slot() {
+    fastpath::run(&fastpath::Input { steps: Vec::new() });
+}
+
+#[test]
+fn fastpath_runs_of_arbitrary_bytes_pass() {
+    use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
+    for seed in 0u64..64 {
+        let bytes: Vec<u8> = (0..4096u64)
+            .map(|i| {
+                (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xA076_1D64_78BD_642F))
+                    .to_le_bytes()[3]
+            })
+            .collect();
+        let input = fastpath::Input::arbitrary_take_rest(Unstructured::new(&bytes))
+            .expect("any bytes make an input");
+        fastpath::run(&input);
+    }
 }

@@ -59,7 +59,13 @@ impl Service {
         if self.offered.get(&(peer, m.peer_port)).copied().unwrap_or(0) >= MAX_WAITING {
             return Err(Reason::ConnLimit);
         }
-        if let Some(&w) = self.pairs.get(&pair_key(vm, peer)).filter(|_| vm != peer) {
+        // `CONNECT` may ask for one placement (`code`); 0 lets the daemon choose, direct first.
+        let wanted = m.placement();
+        let pair = self.pairs.get(&pair_key(vm, peer)).copied();
+        if wanted == Some(Placement::Direct) && (pair.is_none() || vm == peer) {
+            return Err(Reason::NoWindow);
+        }
+        if let Some(w) = pair.filter(|_| vm != peer && wanted != Some(Placement::HostCopied)) {
             if let Some(slot) = self.pools[w].take() {
                 return Ok(Plan {
                     peer,
@@ -67,6 +73,9 @@ impl Service {
                     placement: Placement::Direct,
                     slots: [(w, slot), (w, slot)],
                 });
+            }
+            if wanted == Some(Placement::Direct) {
+                return Err(Reason::WindowFull);
             }
         }
         let mine = self.pools[my_window].take().ok_or(Reason::WindowFull)?;

@@ -106,9 +106,21 @@ impl RawControl {
 
     /// `CONNECT` from `port` to `cid`:`peer_port`; returns the request number.
     pub fn connect(&mut self, port: u32, cid: u64, peer_port: u32) -> u32 {
+        self.connect_asking(port, cid, peer_port, None)
+    }
+
+    /// `CONNECT` asking for a placement (`None`: the daemon chooses).
+    pub fn connect_asking(
+        &mut self,
+        port: u32,
+        cid: u64,
+        peer_port: u32,
+        placement: Option<Placement>,
+    ) -> u32 {
         let req = self.next_req;
         self.next_req += 1;
         let mut m = ControlMsg::new(Op::Connect);
+        m.code = placement.map_or(0, Placement::raw);
         m.req = req;
         m.port = port;
         m.peer_cid = cid;

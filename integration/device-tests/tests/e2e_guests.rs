@@ -63,6 +63,7 @@ impl Setup {
             memory_mib: 256,
             vsock_socket: Some(self.h.socket(name)),
             nic: None,
+            windows: Vec::new(),
             command: command.into(),
             serial_log: self.h.dir.path().join(format!("{name}.serial.log")),
         };

@@ -164,6 +164,13 @@ fn refusals_name_their_reason_and_fall_back_only_where_vsock_would_work() {
     assert!(!Reason::Policy.falls_back_to_vsock());
     // The listener says no.
     cb.listen(7000);
+    let req = ca.connect_asking(1, 4, 7000, Some(Placement::Direct));
+    let m = ca.expect();
+    assert_eq!(
+        (m.req, m.reason()),
+        (req, Some(Reason::NoWindow)),
+        "no pair, no direct"
+    );
     let req = ca.connect(1, 4, 7000);
     let inc = cb.expect();
     cb.about(Op::Reject, inc.conn);
@@ -172,7 +179,7 @@ fn refusals_name_their_reason_and_fall_back_only_where_vsock_would_work() {
         (m.op, m.req, m.reason()),
         (Op::Refused, req, Some(Reason::Rejected))
     );
-    assert_eq!(h.fastpath_counters("a").fastpath_refused, 6);
+    assert_eq!(h.fastpath_counters("a").fastpath_refused, 7);
     // A port is listened on by one control connection of a VM at a time.
     let mut cb2 = control(&bb);
     let req = cb2.listen_unsynced(7000);
@@ -239,6 +246,16 @@ fn a_pair_gets_direct_connections_and_kicks_become_wakes() {
     assert_eq!(h.fastpath_counters("a").fastpath_kicks, 1);
     ca.about(Op::Close, ok.conn);
     assert_eq!(cb.expect().op, Op::Closed);
+    // A CONNECT may ask for the host-copied placement even between a pair.
+    let req = ca.connect_asking(1, 4, 7000, Some(Placement::HostCopied));
+    let inc = cb.expect();
+    assert_eq!(
+        (inc.op, inc.placement()),
+        (Op::Incoming, Some(Placement::HostCopied))
+    );
+    cb.about(Op::Accept, inc.conn);
+    let ok = ca.expect();
+    assert_eq!((ok.req, ok.placement()), (req, Some(Placement::HostCopied)));
     // A direct peer that saw a broken index aborts: both sides are reset, both VMs count it.
     let (ok, _) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::Direct);
     let mut abort = ControlMsg::new(Op::Abort);

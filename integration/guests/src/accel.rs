@@ -69,6 +69,7 @@ fn probe_kvm(image: &GuestImage, dir: &Path) -> bool {
         memory_mib: 256,
         vsock_socket: None,
         nic: None,
+        windows: Vec::new(),
         command: "true".into(),
         serial_log: dir.join("kvm-probe.log"),
     };

@@ -86,6 +86,9 @@ pub struct GuestSpec {
     pub vsock_socket: Option<PathBuf>,
     /// The NIC, if it gets one.
     pub nic: Option<Nic>,
+    /// Fast-path windows (SPEC.md §13.1): each file becomes an `ivshmem-plain` device, its
+    /// own window first, then its pair windows.
+    pub windows: Vec<PathBuf>,
     /// Shell script the guest runs after boot (then it powers off).
     pub command: String,
     /// Where the serial console goes.
@@ -165,6 +168,19 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
             format!("socket,id=sbp,path={}", sock.display()),
             "-device".into(),
             "vhost-user-vsock-pci,chardev=sbp".into(),
+        ]);
+    }
+    for (i, window) in spec.windows.iter().enumerate() {
+        // ivshmem maps the whole file; its size must be given and is a power of two.
+        let size = std::fs::metadata(window).map_or(0, |m| m.len());
+        args.extend([
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=sbw{i},mem-path={},size={size},share=on",
+                window.display()
+            ),
+            "-device".into(),
+            format!("ivshmem-plain,memdev=sbw{i}"),
         ]);
     }
     if let Some(nic) = &spec.nic {

@@ -115,6 +115,7 @@ impl Op {
     fn code_is(self) -> CodeKind {
         match self {
             Op::Connected | Op::Incoming => CodeKind::Placement,
+            Op::Connect => CodeKind::ZeroOrPlacement,
             Op::Refused | Op::Reset | Op::Abort => CodeKind::Reason,
             Op::Listening => CodeKind::ZeroOrReason,
             _ => CodeKind::Zero,
@@ -138,6 +139,7 @@ enum CodeKind {
     Placement,
     Reason,
     ZeroOrReason,
+    ZeroOrPlacement,
 }
 
 /// A message that cannot be taken.
@@ -195,11 +197,14 @@ impl ControlMsg {
         }
     }
 
-    /// The placement of a `Connected` or `Incoming`.
+    /// The placement of a `Connected` or `Incoming`, or the one a `Connect` asks for.
     pub fn placement(&self) -> Option<Placement> {
-        matches!(self.op.code_is(), CodeKind::Placement)
-            .then(|| Placement::from_raw(self.code))
-            .flatten()
+        matches!(
+            self.op.code_is(),
+            CodeKind::Placement | CodeKind::ZeroOrPlacement
+        )
+        .then(|| Placement::from_raw(self.code))
+        .flatten()
     }
 
     /// The reason of a `Refused`, `Reset` or `Abort`.
@@ -238,6 +243,7 @@ impl ControlMsg {
             CodeKind::Placement => Placement::from_raw(code).is_some(),
             CodeKind::Reason => Reason::from_raw(code).is_some(),
             CodeKind::ZeroOrReason => code == 0 || Reason::from_raw(code).is_some(),
+            CodeKind::ZeroOrPlacement => code == 0 || Placement::from_raw(code).is_some(),
         };
         if !fits {
             return Err(ControlError::BadCode { op, code });
@@ -289,6 +295,7 @@ mod tests {
                 CodeKind::Zero => 0,
                 CodeKind::Placement => Placement::Direct.raw(),
                 CodeKind::Reason | CodeKind::ZeroOrReason => Reason::WindowFull.raw(),
+                CodeKind::ZeroOrPlacement => Placement::HostCopied.raw(),
             };
             let m = ControlMsg {
                 op,

@@ -223,6 +223,7 @@ fn measure(
             ip: format!("10.99.0.{n}/24"),
             vhost: setup.vhost,
         }),
+        windows: Vec::new(),
         command,
         serial_log: setup.logs.join(format!("{name}.{mode}.serial.log")),
     };

@@ -125,6 +125,7 @@ impl Rig {
             memory_mib,
             vsock_socket: Some(self.dir.path().join(format!("{name}.sock"))),
             nic: None,
+            windows: Vec::new(),
             command: command.into(),
             serial_log: self.dir.path().join(format!("{name}.serial.log")),
         };
