@@ -10,10 +10,11 @@
 //! asserted except that a refused connect fails at once rather than hanging.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{accept_within, cannot_run, wait_until, Harness, VmSpec};
+use harness::{accept_within, cannot_run, harness_config, test_poll_config, wait_until, Harness, VmSpec};
+use sockbypassd::config::PairConfig;
 use serde_json::Value;
 use sockbypass_guests::accel::{self, Accel};
 use sockbypass_guests::image::GuestImage;
@@ -24,6 +25,8 @@ use sockbypass_guests::sbtool::wait_for_server;
 const BOOT: Duration = Duration::from_secs(180);
 const RUN: Duration = Duration::from_secs(300);
 const PORT: u32 = 5000;
+/// Fast-path windows in these tests: 124 slots, enough for `many 64`.
+const FASTPATH_SIZE: u64 = 16 << 20;
 
 struct Setup {
     h: Harness,
@@ -34,6 +37,11 @@ struct Setup {
 /// The daemon, the guest image and the accelerator; `None` (after printing why) when the
 /// image or QEMU is missing outside CI.
 fn setup(vms: &[VmSpec]) -> Option<Setup> {
+    setup_with_pairs(vms, &[])
+}
+
+/// Like [`setup`], with fast-path pairs (SPEC.md §13.1).
+fn setup_with_pairs(vms: &[VmSpec], pairs: &[[&str; 2]]) -> Option<Setup> {
     let image = match GuestImage::ensure() {
         Ok(image) => image,
         Err(e) => {
@@ -49,8 +57,16 @@ fn setup(vms: &[VmSpec]) -> Option<Setup> {
     let cache = image.kernel.parent().expect("cache dir").to_path_buf();
     let (accel, why) = accel::choose(&image, &cache).expect("accelerator");
     eprintln!("accelerator: {why}");
+    let (mut config, dir) = harness_config(vms, test_poll_config());
+    config.pairs = pairs
+        .iter()
+        .map(|[a, b]| PairConfig {
+            vms: [(*a).into(), (*b).into()],
+            size: FASTPATH_SIZE,
+        })
+        .collect();
     Some(Setup {
-        h: Harness::start(vms),
+        h: Harness::start_config((config, dir)),
         image,
         accel,
     })
@@ -58,12 +74,17 @@ fn setup(vms: &[VmSpec]) -> Option<Setup> {
 
 impl Setup {
     fn boot(&self, name: &str, command: &str) -> QemuGuest {
+        self.boot_with_windows(name, command, Vec::new())
+    }
+
+    /// Boots `name` with `windows` as its `ivshmem-plain` devices (SPEC.md §13.1).
+    fn boot_with_windows(&self, name: &str, command: &str, windows: Vec<PathBuf>) -> QemuGuest {
         let spec = GuestSpec {
             name: name.into(),
             memory_mib: 256,
             vsock_socket: Some(self.h.socket(name)),
             nic: None,
-            windows: Vec::new(),
+            windows,
             command: command.into(),
             serial_log: self.h.dir.path().join(format!("{name}.serial.log")),
         };
@@ -214,4 +235,115 @@ fn a_guest_killed_mid_stream_and_a_new_vm_on_the_same_socket() {
     let verify = only(&log, "verify");
     assert_eq!(verify["ok"], true, "{verify}");
     assert_eq!(status, 0, "{log}");
+}
+
+/// A VM with a fast-path window.
+fn fast(name: &'static str, cid: u64) -> VmSpec {
+    VmSpec::new(name, cid).fastpath(FASTPATH_SIZE)
+}
+
+/// b's fast-path checks against a's `serve --fastpath`: rtt, bulk, verify 8 MiB and many 64.
+fn fastpath_checks() -> String {
+    let addr = format!("vsock:3:{PORT}");
+    format!(
+        "{wait}sbtool rtt {addr} --count 200 --fastpath; \
+         sbtool bulk {addr} --seconds 3 --fastpath; \
+         sbtool verify {addr} --bytes 8388608 --fastpath; \
+         sbtool many {addr} --conns 64 --bytes 65536 --fastpath",
+        wait = wait_for_server(&addr)
+    )
+}
+
+/// Checks b's four results: each ok and each over `path`.
+fn assert_fastpath_results(log: &str, path: &str) {
+    for mode in ["rtt", "bulk", "verify", "many"] {
+        let r = only(log, mode);
+        assert_eq!(r["ok"], true, "{mode} over the fast path: {r}");
+        let got = if mode == "many" {
+            r["paths"][path].as_u64() == Some(64)
+        } else {
+            r["path"] == path
+        };
+        assert!(got, "{mode} went over {path}: {r}");
+    }
+    assert_eq!(only(log, "verify")["bytes"], 8_388_608);
+}
+
+#[test]
+#[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
+fn fastpath_host_copied_between_guests_and_a_guest_without_window_on_plain_vsock() {
+    let Some(s) = setup(&[fast("a", 3), fast("b", 4), VmSpec::new("c", 5)]) else {
+        return;
+    };
+    let _a = s.boot_with_windows(
+        "a",
+        &format!("sbtool serve --vsock-port {PORT} --fastpath"),
+        vec![s.h.window("a")],
+    );
+    let mut b = s.boot_with_windows("b", &fastpath_checks(), vec![s.h.window("b")]);
+    let (status, log) = b.wait_exit(RUN).expect("b's checks finish");
+    assert_fastpath_results(&log, "fastpath_host_copied");
+    assert_eq!(status, 0, "b's script succeeded:\n{log}");
+    let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
+    // verify's 8 MiB and many's 64 × 64 KiB went b → a through the rings, and back.
+    let least = 8_388_608 + 64 * 65_536;
+    assert!(fb.fastpath_tx_bytes >= least && fa.fastpath_rx_bytes >= least, "{fb:?} {fa:?}");
+    assert!(fa.fastpath_tx_bytes >= least, "the echoes came back through the rings: {fa:?}");
+    // Not as vsock packets: b's switch-forwarded bytes are the control channel and the
+    // wait-for-server connects only.
+    let kb = s.h.counters("b");
+    assert!(kb.fwd_bytes < 1 << 20, "b's data did not cross as vsock RW packets: {kb:?}");
+
+    // c has no window: plain AF_VSOCK to the same server still works.
+    let mut c = s.boot("c", &format!("sbtool verify vsock:3:{PORT} --bytes 1048576"));
+    let (status, log) = c.wait_exit(RUN).expect("c's check finishes");
+    let v = only(&log, "verify");
+    assert_eq!((v["ok"].as_bool(), v["path"].as_str()), (Some(true), Some("vsock")), "{v}");
+    assert_eq!(status, 0, "{log}");
+    eprintln!("logs in {}", s.log_dir().display());
+}
+
+#[test]
+#[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
+fn fastpath_direct_pair_and_a_killed_peer_fails_the_stream() {
+    let Some(s) = setup_with_pairs(&[fast("a", 3), fast("b", 4)], &[["a", "b"]]) else {
+        return;
+    };
+    let pair = s.h.dir.path().join("a+b.window");
+    let windows = |vm: &str| vec![s.h.window(vm), pair.clone()];
+    let mut a = s.boot_with_windows(
+        "a",
+        &format!("sbtool serve --vsock-port {PORT} --fastpath"),
+        windows("a"),
+    );
+    let addr = format!("vsock:3:{PORT}");
+    let mut b = s.boot_with_windows(
+        "b",
+        &format!("{}; sbtool bulk {addr} --seconds 120 --fastpath", fastpath_checks()),
+        windows("b"),
+    );
+    let log = b
+        .wait_for("b's four checks", RUN, |l| !results_of(l, "many").is_empty())
+        .expect("b's checks finish");
+    assert_fastpath_results(&log, "fastpath_direct");
+    let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
+    assert_eq!(fa.fastpath_tx_bytes + fb.fastpath_tx_bytes, 0, "the host copied nothing");
+    assert!(fb.fastpath_conns >= 66, "{fb:?}");
+
+    // Kill a while b's bulk stream runs: b's connection fails cleanly, it does not hang.
+    std::thread::sleep(Duration::from_secs(5));
+    a.kill();
+    let log = b
+        .wait_for("b's bulk to fail", Duration::from_secs(60), |l| {
+            results_of(l, "bulk").len() == 2
+        })
+        .expect("b's stream ends, it does not hang");
+    let bulk = &results_of(&log, "bulk")[1];
+    assert_eq!(bulk["ok"], false, "the stream failed: {bulk}");
+    let errno = bulk["errno"].as_i64().unwrap_or(0);
+    assert!(
+        errno == i64::from(libc::ECONNRESET) || errno == i64::from(libc::EPIPE),
+        "with ECONNRESET (or EPIPE): {bulk}"
+    );
+    eprintln!("logs in {}", s.log_dir().display());
 }
