@@ -13,14 +13,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{accept_within, cannot_run, harness_config, test_poll_config, wait_until, Harness, VmSpec};
-use sockbypassd::config::PairConfig;
+use harness::{
+    accept_within, cannot_run, harness_config, test_poll_config, wait_until, Harness, VmSpec,
+};
 use serde_json::Value;
 use sockbypass_guests::accel::{self, Accel};
 use sockbypass_guests::image::GuestImage;
 use sockbypass_guests::qemu::{qemu_version, GuestSpec, QemuGuest};
 use sockbypass_guests::results::results_of;
 use sockbypass_guests::sbtool::wait_for_server;
+use sockbypassd::config::PairConfig;
 
 const BOOT: Duration = Duration::from_secs(180);
 const RUN: Duration = Duration::from_secs(300);
@@ -287,18 +289,34 @@ fn fastpath_host_copied_between_guests_and_a_guest_without_window_on_plain_vsock
     let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
     // verify's 8 MiB and many's 64 × 64 KiB went b → a through the rings, and back.
     let least = 8_388_608 + 64 * 65_536;
-    assert!(fb.fastpath_tx_bytes >= least && fa.fastpath_rx_bytes >= least, "{fb:?} {fa:?}");
-    assert!(fa.fastpath_tx_bytes >= least, "the echoes came back through the rings: {fa:?}");
+    assert!(
+        fb.fastpath_tx_bytes >= least && fa.fastpath_rx_bytes >= least,
+        "{fb:?} {fa:?}"
+    );
+    assert!(
+        fa.fastpath_tx_bytes >= least,
+        "the echoes came back through the rings: {fa:?}"
+    );
     // Not as vsock packets: b's switch-forwarded bytes are the control channel and the
     // wait-for-server connects only.
     let kb = s.h.counters("b");
-    assert!(kb.fwd_bytes < 1 << 20, "b's data did not cross as vsock RW packets: {kb:?}");
+    assert!(
+        kb.fwd_bytes < 1 << 20,
+        "b's data did not cross as vsock RW packets: {kb:?}"
+    );
 
     // c has no window: plain AF_VSOCK to the same server still works.
-    let mut c = s.boot("c", &format!("sbtool verify vsock:3:{PORT} --bytes 1048576"));
+    let mut c = s.boot(
+        "c",
+        &format!("sbtool verify vsock:3:{PORT} --bytes 1048576"),
+    );
     let (status, log) = c.wait_exit(RUN).expect("c's check finishes");
     let v = only(&log, "verify");
-    assert_eq!((v["ok"].as_bool(), v["path"].as_str()), (Some(true), Some("vsock")), "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["path"].as_str()),
+        (Some(true), Some("vsock")),
+        "{v}"
+    );
     assert_eq!(status, 0, "{log}");
     eprintln!("logs in {}", s.log_dir().display());
 }
@@ -319,15 +337,24 @@ fn fastpath_direct_pair_and_a_killed_peer_fails_the_stream() {
     let addr = format!("vsock:3:{PORT}");
     let mut b = s.boot_with_windows(
         "b",
-        &format!("{}; sbtool bulk {addr} --seconds 120 --fastpath", fastpath_checks()),
+        &format!(
+            "{}; sbtool bulk {addr} --seconds 120 --fastpath",
+            fastpath_checks()
+        ),
         windows("b"),
     );
     let log = b
-        .wait_for("b's four checks", RUN, |l| !results_of(l, "many").is_empty())
+        .wait_for("b's four checks", RUN, |l| {
+            !results_of(l, "many").is_empty()
+        })
         .expect("b's checks finish");
     assert_fastpath_results(&log, "fastpath_direct");
     let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
-    assert_eq!(fa.fastpath_tx_bytes + fb.fastpath_tx_bytes, 0, "the host copied nothing");
+    assert_eq!(
+        fa.fastpath_tx_bytes + fb.fastpath_tx_bytes,
+        0,
+        "the host copied nothing"
+    );
     assert!(fb.fastpath_conns >= 66, "{fb:?}");
 
     // Kill a while b's bulk stream runs: b's connection fails cleanly, it does not hang.
