@@ -31,6 +31,7 @@ mod addr;
 mod bulk;
 mod checksum;
 mod client;
+mod conn;
 mod connect;
 mod error;
 mod many;
@@ -44,6 +45,7 @@ mod soak;
 mod stats;
 mod stream;
 mod verify;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -80,6 +82,10 @@ enum Command {
         /// Listen on this TCP port of 0.0.0.0 (0: any free port; the result line tells which).
         #[arg(long)]
         tcp_port: Option<u16>,
+        /// Also serve the vsock port through the fast path (sockbypass-guest); fails if the
+        /// library cannot open (no window). Needs --vsock-port.
+        #[arg(long)]
+        fastpath: bool,
     },
     /// Round-trip latency over one echo connection.
     Rtt {
@@ -225,9 +231,10 @@ impl Command {
                 Command::Serve {
                     vsock_port,
                     tcp_port,
+                    fastpath,
                 },
                 _,
-            ) => match server::run(*vsock_port, *tcp_port)? {},
+            ) => match server::run(*vsock_port, *tcp_port, *fastpath)? {},
             (
                 Command::Rtt {
                     addr,
@@ -300,6 +307,7 @@ impl Command {
                 },
                 Some(a),
             ) => {
+                opts.no_fastpath("stream")?;
                 let p = stream::Params {
                     seconds: *seconds,
                     flowing_after: *flowing_after,
@@ -319,6 +327,7 @@ impl Command {
                 },
                 _,
             ) => {
+                opts.no_fastpath("soak")?;
                 let targets = targets
                     .iter()
                     .map(|t| Addr::parse(t).map(|a| (t.clone(), a)))
@@ -343,6 +352,7 @@ impl Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = &cli.command;
+    watchdog::identify(cmd.mode(), cmd.addr());
     match cmd.run() {
         Ok(o) => {
             report::emit(&o.value);
@@ -354,7 +364,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             report::emit(&report::failure(cmd.mode(), cmd.addr(), &e));
-            ExitCode::FAILURE
+            if matches!(e, Error::Usage(_)) {
+                eprintln!("sbtool {}: {e}", cmd.mode());
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
