@@ -373,3 +373,60 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Outcome> {
+        let cli = Cli::try_parse_from(std::iter::once("sbtool").chain(args.iter().copied()))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        cli.command.run()
+    }
+
+    fn is_usage(r: Result<Outcome>) -> bool {
+        matches!(r, Err(Error::Usage(m)) if m.contains("fastpath"))
+    }
+
+    #[test]
+    fn fastpath_flag_parses_for_serve_and_the_clients() {
+        for args in [
+            &["serve", "--vsock-port", "5000", "--fastpath"][..],
+            &["rtt", "vsock:4:5000", "--fastpath"][..],
+            &["bulk", "vsock:4:5000", "--fastpath", "--seconds", "1"][..],
+            &["verify", "vsock:4:5000", "--fastpath"][..],
+            &["many", "vsock:4:5000", "--conns", "8", "--fastpath"][..],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("sbtool").chain(args.iter().copied()));
+            let fast = match cli.map(|c| c.command) {
+                Ok(Command::Serve { fastpath, .. }) => fastpath,
+                Ok(
+                    Command::Rtt { opts, .. }
+                    | Command::Bulk { opts, .. }
+                    | Command::Verify { opts, .. }
+                    | Command::Many { opts, .. },
+                ) => opts.fastpath,
+                other => panic!("{args:?}: {other:?}"),
+            };
+            assert!(fast, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["sbtool", "rtt", "vsock:4:5000"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Command::Rtt { opts, .. }) if !opts.fastpath));
+        // connect has no --fastpath at all.
+        assert!(Cli::try_parse_from(["sbtool", "connect", "vsock:4:5000", "--fastpath"]).is_err());
+    }
+
+    #[test]
+    fn fastpath_with_tcp_or_without_a_vsock_port_is_a_usage_error() {
+        // Checked before anything is opened: no window or socket is needed for this test.
+        for mode in ["rtt", "bulk", "verify", "many"] {
+            assert!(
+                is_usage(run(&[mode, "tcp:127.0.0.1:1", "--fastpath"])),
+                "{mode}"
+            );
+        }
+        assert!(is_usage(run(&["serve", "--tcp-port", "0", "--fastpath"])));
+        assert!(is_usage(run(&["stream", "vsock:3:1", "--fastpath"])));
+        assert!(is_usage(run(&["soak", "vsock:3:1", "--fastpath"])));
+    }
+}
