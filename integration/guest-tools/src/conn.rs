@@ -20,7 +20,7 @@ use socket2::Socket;
 use crate::addr::Addr;
 use crate::client::ClientOpts;
 use crate::error::{chain, Error, Result};
-use crate::watchdog;
+use crate::watchdog::{self, Op};
 
 /// A byte stream the services and the measuring code run over.
 pub trait Stream: Read + Write + Send + Sized {
@@ -151,7 +151,7 @@ impl Read for Conn {
                 let _armed = if stream.is_nonblocking() {
                     None
                 } else {
-                    watchdog::arm("read", libc::EAGAIN, *io_timeout)
+                    watchdog::arm(Op::Read, *io_timeout)
                 };
                 Ok(stream.read(buf)?)
             }
@@ -167,7 +167,7 @@ impl Write for Conn {
                 let _armed = if stream.is_nonblocking() {
                     None
                 } else {
-                    watchdog::arm("write", libc::EAGAIN, *io_timeout)
+                    watchdog::arm(Op::Write, *io_timeout)
                 };
                 Ok(stream.write(buf)?)
             }
@@ -251,7 +251,7 @@ pub fn connect(addr: &Addr, opts: &ClientOpts, fp: Option<&FastPath>) -> Result<
             .unwrap_or_else(|| Error::Usage("--fastpath needs a vsock address".into())));
     };
     let answer = {
-        let _armed = watchdog::arm("fast-path connect", libc::ETIMEDOUT, opts.connect_timeout());
+        let _armed = watchdog::arm(Op::Connect, opts.connect_timeout());
         fp.connect_fast(cid, port)
     };
     match answer {

@@ -5,12 +5,52 @@
 //! `many` and `connect` measure or check a path to such a server; `stream` runs one verified
 //! echo stream until the connection breaks (fault tests), and `soak` keeps hundreds of
 //! verified connections busy for a long time. Addresses are
-//! `vsock:CID:PORT` or `tcp:IPV4:PORT`.
+//! `vsock:CID:PORT` or `tcp:IPV4:PORT`. With `--fastpath`, `serve`, `rtt`, `bulk`, `verify`
+//! and `many` also use sockbypass's shared-memory fast path (see below).
 //!
 //! Every command prints exactly one result line on stdout, `SBRESULT {json}`, so a host can
 //! grep it out of a serial console log; anything else goes to stderr. A failed command prints
 //! `SBRESULT {"mode":..,"ok":false,"error":"..","errno":N|null}` and exits with status 1
-//! (`errno` is the raw OS errno, e.g. 104 for ECONNRESET). Usage errors exit with status 2.
+//! (`errno` is the raw OS errno, e.g. 104 for ECONNRESET; for the fast-path library, its
+//! errno). Usage errors exit with status 2 (clap's errors without a result line; the others,
+//! such as `--fastpath` with a `tcp:` address, with a result line and a one-line message on
+//! stderr).
+//!
+//! Every result of `rtt`, `bulk`, `verify` and `many` names the path its data took:
+//! `"path"` is `"vsock"`, `"tcp"`, `"fastpath_host_copied"`, `"fastpath_direct"` or
+//! `"fastpath_fallback_vsock"` (`many`: the path of its first connection, and `"paths"`, the
+//! number of connections per path, e.g. `{"fastpath_direct":64}`).
+//!
+//! # Fast path (`--fastpath`)
+//!
+//! `--fastpath` uses sockbypass's guest fast-path library (`sockbypass-guest`, SPEC.md
+//! chapter 13): shared-memory windows (ivshmem BARs found in sysfs) and a control channel to
+//! the daemon (AF_VSOCK to CID 2, port `0x5342_5000`). Addresses stay `vsock:CID:PORT`;
+//! `--fastpath` with a `tcp:` address, without `--vsock-port` for `serve`, or for `stream` or
+//! `soak` is a usage error (exit status 2).
+//!
+//! - `serve --vsock-port P --fastpath` keeps its plain vsock listener (for peers without a
+//!   window and those the daemon sends back to vsock) and also listens on `P` through the
+//!   library; accepted fast-path streams get the same echo and sink services, each in its
+//!   own thread. If the library cannot open (no window, no daemon) `serve` fails with an
+//!   `SBRESULT` error (`"error":"open the fast path: .."`, the library's errno). Its result
+//!   line says `"fastpath":true,"fastpath_port":P`.
+//! - `rtt`, `bulk`, `verify` and `many` with `--fastpath` open the library once per process
+//!   and connect through it (`many`: all its connections through the one library handle): a
+//!   fast-path stream if the daemon sets one up (`"path":"fastpath_host_copied"` or
+//!   `"fastpath_direct"`), the plain vsock connection when the daemon answers with a reason
+//!   that falls back (`"path":"fastpath_fallback_vsock"`, `"fallback_reason"` e.g.
+//!   `"NoListener"`; otherwise `"fallback_reason":null`), a failure (`ECONNREFUSED`) for a
+//!   hard refusal. The measurement is the same code whatever the path. `verify` over a
+//!   fast-path stream uses one thread (non-blocking writes and reads in turn) instead of a
+//!   writer thread, as a fast-path stream serves one thread at a time.
+//! - Timeouts: fast-path streams have no SO_RCVTIMEO. A watchdog thread bounds each blocking
+//!   fast-path read or write by `--io-timeout-ms` and the library's connect by
+//!   `--connect-timeout-ms`; when one expires the command prints its failure line (errno 11,
+//!   "no progress within the I/O timeout", as for a socket; 110 for the connect) and exits
+//!   with status 1. For `many` a stalled fast-path connection therefore ends the whole
+//!   command (a socket's timeout fails only that connection). `serve` has no I/O timeouts,
+//!   as for its sockets.
 //!
 //! # Static build (for the guests)
 //!

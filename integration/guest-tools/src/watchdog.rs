@@ -11,30 +11,47 @@
 //! streams only from one thread, so one deadline per process suffices. A stall therefore
 //! ends the whole command, also for `many` (where a socket's timeout fails one connection).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Once, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::report;
 
-/// How often the watchdog looks.
+/// How often the watchdog looks; also the resolution of the timeouts.
 const TICK: Duration = Duration::from_millis(20);
 
-static BASE: OnceLock<Instant> = OnceLock::new();
-/// Deadline in ns since BASE; 0: nothing armed.
-static DEADLINE: AtomicU64 = AtomicU64::new(0);
-/// What is armed: the operation and the errno to report.
-static WHAT: Mutex<(&str, i32)> = Mutex::new(("", 0));
+/// Watchdog ticks so far (it counts them, so arming reads no clock: in TCG guests a clock
+/// read may be a slow emulated one, and `rtt` arms twice per round trip).
+static TICKS: AtomicU64 = AtomicU64::new(1);
+/// The tick at which the current call was armed; 0: nothing armed.
+static ARMED_AT: AtomicU64 = AtomicU64::new(0);
+/// Ticks the current call may take.
+static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// What is armed, an index into [`OPS`].
+static OP: AtomicU8 = AtomicU8::new(0);
 /// The command's mode and address, for the failure line.
 static WHO: OnceLock<(String, Option<String>)> = OnceLock::new();
 static START: Once = Once::new();
 
-fn now_ns() -> u64 {
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+/// What can be armed: the operation and the errno reported when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// A read (EAGAIN, as SO_RCVTIMEO gives).
+    Read = 0,
+    /// A write (EAGAIN, as SO_SNDTIMEO gives).
+    Write = 1,
+    /// The library's connect (ETIMEDOUT).
+    Connect = 2,
 }
+
+const OPS: [(&str, i32); 3] = [
+    ("read", libc::EAGAIN),
+    ("write", libc::EAGAIN),
+    ("connect", libc::ETIMEDOUT),
+];
 
 /// Names the command for the failure line (call once, before anything is armed).
 pub fn identify(mode: &str, addr: Option<&str>) {
@@ -47,13 +64,12 @@ pub struct Armed(());
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        DEADLINE.store(0, Ordering::Release);
+        ARMED_AT.store(0, Ordering::Release);
     }
 }
 
-/// Arms `op` for `timeout` (`None`: no timeout, nothing armed); `errno` is reported if it
-/// expires.
-pub fn arm(op: &'static str, errno: i32, timeout: Option<Duration>) -> Option<Armed> {
+/// Arms `op` for `timeout` (`None`: no timeout, nothing armed).
+pub fn arm(op: Op, timeout: Option<Duration>) -> Option<Armed> {
     let t = timeout?;
     START.call_once(|| {
         // Without the thread there is no timeout; the call itself still works.
@@ -61,36 +77,39 @@ pub fn arm(op: &'static str, errno: i32, timeout: Option<Duration>) -> Option<Ar
             eprintln!("sbtool: cannot start the fast-path timeout watchdog: {e}");
         }
     });
-    if let Ok(mut w) = WHAT.lock() {
-        *w = (op, errno);
-    }
-    let ns = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX / 2);
-    DEADLINE.store(now_ns().saturating_add(ns), Ordering::Release);
+    // Rounded up, plus one for the tick already under way: never early.
+    let ticks = t.as_nanos().div_ceil(TICK.as_nanos()) + 1;
+    LIMIT.store(u64::try_from(ticks).unwrap_or(u64::MAX), Ordering::Relaxed);
+    OP.store(op as u8, Ordering::Relaxed);
+    ARMED_AT.store(TICKS.load(Ordering::Relaxed), Ordering::Release);
     Some(Armed(()))
 }
 
 /// The error reported for an expired `op`.
-pub fn expired(op: &str, errno: i32) -> Error {
+pub fn expired(op: Op) -> Error {
+    let (name, errno) = OPS[op as usize];
     Error::Io {
-        op: format!("{op} (fast path)"),
+        op: format!("{name} (fast path)"),
         source: std::io::Error::from_raw_os_error(errno),
     }
 }
 
 fn watch() {
     loop {
+        // A late wake-up only makes the timeout later, never earlier.
         thread::sleep(TICK);
-        let d = DEADLINE.load(Ordering::Acquire);
-        if d == 0 || now_ns() <= d {
+        let now = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+        let at = ARMED_AT.load(Ordering::Acquire);
+        if at == 0 || now.saturating_sub(at) <= LIMIT.load(Ordering::Relaxed) {
             continue;
         }
-        let (op, errno) = WHAT.lock().map_or(("fast-path call", libc::EAGAIN), |w| *w);
+        let op = match OP.load(Ordering::Relaxed) {
+            0 => Op::Read,
+            1 => Op::Write,
+            _ => Op::Connect,
+        };
         let (mode, addr) = WHO.get().cloned().unwrap_or_default();
-        report::emit(&report::failure(
-            &mode,
-            addr.as_deref(),
-            &expired(op, errno),
-        ));
+        report::emit(&report::failure(&mode, addr.as_deref(), &expired(op)));
         std::process::exit(1);
     }
 }
@@ -100,11 +119,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unarmed_without_timeout_and_message_like_a_socket_timeout() {
-        assert!(arm("read", libc::EAGAIN, None).is_none());
-        let e = expired("read", libc::EAGAIN);
+    fn unarmed_without_timeout_and_messages_like_a_socket_timeout() {
+        assert!(arm(Op::Read, None).is_none());
+        let e = expired(Op::Read);
         assert_eq!(e.errno(), Some(libc::EAGAIN));
         assert!(e.to_string().contains("no progress within the I/O timeout"));
         assert!(e.to_string().starts_with("read (fast path)"));
+        assert_eq!(expired(Op::Write).errno(), Some(libc::EAGAIN));
+        assert_eq!(expired(Op::Connect).errno(), Some(libc::ETIMEDOUT));
     }
 }
