@@ -13,6 +13,7 @@ use crate::conn::{self, Conn};
 use crate::error::{io, Error, Result};
 use crate::net;
 use crate::server::ECHO;
+use crate::watchdog::{self, Op};
 
 /// Options of every client mode that moves data.
 #[derive(Debug, Clone, Copy, Args)]
@@ -57,7 +58,11 @@ impl ClientOpts {
     /// command; every connection of the command goes through it).
     pub fn fastpath_for(&self, addr: &Addr) -> Result<Option<FastPath>> {
         conn::check_fastpath_addr(self.fastpath, addr)?;
-        self.fastpath.then(conn::open_fastpath).transpose()
+        if !self.fastpath {
+            return Ok(None);
+        }
+        let _armed = watchdog::arm(Op::Open, self.connect_timeout());
+        conn::open_fastpath().map(Some)
     }
 
     /// Connects to `addr`: through `fp` (from [`ClientOpts::fastpath_for`]) if given.

@@ -1,10 +1,12 @@
 //! Timeouts for fast-path streams, which have no SO_RCVTIMEO / SO_SNDTIMEO.
 //!
-//! A blocking fast-path read or write (or connect) is *armed* for its duration: it stores a
-//! deadline. One watchdog thread per process (started by the first armed call) looks at the
-//! deadline every [`TICK`]; if a call is still armed past it, the command has stalled: the
-//! watchdog prints the command's failure line (`SBRESULT {"ok":false,...}`, errno EAGAIN for
-//! I/O as a socket's timeout gives, ETIMEDOUT for a connect) and exits with status 1.
+//! A blocking fast-path read or write is *armed* with `--io-timeout-ms` for its duration;
+//! opening the library and connecting through it with `--connect-timeout-ms`. Arming stores
+//! the current tick of the one watchdog thread per process (started by the first armed call),
+//! which counts a tick every [`TICK`]; if a call is still armed past its limit, the command
+//! has stalled: the watchdog prints the command's failure line (`SBRESULT {"ok":false,...}`,
+//! errno EAGAIN for I/O as a socket's timeout gives, ETIMEDOUT for open and connect) and
+//! exits with status 1. Timeouts fire up to about two ticks late, never early.
 //!
 //! Every call re-arms, so the timeout bounds a stall (no progress), not the whole command,
 //! as SO_RCVTIMEO does. The clients use one connection at a time per thread, and fast-path
@@ -45,12 +47,15 @@ pub enum Op {
     Write = 1,
     /// The library's connect (ETIMEDOUT).
     Connect = 2,
+    /// Opening the library: control connection and handshake (ETIMEDOUT).
+    Open = 3,
 }
 
-const OPS: [(&str, i32); 3] = [
+const OPS: [(&str, i32); 4] = [
     ("read", libc::EAGAIN),
     ("write", libc::EAGAIN),
     ("connect", libc::ETIMEDOUT),
+    ("open", libc::ETIMEDOUT),
 ];
 
 /// Names the command for the failure line (call once, before anything is armed).
@@ -106,7 +111,8 @@ fn watch() {
         let op = match OP.load(Ordering::Relaxed) {
             0 => Op::Read,
             1 => Op::Write,
-            _ => Op::Connect,
+            2 => Op::Connect,
+            _ => Op::Open,
         };
         let (mode, addr) = WHO.get().cloned().unwrap_or_default();
         report::emit(&report::failure(&mode, addr.as_deref(), &expired(op)));
@@ -127,5 +133,52 @@ mod tests {
         assert!(e.to_string().starts_with("read (fast path)"));
         assert_eq!(expired(Op::Write).errno(), Some(libc::EAGAIN));
         assert_eq!(expired(Op::Connect).errno(), Some(libc::ETIMEDOUT));
+        assert_eq!(expired(Op::Open).errno(), Some(libc::ETIMEDOUT));
+    }
+
+    const CHILD: &str = "SBTOOL_WATCHDOG_TEST_CHILD";
+    const NAME: &str = "watchdog::tests::a_stall_prints_the_failure_line_and_exits_1";
+
+    /// Runs itself again (this test only) as a child that stalls in an armed read.
+    #[test]
+    fn a_stall_prints_the_failure_line_and_exits_1() {
+        if std::env::var_os(CHILD).is_some() {
+            identify("rtt", Some("vsock:3:5000"));
+            // Progress re-arms: this call is not the one that expires.
+            drop(arm(Op::Write, Some(Duration::from_millis(100))));
+            let _armed = arm(Op::Read, Some(Duration::from_millis(100)));
+            thread::sleep(Duration::from_secs(20));
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let took = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(
+            took < Duration::from_secs(15),
+            "the watchdog fired: {took:?}"
+        );
+        // The test harness writes its own text before it on the same line.
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once(report::PREFIX).map(|(_, json)| json))
+            .unwrap_or_else(|| panic!("a result line: {stdout}"));
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert_eq!(v["ok"], false, "{v}");
+        assert_eq!(v["mode"], "rtt", "{v}");
+        assert_eq!(v["addr"], "vsock:3:5000", "{v}");
+        assert_eq!(v["errno"], libc::EAGAIN, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("read (fast path)")),
+            "{v}"
+        );
     }
 }
