@@ -40,18 +40,18 @@
 //!   fast-path stream if the daemon sets one up (`"path":"fastpath_host_copied"` or
 //!   `"fastpath_direct"`), the plain vsock connection when the daemon answers with a reason
 //!   that falls back (`"path":"fastpath_fallback_vsock"`, `"fallback_reason"` e.g.
-//!   `"NoListener"`; otherwise `"fallback_reason":null`), a failure (`ECONNREFUSED`) for a
-//!   hard refusal. The measurement is the same code whatever the path. `verify` over a
+//!   `"NoListener"`, `"NoWindow"` or `"WindowFull"`; `null` for a fast-path stream; the key
+//!   is there only with `--fastpath`), a failure (`ECONNREFUSED`) for a hard refusal. The measurement is the same code whatever the path. `verify` over a
 //!   fast-path stream uses one thread (non-blocking writes and reads in turn) instead of a
 //!   writer thread, as a fast-path stream serves one thread at a time.
 //! - Timeouts: fast-path streams have no SO_RCVTIMEO. A watchdog thread bounds each blocking
 //!   fast-path read or write by `--io-timeout-ms`, and opening the library and each connect
 //!   through it by `--connect-timeout-ms`; when one expires the command prints its failure
 //!   line (errno 11, `"read (fast path): ... (no progress within the I/O timeout)"`, as for a
-//!   socket; errno 110 for `"open (fast path)"` or `"connect (fast path)"`) and
-//!   exits with status 1 (up to about 40 ms late). For `many` a stalled fast-path connection therefore ends the whole
-//!   command (a socket's timeout fails only that connection). `serve` has no I/O timeouts,
-//!   as for its sockets.
+//!   socket; errno 110 for `"open (fast path)"` or `"connect (fast path)"`) and exits with
+//!   status 1 (up to about 40 ms late). For `many` a stalled fast-path connection therefore
+//!   ends the whole command (a socket's timeout fails only that connection). `serve` has no
+//!   I/O timeouts, as for its sockets.
 //!
 //! # Static build (for the guests)
 //!
