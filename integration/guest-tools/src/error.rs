@@ -25,6 +25,17 @@ pub enum Error {
     /// The peer broke the protocol (wrong service byte back, short reply, ...).
     #[error("{0}")]
     Protocol(String),
+    /// A call into the fast-path library (`sockbypass-guest`) failed: opening it, `listen`,
+    /// a refused or failed connect.
+    #[error("{op}: {detail}")]
+    Fast {
+        /// The operation, e.g. `fast-path connect vsock:3:5000`.
+        op: String,
+        /// The library's errno for it (ENODEV: no window, ECONNREFUSED, ...).
+        errno: i32,
+        /// The library's error and its causes.
+        detail: String,
+    },
     /// Bad combination of arguments.
     #[error("{0}")]
     Usage(String),
@@ -45,17 +56,37 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Io { source, .. } => errno_of(source),
+            Error::Fast { errno, .. } => Some(*errno),
             _ => None,
         }
     }
 }
 
-/// The raw OS errno of `e`; ETIMEDOUT for a user-space timeout.
+/// The raw OS errno of `e`; the library's errno for a fast-path stream error; ETIMEDOUT for a
+/// user-space timeout.
 pub fn errno_of(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or(match e.kind() {
-        io::ErrorKind::TimedOut => Some(libc::ETIMEDOUT),
-        _ => None,
-    })
+    e.raw_os_error()
+        .or_else(|| {
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<sockbypass_guest::StreamError>())
+                .map(sockbypass_guest::StreamError::errno)
+        })
+        .or(match e.kind() {
+            io::ErrorKind::TimedOut => Some(libc::ETIMEDOUT),
+            _ => None,
+        })
+}
+
+/// `e` and its causes, `: `-separated (the library's errors keep details in their sources).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// `map_err` helper: tags an `io::Error` with the operation that failed.

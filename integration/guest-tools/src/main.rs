@@ -5,12 +5,53 @@
 //! `many` and `connect` measure or check a path to such a server; `stream` runs one verified
 //! echo stream until the connection breaks (fault tests), and `soak` keeps hundreds of
 //! verified connections busy for a long time. Addresses are
-//! `vsock:CID:PORT` or `tcp:IPV4:PORT`.
+//! `vsock:CID:PORT` or `tcp:IPV4:PORT`. With `--fastpath`, `serve`, `rtt`, `bulk`, `verify`
+//! and `many` also use sockbypass's shared-memory fast path (see below).
 //!
 //! Every command prints exactly one result line on stdout, `SBRESULT {json}`, so a host can
 //! grep it out of a serial console log; anything else goes to stderr. A failed command prints
 //! `SBRESULT {"mode":..,"ok":false,"error":"..","errno":N|null}` and exits with status 1
-//! (`errno` is the raw OS errno, e.g. 104 for ECONNRESET). Usage errors exit with status 2.
+//! (`errno` is the raw OS errno, e.g. 104 for ECONNRESET; for the fast-path library, its
+//! errno). Usage errors exit with status 2 (clap's errors without a result line; the others,
+//! such as `--fastpath` with a `tcp:` address, with a result line and a one-line message on
+//! stderr).
+//!
+//! Every result of `rtt`, `bulk`, `verify` and `many` names the path its data took:
+//! `"path"` is `"vsock"`, `"tcp"`, `"fastpath_host_copied"`, `"fastpath_direct"` or
+//! `"fastpath_fallback_vsock"` (`many`: the path of its first connection, and `"paths"`, the
+//! number of connections per path, e.g. `{"fastpath_direct":64}`).
+//!
+//! # Fast path (`--fastpath`)
+//!
+//! `--fastpath` uses sockbypass's guest fast-path library (`sockbypass-guest`, SPEC.md
+//! chapter 13): shared-memory windows (ivshmem BARs found in sysfs) and a control channel to
+//! the daemon (AF_VSOCK to CID 2, port `0x5342_5000`). Addresses stay `vsock:CID:PORT`;
+//! `--fastpath` with a `tcp:` address, without `--vsock-port` for `serve`, or for `stream` or
+//! `soak` is a usage error (exit status 2).
+//!
+//! - `serve --vsock-port P --fastpath` keeps its plain vsock listener (for peers without a
+//!   window and those the daemon sends back to vsock) and also listens on `P` through the
+//!   library; accepted fast-path streams get the same echo and sink services, each in its
+//!   own thread. If the library cannot open (no window, no daemon) `serve` fails with an
+//!   `SBRESULT` error (`"error":"open the fast path: .."`, the library's errno). Its result
+//!   line says `"fastpath":true,"fastpath_port":P`.
+//! - `rtt`, `bulk`, `verify` and `many` with `--fastpath` open the library once per process
+//!   and connect through it (`many`: all its connections through the one library handle): a
+//!   fast-path stream if the daemon sets one up (`"path":"fastpath_host_copied"` or
+//!   `"fastpath_direct"`), the plain vsock connection when the daemon answers with a reason
+//!   that falls back (`"path":"fastpath_fallback_vsock"`, `"fallback_reason"` e.g.
+//!   `"NoListener"`, `"NoWindow"` or `"WindowFull"`; `null` for a fast-path stream; the key
+//!   is there only with `--fastpath`), a failure (`ECONNREFUSED`) for a hard refusal. The measurement is the same code whatever the path. `verify` over a
+//!   fast-path stream uses one thread (non-blocking writes and reads in turn) instead of a
+//!   writer thread, as a fast-path stream serves one thread at a time.
+//! - Timeouts: fast-path streams have no SO_RCVTIMEO. A watchdog thread bounds each blocking
+//!   fast-path read or write by `--io-timeout-ms`, and opening the library and each connect
+//!   through it by `--connect-timeout-ms`; when one expires the command prints its failure
+//!   line (errno 11, `"read (fast path): ... (no progress within the I/O timeout)"`, as for a
+//!   socket; errno 110 for `"open (fast path)"` or `"connect (fast path)"`) and exits with
+//!   status 1 (up to about 40 ms late). For `many` a stalled fast-path connection therefore
+//!   ends the whole command (a socket's timeout fails only that connection). `serve` has no
+//!   I/O timeouts, as for its sockets.
 //!
 //! # Static build (for the guests)
 //!
@@ -31,6 +72,7 @@ mod addr;
 mod bulk;
 mod checksum;
 mod client;
+mod conn;
 mod connect;
 mod error;
 mod many;
@@ -44,6 +86,7 @@ mod soak;
 mod stats;
 mod stream;
 mod verify;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -80,6 +123,10 @@ enum Command {
         /// Listen on this TCP port of 0.0.0.0 (0: any free port; the result line tells which).
         #[arg(long)]
         tcp_port: Option<u16>,
+        /// Also serve the vsock port through the fast path (sockbypass-guest); fails if the
+        /// library cannot open (no window). Needs --vsock-port.
+        #[arg(long)]
+        fastpath: bool,
     },
     /// Round-trip latency over one echo connection.
     Rtt {
@@ -225,9 +272,10 @@ impl Command {
                 Command::Serve {
                     vsock_port,
                     tcp_port,
+                    fastpath,
                 },
                 _,
-            ) => match server::run(*vsock_port, *tcp_port)? {},
+            ) => match server::run(*vsock_port, *tcp_port, *fastpath)? {},
             (
                 Command::Rtt {
                     addr,
@@ -300,6 +348,7 @@ impl Command {
                 },
                 Some(a),
             ) => {
+                opts.no_fastpath("stream")?;
                 let p = stream::Params {
                     seconds: *seconds,
                     flowing_after: *flowing_after,
@@ -319,6 +368,7 @@ impl Command {
                 },
                 _,
             ) => {
+                opts.no_fastpath("soak")?;
                 let targets = targets
                     .iter()
                     .map(|t| Addr::parse(t).map(|a| (t.clone(), a)))
@@ -343,6 +393,7 @@ impl Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = &cli.command;
+    watchdog::identify(cmd.mode(), cmd.addr());
     match cmd.run() {
         Ok(o) => {
             report::emit(&o.value);
@@ -354,7 +405,69 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             report::emit(&report::failure(cmd.mode(), cmd.addr(), &e));
-            ExitCode::FAILURE
+            if matches!(e, Error::Usage(_)) {
+                eprintln!("sbtool {}: {e}", cmd.mode());
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Outcome> {
+        let cli = Cli::try_parse_from(std::iter::once("sbtool").chain(args.iter().copied()))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        cli.command.run()
+    }
+
+    fn is_usage(r: Result<Outcome>) -> bool {
+        matches!(r, Err(Error::Usage(m)) if m.contains("fastpath"))
+    }
+
+    #[test]
+    fn fastpath_flag_parses_for_serve_and_the_clients() {
+        for args in [
+            &["serve", "--vsock-port", "5000", "--fastpath"][..],
+            &["rtt", "vsock:4:5000", "--fastpath"][..],
+            &["bulk", "vsock:4:5000", "--fastpath", "--seconds", "1"][..],
+            &["verify", "vsock:4:5000", "--fastpath"][..],
+            &["many", "vsock:4:5000", "--conns", "8", "--fastpath"][..],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("sbtool").chain(args.iter().copied()));
+            let fast = match cli.map(|c| c.command) {
+                Ok(Command::Serve { fastpath, .. }) => fastpath,
+                Ok(
+                    Command::Rtt { opts, .. }
+                    | Command::Bulk { opts, .. }
+                    | Command::Verify { opts, .. }
+                    | Command::Many { opts, .. },
+                ) => opts.fastpath,
+                other => panic!("{args:?}: {other:?}"),
+            };
+            assert!(fast, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["sbtool", "rtt", "vsock:4:5000"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Command::Rtt { opts, .. }) if !opts.fastpath));
+        // connect has no --fastpath at all.
+        assert!(Cli::try_parse_from(["sbtool", "connect", "vsock:4:5000", "--fastpath"]).is_err());
+    }
+
+    #[test]
+    fn fastpath_with_tcp_or_without_a_vsock_port_is_a_usage_error() {
+        // Checked before anything is opened: no window or socket is needed for this test.
+        for mode in ["rtt", "bulk", "verify", "many"] {
+            assert!(
+                is_usage(run(&[mode, "tcp:127.0.0.1:1", "--fastpath"])),
+                "{mode}"
+            );
+        }
+        assert!(is_usage(run(&["serve", "--tcp-port", "0", "--fastpath"])));
+        assert!(is_usage(run(&["stream", "vsock:3:1", "--fastpath"])));
+        assert!(is_usage(run(&["soak", "vsock:3:1", "--fastpath"])));
     }
 }

@@ -1,6 +1,7 @@
 //! Socket set-up shared by the server and the clients: listeners, a connect with a timeout,
 //! and the per-connection options (TCP_NODELAY, I/O timeouts).
 
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -149,10 +150,11 @@ pub fn listen_tcp(port: u16) -> Result<Listener> {
 }
 
 /// Reads until `buf` is full. Ok(false) on EOF before the first byte; EOF after it is an error.
-pub fn read_full(sock: &Socket, buf: &mut [u8], what: &str) -> Result<bool> {
+/// `r` is anything readable: `&Socket`, `&mut Conn`, `&mut UnixStream`, ...
+pub fn read_full<R: Read>(mut r: R, buf: &mut [u8], what: &str) -> Result<bool> {
     let mut got = 0;
     while got < buf.len() {
-        match std::io::Read::read(&mut &*sock, &mut buf[got..]) {
+        match r.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
             Ok(0) => {
                 return Err(Error::Protocol(format!(
@@ -169,8 +171,8 @@ pub fn read_full(sock: &Socket, buf: &mut [u8], what: &str) -> Result<bool> {
 }
 
 /// Reads until `buf` is full; EOF at any point is an error.
-pub fn read_exact(sock: &Socket, buf: &mut [u8], what: &str) -> Result<()> {
-    if read_full(sock, buf, what)? || buf.is_empty() {
+pub fn read_exact<R: Read>(r: R, buf: &mut [u8], what: &str) -> Result<()> {
+    if read_full(r, buf, what)? || buf.is_empty() {
         Ok(())
     } else {
         Err(Error::Protocol(format!(

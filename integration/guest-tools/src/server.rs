@@ -6,20 +6,25 @@
 //! - [`SINK`]: read until EOF, then reply with [`SINK_REPLY_LEN`] bytes: the number of bytes
 //!   received after the service byte and their [`Checksum`], both u64 little endian.
 //!
+//! With `--fastpath` the same services are also offered through the fast path (the
+//! `sockbypass-guest` library listens on the vsock port); each accepted fast-path stream is
+//! served by the same code, in its own thread, as a socket is.
+//!
 //! A connection closed before its first byte (a readiness probe such as `sbtool connect`) is
 //! not an error.
 
 use std::convert::Infallible;
-use std::io::{Read, Write};
+
 use std::net::Shutdown;
 use std::thread;
 use std::time::Duration;
 
 use serde_json::json;
-use socket2::Socket;
+use sockbypass_guest::{ConnectError, FastPath};
 
 use crate::checksum::Checksum;
-use crate::error::{io, Error, Result};
+use crate::conn::{self, Stream};
+use crate::error::{chain, io, Error, Result};
 use crate::net::{self, Listener};
 use crate::report;
 
@@ -35,12 +40,12 @@ const SINK_BUF: usize = 256 * 1024;
 const CONN_STACK: usize = 256 * 1024;
 
 /// Listens on the given ports, prints the `serve` result line, and serves forever.
-pub fn run(vsock_port: Option<u32>, tcp_port: Option<u16>) -> Result<Infallible> {
-    if vsock_port.is_none() && tcp_port.is_none() {
-        return Err(Error::Usage(
-            "serve needs --vsock-port and/or --tcp-port".into(),
-        ));
-    }
+///
+/// With `fastpath`, also opens the fast-path library and listens on the vsock port through
+/// it (`LISTEN`): accepted fast streams get the same services, each in its own thread. The
+/// plain vsock listener stays, for peers the daemon sends back to plain vsock.
+pub fn run(vsock_port: Option<u32>, tcp_port: Option<u16>, fastpath: bool) -> Result<Infallible> {
+    check_args(vsock_port, tcp_port, fastpath)?;
     let mut listeners = Vec::new();
     if let Some(p) = vsock_port {
         listeners.push(net::listen_vsock(p)?);
@@ -49,12 +54,33 @@ pub fn run(vsock_port: Option<u32>, tcp_port: Option<u16>) -> Result<Infallible>
         listeners.push(net::listen_tcp(p)?);
     }
     let port_of = |kind: &str| listeners.iter().find(|l| l.kind == kind).map(|l| l.port);
+    let fast = match (fastpath, port_of("vsock")) {
+        (true, Some(p)) => {
+            let fp = conn::open_fastpath()?;
+            fp.listen(p).map_err(|e| Error::Fast {
+                op: format!("fast-path listen {p}"),
+                errno: e.errno(),
+                detail: chain(&e),
+            })?;
+            Some((fp, p))
+        }
+        _ => None,
+    };
     report::emit(&json!({
         "mode": "serve",
         "vsock_port": port_of("vsock"),
         "tcp_port": port_of("tcp"),
+        "fastpath": fast.is_some(),
+        "fastpath_port": fast.as_ref().map(|f| f.1),
     }));
     let mut threads = Vec::new();
+    if let Some((fp, port)) = fast {
+        let t = thread::Builder::new()
+            .name("accept-fastpath".into())
+            .spawn(move || accept_fast(&fp, port))
+            .map_err(io("spawn the fast-path accept thread"))?;
+        threads.push(t);
+    }
     for l in listeners {
         let kind = l.kind;
         let t = thread::Builder::new()
@@ -68,6 +94,60 @@ pub fn run(vsock_port: Option<u32>, tcp_port: Option<u16>) -> Result<Infallible>
         let _ = t.join();
     }
     Err(Error::Protocol("the accept threads stopped".into()))
+}
+
+/// `--fastpath` needs `--vsock-port`; some port is needed at all.
+pub fn check_args(vsock_port: Option<u32>, tcp_port: Option<u16>, fastpath: bool) -> Result<()> {
+    if vsock_port.is_none() && tcp_port.is_none() {
+        return Err(Error::Usage(
+            "serve needs --vsock-port and/or --tcp-port".into(),
+        ));
+    }
+    if fastpath && vsock_port.is_none() {
+        return Err(Error::Usage(
+            "serve --fastpath needs --vsock-port (the fast path is vsock only)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts fast-path connections until the control channel fails (then only the plain
+/// listeners serve).
+fn accept_fast(fp: &FastPath, port: u32) {
+    loop {
+        match fp.accept() {
+            Ok(stream) => {
+                let path = conn::placement_path(stream.info().placement);
+                let spawned = thread::Builder::new()
+                    .name("conn-fastpath".into())
+                    .stack_size(CONN_STACK)
+                    .spawn(move || {
+                        let mut stream = stream;
+                        if let Err(e) = handle(&mut stream) {
+                            eprintln!("sbtool serve: {path} connection: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("sbtool serve: cannot spawn a connection thread: {e}");
+                }
+            }
+            Err(ConnectError::Control(e)) => {
+                eprintln!(
+                    "sbtool serve: fast-path control channel failed, no more fast-path \
+                     connections on port {port}: {}",
+                    chain(&e)
+                );
+                return;
+            }
+            Err(e) => {
+                // One connection's rings could not be set up (it was given back).
+                eprintln!(
+                    "sbtool serve: fast-path accept on port {port}: {}",
+                    chain(&e)
+                );
+            }
+        }
+    }
 }
 
 fn accept_loop(l: Listener) {
@@ -84,7 +164,8 @@ fn accept_loop(l: Listener) {
                     .name(format!("conn-{kind}"))
                     .stack_size(CONN_STACK)
                     .spawn(move || {
-                        if let Err(e) = handle(&sock) {
+                        let mut sock = sock;
+                        if let Err(e) = handle(&mut sock) {
                             eprintln!("sbtool serve: {kind} connection: {e}");
                         }
                     });
@@ -101,22 +182,23 @@ fn accept_loop(l: Listener) {
     }
 }
 
-fn handle(sock: &Socket) -> Result<()> {
+/// Serves one connection of any kind (socket, fast-path stream, or a test's `UnixStream`):
+/// the service byte picks echo or sink.
+pub fn handle<S: Stream>(s: &mut S) -> Result<()> {
     let mut first = [0u8; 1];
-    if !net::read_full(sock, &mut first, "service byte")? {
+    if !net::read_full(&mut *s, &mut first, "service byte")? {
         return Ok(());
     }
     match first[0] {
-        ECHO => echo(sock),
-        SINK => sink(sock),
+        ECHO => echo(s),
+        SINK => sink(s),
         other => Err(Error::Protocol(format!(
             "unknown service byte {other:#04x} (want 'E' or 'S')"
         ))),
     }
 }
 
-fn echo(sock: &Socket) -> Result<()> {
-    let mut s = sock;
+fn echo<S: Stream>(s: &mut S) -> Result<()> {
     s.write_all(&[ECHO]).map_err(io("echo write"))?;
     let mut buf = vec![0u8; ECHO_BUF];
     loop {
@@ -128,11 +210,10 @@ fn echo(sock: &Socket) -> Result<()> {
         };
         s.write_all(&buf[..n]).map_err(io("echo write"))?;
     }
-    sock.shutdown(Shutdown::Write).map_err(io("echo shutdown"))
+    s.shutdown(Shutdown::Write).map_err(io("echo shutdown"))
 }
 
-fn sink(sock: &Socket) -> Result<()> {
-    let mut s = sock;
+fn sink<S: Stream>(s: &mut S) -> Result<()> {
     let mut sum = Checksum::new();
     let mut buf = vec![0u8; SINK_BUF];
     loop {
@@ -147,5 +228,59 @@ fn sink(sock: &Socket) -> Result<()> {
     reply[..8].copy_from_slice(&sum.len().to_le_bytes());
     reply[8..].copy_from_slice(&sum.finish().to_le_bytes());
     s.write_all(&reply).map_err(io("sink reply"))?;
-    sock.shutdown(Shutdown::Write).map_err(io("sink shutdown"))
+    s.shutdown(Shutdown::Write).map_err(io("sink shutdown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn serve_pair() -> (UnixStream, thread::JoinHandle<Result<()>>) {
+        let (a, mut b) = UnixStream::pair().expect("socketpair");
+        let t = thread::spawn(move || handle(&mut b));
+        (a, t)
+    }
+
+    #[test]
+    fn echo_over_a_unix_pair() {
+        let (mut a, t) = serve_pair();
+        a.write_all(b"Ehello").expect("write");
+        a.shutdown(Shutdown::Write).expect("shutdown");
+        let mut back = Vec::new();
+        a.read_to_end(&mut back).expect("read");
+        assert_eq!(back, b"Ehello");
+        assert!(t.join().expect("server thread").is_ok());
+    }
+
+    #[test]
+    fn sink_over_a_unix_pair() {
+        let (mut a, t) = serve_pair();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        a.write_all(&[SINK]).expect("write");
+        a.write_all(&data).expect("write");
+        a.shutdown(Shutdown::Write).expect("shutdown");
+        let mut reply = Vec::new();
+        a.read_to_end(&mut reply).expect("read");
+        let mut sum = Checksum::new();
+        sum.update(&data);
+        assert_eq!(reply.len(), SINK_REPLY_LEN);
+        assert_eq!(reply[..8], (data.len() as u64).to_le_bytes());
+        assert_eq!(reply[8..], sum.finish().to_le_bytes());
+        assert!(t.join().expect("server thread").is_ok());
+    }
+
+    #[test]
+    fn a_probe_without_service_byte_is_fine_and_a_bad_byte_is_not() {
+        let (a, t) = serve_pair();
+        drop(a);
+        assert!(t.join().expect("server thread").is_ok());
+        let (mut a, t) = serve_pair();
+        a.write_all(b"X").expect("write");
+        assert!(matches!(
+            t.join().expect("server thread"),
+            Err(Error::Protocol(_))
+        ));
+    }
 }

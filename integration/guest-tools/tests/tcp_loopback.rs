@@ -199,6 +199,11 @@ fn rtt_round_trips() {
     );
     assert!(min > 0.0 && min <= p50 && p50 <= p99 && p99 <= max, "{v}");
     assert!(min <= mean && mean <= max, "{v}");
+    assert_eq!(v["path"], "tcp", "{v}");
+    assert!(
+        v.get("fallback_reason").is_none(),
+        "only with --fastpath: {v}"
+    );
     // A large message takes many segments each way.
     let r = sbtool(&["rtt", &s.addr(), "--size", "200000", "--count", "5"]);
     assert_ok(&r, "rtt");
@@ -211,6 +216,7 @@ fn bulk_is_verified_by_the_receiver() {
     assert_ok(&r, "bulk");
     let v = &r.result;
     assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["path"], "tcp", "{v}");
     assert_eq!(v["bytes"], v["receiver_bytes"], "{v}");
     assert!(v["bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
     assert!(v["gbps"].as_f64().is_some_and(|g| g > 0.0), "{v}");
@@ -236,6 +242,7 @@ fn verify_echoes_byte_for_byte() {
     assert_eq!(r.result["bytes"], 1_048_576);
     assert_eq!(r.result["received"], 1_048_576);
     assert!(r.result["mismatch_at"].is_null(), "{:?}", r);
+    assert_eq!(r.result["path"], "tcp", "{r:?}");
     let r = sbtool(&["verify", &s.addr(), "--bytes", "100003", "--seed", "42"]);
     assert_ok(&r, "verify");
     let r = sbtool(&["verify", &s.addr(), "--bytes", "0"]);
@@ -250,6 +257,55 @@ fn many_connections_at_once() {
     assert_eq!(r.result["conns"], 16);
     assert_eq!(r.result["connected"], 16);
     assert_eq!(r.result["failed"], serde_json::json!([]));
+    assert_eq!(r.result["path"], "tcp", "{r:?}");
+    assert_eq!(r.result["paths"], serde_json::json!({"tcp": 16}), "{r:?}");
+}
+
+#[test]
+fn fastpath_with_a_tcp_address_or_an_unsupported_mode_is_a_usage_error() {
+    for args in [
+        &["rtt", "tcp:127.0.0.1:1", "--fastpath"][..],
+        &["bulk", "tcp:127.0.0.1:1", "--fastpath"][..],
+        &["verify", "tcp:127.0.0.1:1", "--fastpath"][..],
+        &["many", "tcp:127.0.0.1:1", "--fastpath"][..],
+        &["serve", "--tcp-port", "0", "--fastpath"][..],
+        &["stream", "vsock:3:1", "--fastpath"][..],
+        &["soak", "vsock:3:1", "--fastpath"][..],
+    ] {
+        let r = sbtool(args);
+        assert_eq!(r.code, Some(2), "{r:?}");
+        assert_eq!(r.result["ok"], false, "{r:?}");
+        assert!(r.result["errno"].is_null(), "{r:?}");
+        assert!(
+            r.result["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("fastpath")),
+            "{r:?}"
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "a one-line message: {r:?}");
+    }
+}
+
+#[test]
+fn fastpath_without_a_window_fails_cleanly() {
+    // No ivshmem window here (and maybe no vsock): one result line, exit status 1, an errno.
+    for args in [
+        &[
+            "rtt",
+            "vsock:3:1",
+            "--fastpath",
+            "--connect-timeout-ms",
+            "2000",
+        ][..],
+        &["many", "vsock:3:1", "--fastpath", "--conns", "2"][..],
+        &["serve", "--vsock-port", "45999", "--fastpath"][..],
+    ] {
+        let r = sbtool(args);
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert_eq!(r.result["ok"], false, "{r:?}");
+        assert!(r.result["errno"].is_i64(), "an errno: {r:?}");
+        assert!(r.result["error"].is_string(), "{r:?}");
+    }
 }
 
 #[test]
