@@ -30,6 +30,19 @@ pub struct ClientOpts {
     /// rtt, bulk, verify and many only.
     #[arg(long)]
     pub fastpath: bool,
+    /// With `--fastpath`: ask the daemon for this placement only (host-copied or direct);
+    /// one it cannot give falls back to plain vsock. Default: the daemon chooses.
+    #[arg(long, value_enum, requires = "fastpath")]
+    pub placement: Option<PlacementArg>,
+}
+
+/// `--placement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlacementArg {
+    /// Each side's rings in its own window; the daemon copies.
+    HostCopied,
+    /// The pair window's rings, shared by the two VMs.
+    Direct,
 }
 
 fn ms(v: u64) -> Option<Duration> {
@@ -62,7 +75,12 @@ impl ClientOpts {
             return Ok(None);
         }
         let _armed = watchdog::arm(Op::Open, self.connect_timeout());
-        conn::open_fastpath().map(Some)
+        let mut fp = conn::open_fastpath()?;
+        fp.set_placement(self.placement.map(|p| match p {
+            PlacementArg::HostCopied => sockbypass_guest::Placement::HostCopied,
+            PlacementArg::Direct => sockbypass_guest::Placement::Direct,
+        }));
+        Ok(Some(fp))
     }
 
     /// Connects to `addr`: through `fp` (from [`ClientOpts::fastpath_for`]) if given.
