@@ -14,6 +14,11 @@
 #   inside the TX walk of a ring that has work (Switch::walk_tx_ring) and the RX fill a poll
 #   thread starts (Switch::fill_rx_then_resume_tx). Passes that find every ring idle are not
 #   counted: how many there are depends on timing.
+# - fastpath: the fast path's host copy (SPEC.md §13.4), `gate --mode fastpath`: 400 writes of
+#   32 messages of 64 B into one connection's TX ring, each read whole before the next, the
+#   fast-path thread in event mode; everything inside the copier's transfer (the copy and the
+#   two index stores of a pass that moves bytes), per message. Passes that find nothing are
+#   not counted, as on the poll path.
 # Both counts are deterministic for a given binary (repeat runs agree to 0.01%), unlike time on
 # a shared machine. The gate fails when either is more than 5% above its baseline. A different
 # rustc changes the counts; the gate prints both versions when they differ.
@@ -132,17 +137,18 @@ update() {
 {
   "ir_per_packet": ${count[event]},
   "ir_per_packet_poll": ${count[poll]},
+  "ir_per_message_fastpath": ${count[fastpath]},
   "packets": $packets,
-  "gate": "sockbypass-microbench ${GATE_ARGS[*]} --mode event|poll",
+  "gate": "sockbypass-microbench ${GATE_ARGS[*]} --mode event|poll|fastpath",
   "profile": "perfgate (release, codegen-units = 1)",
-  "toggle_collect": "event: ${TOGGLES[event]}; poll: ${TOGGLES[poll]}",
+  "toggle_collect": "event: ${TOGGLES[event]}; poll: ${TOGGLES[poll]}; fastpath: ${TOGGLES[fastpath]}",
   "rustc": "$(rustc --version)",
   "valgrind": "$(valgrind --version)",
   "measured_at": "$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- backend virtio-spec integration Cargo.toml Cargo.lock || echo -dirty)",
   "reason": "$(printf '%s' "$reason" | sed 's/["\\]/\\&/g')"
 }
 EOF
-    say "wrote $BASELINE: ${count[event]} (event path) and ${count[poll]} (poll path) instructions per packet. Commit it with the reason."
+    say "wrote $BASELINE: ${count[event]} (event path), ${count[poll]} (poll path) instructions per packet, ${count[fastpath]} per fast-path message. Commit it with the reason."
 }
 
 ab() {

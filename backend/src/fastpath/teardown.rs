@@ -76,8 +76,11 @@ impl Service {
             return Ok(());
         }
         c.ends[side].close_requested = true;
+        // Direct: the ring is shared, tell the other side now. Host-copied: once this side's
+        // TX ring is drained (the copier tells it then, or now if that happened already).
+        let now = c.placement == Placement::Direct || c.ends[side].tx_ended;
         let other = &mut c.ends[1 - side];
-        if c.placement == Placement::Direct && !other.closed_sent {
+        if now && !other.closed_sent {
             other.closed_sent = true;
             if let Some(t) = other.ctrl {
                 let mut m = ControlMsg::new(Op::Closed);

@@ -421,3 +421,40 @@ fn a_vanishing_side_resets_its_peers_and_frees_everything() {
         open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
     }
 }
+
+#[test]
+fn a_half_close_ends_one_direction_and_the_other_still_flows() {
+    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
+    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
+    let (mut ca, mut cb) = (control(&ba), control(&bb));
+    cb.listen(7000);
+    let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
+    let (wa, wb) = (WindowFile::open(&h.window("a")), WindowFile::open(&h.window("b")));
+    // a sends its request and ends its write side, as a client shutting down its socket.
+    wa.ring(ok.slot, 0).produce(b"request");
+    wa.ring(ok.slot, 0).set_closed();
+    kick_if_sleeping(&wa, &mut ca, ok.conn);
+    let b_rx = wb.ring(inc.slot, 1);
+    let mut got = Vec::new();
+    assert!(wait_until(T, || {
+        got.extend(b_rx.consume());
+        b_rx.closed()
+    }));
+    assert_eq!(got, b"request", "the bytes, then the end of stream");
+    assert!(cb.silent_for(Duration::from_millis(200)), "no CLOSED for a half-close");
+    // b answers after the end of a's stream; a gets it.
+    wb.ring(inc.slot, 0).produce(b"reply");
+    kick_if_sleeping(&wb, &mut cb, inc.conn);
+    let a_rx = wa.ring(ok.slot, 1);
+    let mut back = Vec::new();
+    assert!(wait_until(T, || {
+        back.extend(a_rx.consume());
+        back == b"reply"
+    }));
+    // Now b is done with the connection: a hears CLOSED.
+    wb.ring(inc.slot, 0).set_closed();
+    cb.about(Op::Close, inc.conn);
+    let m = ca.expect();
+    assert_eq!((m.op, m.conn), (Op::Closed, ok.conn));
+    assert!(wait_until(T, || a_rx.closed()));
+}

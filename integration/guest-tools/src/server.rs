@@ -46,15 +46,10 @@ const CONN_STACK: usize = 256 * 1024;
 /// plain vsock listener stays, for peers the daemon sends back to plain vsock.
 pub fn run(vsock_port: Option<u32>, tcp_port: Option<u16>, fastpath: bool) -> Result<Infallible> {
     check_args(vsock_port, tcp_port, fastpath)?;
-    let mut listeners = Vec::new();
-    if let Some(p) = vsock_port {
-        listeners.push(net::listen_vsock(p)?);
-    }
-    if let Some(p) = tcp_port {
-        listeners.push(net::listen_tcp(p)?);
-    }
-    let port_of = |kind: &str| listeners.iter().find(|l| l.kind == kind).map(|l| l.port);
-    let fast = match (fastpath, port_of("vsock")) {
+    // The fast-path listener first: once a client can connect to the plain vsock port (what
+    // `sbtool connect` waits for), the daemon has confirmed the fast-path one (`LISTENING`),
+    // so a fast-path connect never falls back for want of a listener that was about to come.
+    let fast = match (fastpath, vsock_port) {
         (true, Some(p)) => {
             let fp = conn::open_fastpath()?;
             fp.listen(p).map_err(|e| Error::Fast {
@@ -66,6 +61,14 @@ pub fn run(vsock_port: Option<u32>, tcp_port: Option<u16>, fastpath: bool) -> Re
         }
         _ => None,
     };
+    let mut listeners = Vec::new();
+    if let Some(p) = vsock_port {
+        listeners.push(net::listen_vsock(p)?);
+    }
+    if let Some(p) = tcp_port {
+        listeners.push(net::listen_tcp(p)?);
+    }
+    let port_of = |kind: &str| listeners.iter().find(|l| l.kind == kind).map(|l| l.port);
     report::emit(&json!({
         "mode": "serve",
         "vsock_port": port_of("vsock"),
