@@ -186,12 +186,13 @@ impl Plan {
 
     /// A guest shell line that waits until the server's fast-path listener is in effect: the
     /// plain vsock listener comes up first, and a fast-path connection made before the
-    /// listener is would fall back to vsock. The probe (one host-copied round trip of one
-    /// byte, its result line discarded) is counted by [`super::through_daemon`]'s allowance.
+    /// listener is would fall back to vsock (`"path":"fastpath_fallback_vsock"`). The probe
+    /// (one host-copied round trip of one byte, its result line only searched for
+    /// `fastpath_host_copied`, never printed) is within [`super::through_daemon`]'s allowance.
     pub fn wait_for_fastpath(&self) -> String {
         format!(
             "i=0; until sbtool rtt {} --size 1 --count 1 --warmup 0 --fastpath --placement \
-             host-copied 2>/dev/null | grep -q '\"path\":\"fastpath_host_copied\"'; do \
+             host-copied 2>/dev/null | grep -q fastpath_host_copied; do \
              i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.2; done\n",
             self.bypass_addr
         )
