@@ -208,20 +208,21 @@ fn plan(args: &Args, reps: u32) -> Plan {
 /// The fast-path window of each VM and of their pair: 16 MiB each.
 const WINDOW_SIZE: u64 = 16 << 20;
 
-/// Starts sockbypassd in `mode` with the fast path on for both VMs and the two paired, boots
-/// both guests with their windows, runs the plan and shuts everything down.
-fn measure(
-    args: &Args,
-    setup: &Setup<'_>,
+/// The vhost-user socket of VM `name` in `dir`.
+fn socket(dir: &std::path::Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.sock"))
+}
+
+/// The daemon's configuration for one run in poll mode `mode`: the server (CID 3) and the
+/// client (CID 4) in one group, each with its fast-path window, paired for direct connections.
+fn daemon_config(
+    dir: &std::path::Path,
     mode: &str,
-    reps: u32,
-) -> Result<ModeRun, Box<dyn std::error::Error>> {
-    let dir = setup.dir;
-    let socket = |name: &str| dir.join(format!("{name}.sock"));
+) -> Result<DaemonConfig, Box<dyn std::error::Error>> {
     let vm = |name: &str, cid: u64| VmConfig {
         groups: vec!["bench".into()],
         fastpath_size: Some(WINDOW_SIZE),
-        ..VmConfig::new(name, cid, socket(name))
+        ..VmConfig::new(name, cid, socket(dir, name))
     };
     let mut config = DaemonConfig {
         poll: sockbypassd::config::PollConfig {
@@ -235,28 +236,46 @@ fn measure(
         size: WINDOW_SIZE,
     });
     config.validate()?;
-    let daemon = sockbypassd::daemon::start(config)?;
+    Ok(config)
+}
+
+/// The windows guest `name` gets, as the daemon names them (`daemon::start`): its own beside
+/// its socket first, then the pair window, beside the socket of the pair's first VM (the
+/// server).
+fn guest_windows(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    vec![
+        window_path(&socket(dir, name), name),
+        pair_window_path(&socket(dir, "server"), "server", "client"),
+    ]
+}
+
+/// Starts sockbypassd in `mode` with the fast path on for both VMs and the two paired, boots
+/// both guests with their windows, runs the plan and shuts everything down.
+fn measure(
+    args: &Args,
+    setup: &Setup<'_>,
+    mode: &str,
+    reps: u32,
+) -> Result<ModeRun, Box<dyn std::error::Error>> {
+    let dir = setup.dir;
+    let daemon = sockbypassd::daemon::start(daemon_config(dir, mode)?)?;
     println!(
         "==> sockbypassd serving CID 3 (server) and CID 4 (client), fast path on and paired, \
          --poll-mode {mode}, {reps} repetition(s)"
     );
-    // Where the daemon made the windows (daemon::start): each VM's own beside its socket, the
-    // pair's beside the socket of the pair's first VM, the server.
-    let pair_window = pair_window_path(&socket("server"), "server", "client");
-    let windows = |name: &str| vec![window_path(&socket(name), name), pair_window.clone()];
 
     let plan = plan(args, reps);
     let guest = |name: &str, n: u8, command: String| GuestSpec {
         name: name.into(),
         memory_mib: 512,
-        vsock_socket: Some(socket(name)),
+        vsock_socket: Some(socket(dir, name)),
         nic: Some(Nic {
             tap: format!("sbptap{}", n - 3),
             mac: format!("52:54:00:5b:00:{n:02x}"),
             ip: format!("10.99.0.{n}/24"),
             vhost: setup.vhost,
         }),
-        windows: windows(name),
+        windows: guest_windows(dir, name),
         command,
         serial_log: setup.logs.join(format!("{name}.{mode}.serial.log")),
     };
@@ -379,5 +398,54 @@ fn print_result(plan: &Plan, r: &serde_json::Value, seen: usize) {
             r["verified"]
         ),
         _ => println!("    {RESULT}{r}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration is valid in every poll mode, and the windows the guests get are the
+    /// files the daemon creates: each VM's own first, then the pair's, of the expected size.
+    #[test]
+    fn the_guests_get_the_windows_the_daemon_makes() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for mode in ["adaptive", "poll", "event"] {
+            let config = daemon_config(dir.path(), mode).expect(mode);
+            assert!(config
+                .vms
+                .iter()
+                .all(|vm| vm.fastpath_size == Some(16 << 20)));
+            assert_eq!(config.pairs.len(), 1);
+        }
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let daemon =
+            sockbypassd::daemon::start(daemon_config(dir.path(), "event").expect("config"))
+                .expect("daemon starts");
+        let made: Vec<PathBuf> = daemon
+            .windows()
+            .iter()
+            .map(|w| w.path().to_path_buf())
+            .collect();
+        let (server, client) = (
+            guest_windows(dir.path(), "server"),
+            guest_windows(dir.path(), "client"),
+        );
+        // Own windows in configuration order, then the pair's.
+        assert_eq!(
+            made,
+            [server[0].clone(), client[0].clone(), server[1].clone()]
+        );
+        assert_eq!(server[1], client[1], "both guests map the one pair window");
+        for w in &made {
+            assert_eq!(
+                std::fs::metadata(w).map(|m| m.len()).ok(),
+                Some(WINDOW_SIZE),
+                "{w:?}"
+            );
+        }
+        assert!(daemon.fastpath_counters("client").is_some());
+        assert!(daemon.fastpath_counters("server").is_some());
+        daemon.shutdown();
     }
 }
