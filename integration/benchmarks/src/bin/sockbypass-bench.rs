@@ -18,7 +18,7 @@ use clap::Parser;
 use serde_json::json;
 
 use sockbypass_benchmarks::bench::aggregate::aggregate;
-use sockbypass_benchmarks::bench::plan::{Assignment, Plan};
+use sockbypass_benchmarks::bench::plan::{Assignment, Path, Plan};
 use sockbypass_benchmarks::bench::report::{self, ModeFigures, RunInfo};
 use sockbypass_benchmarks::bench::through_daemon;
 use sockbypass_guests::image::GuestImage;
@@ -159,6 +159,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "bulk_seconds": plan.bulk_seconds, "bulk_write": plan.bulk_write,
             "guest_vcpus": 1, "guest_memory_mib": 512, "poll_mode": args.poll_mode,
             "guest_cpu": cpu_model(acc).unwrap_or_else(|| "QEMU's default".into()),
+            "paths": Path::ALL.map(Path::key),
+            "fastpath_window_bytes": WINDOW_SIZE,
         }),
     };
     println!();
