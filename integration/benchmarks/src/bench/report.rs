@@ -107,7 +107,7 @@ pub fn table(m: &ModeFigures, info: &RunInfo) -> String {
         let _ = write!(t, "{:>12}", heading(p));
     }
     for p in COMPARED {
-        let _ = write!(t, "{:>12}", format!("{}/vnet", heading(p)));
+        let _ = write!(t, "{:>16}", format!("{}/vnet", heading(p)));
     }
     let _ = writeln!(t);
     type Field = fn(&PathFigures) -> f64;
@@ -124,7 +124,7 @@ pub fn table(m: &ModeFigures, info: &RunInfo) -> String {
         }
         let vnet = field(&f.virtio_net);
         for p in COMPARED {
-            let _ = write!(t, "{:>12.3}", field(f.get(p)) / vnet);
+            let _ = write!(t, "{:>16.3}", field(f.get(p)) / vnet);
         }
         let _ = writeln!(t);
     }
@@ -373,16 +373,23 @@ mod tests {
     fn the_table_has_every_path_its_ratio_the_cpu_and_the_goals() {
         let t = table(&main_run(), &info());
         let lines: Vec<&str> = t.lines().collect();
-        for heading in [
-            "bypass",
-            "virtio-net",
-            "fastpath",
-            "fp-direct",
-            "bypass/vnet",
-            "fastpath/vnet",
-            "fp-direct/vnet",
-        ] {
-            assert!(lines[1].contains(heading), "{heading}: {t}");
+        let headings: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            headings,
+            [
+                "bypass",
+                "virtio-net",
+                "fastpath",
+                "fp-direct",
+                "bypass/vnet",
+                "fastpath/vnet",
+                "fp-direct/vnet"
+            ]
+        );
+        // Every row as wide as the headings, so the columns line up.
+        let width = lines[1].chars().count();
+        for row in &lines[2..6] {
+            assert_eq!(row.chars().count(), width, "{row}");
         }
         let p50 = lines.iter().find(|l| l.starts_with("RTT p50")).unwrap();
         let cells: Vec<&str> = p50.split_whitespace().skip(3).collect();
@@ -391,7 +398,10 @@ mod tests {
             ["20.00", "100.00", "40.00", "4.00", "0.200", "0.400", "0.040"]
         );
         let bulk = lines.iter().find(|l| l.starts_with("bulk")).unwrap();
-        assert!(bulk.ends_with("2.000       3.000       8.000"), "{bulk}");
+        assert!(
+            bulk.ends_with("2.000           3.000           8.000"),
+            "{bulk}"
+        );
         assert!(t.contains("sockbypassd 37%, guests n/a"), "{t}");
         assert!(t.contains("milestone (RTT p50 ratio ≤ 0.25 and throughput ratio ≥ 2): met"));
         // Host-copied: 0.4 > 0.3 and 3 < 4; direct: 0.04 ≤ 0.05 and 8 ≥ 4.
