@@ -1,10 +1,10 @@
-//! The benchmarks of sockbypass: the bypass against virtio-net with real guests
-//! (`sockbypass-bench`, run by `integration/bench.sh`), and the switch alone on the host, with
+//! The benchmarks of sockbypass: the bypass and the fast path (host-copied and direct) against
+//! virtio-net with real guests (`sockbypass-bench`, run by `integration/bench.sh`), and the switch alone on the host, with
 //! simulated VMs driven by the test frontend (`sockbypass-microbench`, also `ci/perf-gate.sh`).
 //!
 //! | module | job |
 //! |---|---|
-//! | [`bench`] | the bypass-vs-virtio-net benchmark: plan, aggregation, report |
+//! | [`bench`] | the bypass and fast path vs virtio-net benchmark: plan, aggregation, report |
 //! | [`microbench`] | the host-only switch microbenchmark: simulated VMs, scenarios, report |
 //! | [`error`] | the microbenchmark's error type |
 

@@ -1,11 +1,19 @@
 //! From the client guest's `SBRESULT` lines to per-path figures and ratios. Each repetition
-//! gives one RTT summary and one throughput per path; a path's figure is the median over the
-//! repetitions (the mean RTT is the mean of the repetitions' means).
+//! gives one RTT summary (64 B messages) and one bulk throughput per path (bypass, virtio-net,
+//! fast path host-copied, fast path direct); a path's figure is the median over the
+//! repetitions (the mean RTT is the mean of the repetitions' means). Ratios are against
+//! virtio-net.
+//!
+//! Every result must be the planned one, in the planned order ([`Plan::measurements`]): a
+//! result belongs to a path as [`Plan::path_of_result`] says, so a fast-path measurement the
+//! daemon sent back to plain vsock (`"path": "fastpath_fallback_vsock"`) is an error naming
+//! the fast path it was meant to measure, never a bypass figure, and a direct measurement the
+//! daemon placed host-copied is an error too.
 
 use serde_json::{json, Value};
 use sockbypass_measure::stats;
 
-use super::plan::{Path, Plan};
+use super::plan::{Assignment, Path, Plan};
 
 /// One path's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,14 +34,44 @@ pub struct PathFigures {
     pub verified: bool,
 }
 
-/// Both paths and their ratios.
+/// Every path's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
     /// Over the bypass.
     pub bypass: PathFigures,
     /// Over virtio-net.
     pub virtio_net: PathFigures,
+    /// Over the fast path, host-copied placement.
+    pub fastpath: PathFigures,
+    /// Over the fast path, direct placement.
+    pub fastpath_direct: PathFigures,
 }
+
+/// A target for one path against virtio-net, reported as met or not (never enforced).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Goal {
+    /// The path.
+    pub path: Path,
+    /// Its RTT p50 ÷ virtio-net's must be at most this.
+    pub rtt_p50_ratio_max: f64,
+    /// Its throughput ÷ virtio-net's must be at least this.
+    pub gbps_ratio_min: f64,
+}
+
+/// The fast path's goals under TCG on the benchmark machine (issue 12): host-copied RTT p50
+/// ≤ 0.3× virtio-net, direct ≤ 0.05×, bulk ≥ 4× for both.
+pub const FASTPATH_GOALS: [Goal; 2] = [
+    Goal {
+        path: Path::FastPath,
+        rtt_p50_ratio_max: 0.3,
+        gbps_ratio_min: 4.0,
+    },
+    Goal {
+        path: Path::FastPathDirect,
+        rtt_p50_ratio_max: 0.05,
+        gbps_ratio_min: 4.0,
+    },
+];
 
 /// Why the results cannot be summarised.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +79,22 @@ pub enum AggregateError {
     /// A measurement failed in the guest.
     #[error("a measurement failed in the guest: {0}")]
     Failed(String),
+    /// A fast-path measurement fell back to plain vsock: it measured neither the fast path
+    /// nor the bypass.
+    #[error(
+        "the {mode} measurement of path `{path}` fell back to plain vsock instead of using the \
+         fast path (fallback reason: {reason}): {result}"
+    )]
+    Fallback {
+        /// The path the measurement was meant for (by its place in the plan).
+        path: &'static str,
+        /// `"rtt"` or `"bulk"`.
+        mode: String,
+        /// The result's `"fallback_reason"`.
+        reason: String,
+        /// The result line.
+        result: String,
+    },
     /// Some results are missing.
     #[error("expected {expected} results, got {got}")]
     Missing {
@@ -48,6 +102,19 @@ pub enum AggregateError {
         expected: usize,
         /// Received.
         got: usize,
+    },
+    /// A result is not the measurement planned at its place (another mode, or another path:
+    /// e.g. a direct measurement the daemon placed host-copied).
+    #[error("result {index} should be the {mode} measurement of path `{path}`, got: {result}")]
+    Unplanned {
+        /// 0-based, among the RTT and bulk results.
+        index: usize,
+        /// The planned mode.
+        mode: &'static str,
+        /// The planned path.
+        path: &'static str,
+        /// The result line.
+        result: String,
     },
 }
 
@@ -58,6 +125,23 @@ fn median(v: &[f64]) -> f64 {
 
 fn num(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// One path's figures from its RTT and bulk results.
+fn path_figures(rtt: &[&Value], bulk: &[&Value]) -> PathFigures {
+    let p50: Vec<f64> = rtt.iter().map(|r| num(r, "p50_us")).collect();
+    let p99: Vec<f64> = rtt.iter().map(|r| num(r, "p99_us")).collect();
+    let mean: Vec<f64> = rtt.iter().map(|r| num(r, "mean_us")).collect();
+    let gbps: Vec<f64> = bulk.iter().map(|r| num(r, "gbps")).collect();
+    PathFigures {
+        rtt_p50: median(&p50),
+        rtt_p99: median(&p99),
+        rtt_mean: mean.iter().sum::<f64>() / mean.len().max(1) as f64,
+        gbps: median(&gbps),
+        verified: bulk.iter().all(|r| r["verified"] == true),
+        rtt_p50_reps: p50,
+        gbps_reps: gbps,
+    }
 }
 
 /// Summarises the results of `plan`.
@@ -71,58 +155,94 @@ pub fn aggregate(plan: &Plan, results: &[Value]) -> Result<Figures, AggregateErr
         .iter()
         .filter(|r| matches!(r["mode"].as_str(), Some("rtt" | "bulk")))
         .collect();
-    if wanted.len() != plan.expected_results() {
+    let planned = plan.measurements();
+    // A fallback first, whatever else is wrong: it names the fast path that did not work.
+    if let Some((i, r)) = wanted
+        .iter()
+        .enumerate()
+        .find(|(_, r)| plan.path_of_result(r) == Assignment::Fallback)
+    {
+        return Err(AggregateError::Fallback {
+            // A fallback beyond the plan can only have been meant for some fast path.
+            path: planned.get(i).map_or("fastpath", |m| m.path.key()),
+            mode: r["mode"].as_str().unwrap_or("?").to_owned(),
+            reason: match &r["fallback_reason"] {
+                Value::String(s) => s.clone(),
+                Value::Null => "none given".to_owned(),
+                other => other.to_string(),
+            },
+            result: r.to_string(),
+        });
+    }
+    if wanted.len() != planned.len() {
         return Err(AggregateError::Missing {
-            expected: plan.expected_results(),
+            expected: planned.len(),
             got: wanted.len(),
         });
     }
-    let mut figures = Figures::default();
-    for path in [Path::Bypass, Path::VirtioNet] {
-        let mine: Vec<&&Value> = wanted
-            .iter()
-            .filter(|r| r["addr"].as_str().and_then(|a| plan.path_of(a)) == Some(path))
-            .collect();
-        let rtt: Vec<&&Value> = mine
-            .iter()
-            .copied()
-            .filter(|r| r["mode"] == "rtt")
-            .collect();
-        let bulk: Vec<&&Value> = mine
-            .iter()
-            .copied()
-            .filter(|r| r["mode"] == "bulk")
-            .collect();
-        let p50: Vec<f64> = rtt.iter().map(|r| num(r, "p50_us")).collect();
-        let p99: Vec<f64> = rtt.iter().map(|r| num(r, "p99_us")).collect();
-        let mean: Vec<f64> = rtt.iter().map(|r| num(r, "mean_us")).collect();
-        let gbps: Vec<f64> = bulk.iter().map(|r| num(r, "gbps")).collect();
-        let f = PathFigures {
-            rtt_p50: median(&p50),
-            rtt_p99: median(&p99),
-            rtt_mean: mean.iter().sum::<f64>() / mean.len().max(1) as f64,
-            gbps: median(&gbps),
-            verified: bulk.iter().all(|r| r["verified"] == true),
-            rtt_p50_reps: p50,
-            gbps_reps: gbps,
-        };
-        match path {
-            Path::Bypass => figures.bypass = f,
-            Path::VirtioNet => figures.virtio_net = f,
+    for (index, (m, r)) in planned.iter().zip(&wanted).enumerate() {
+        if r["mode"] != m.mode || plan.path_of_result(r) != Assignment::Path(m.path) {
+            return Err(AggregateError::Unplanned {
+                index,
+                mode: m.mode,
+                path: m.path.key(),
+                result: r.to_string(),
+            });
         }
+    }
+    let mut figures = Figures::default();
+    for path in Path::ALL {
+        let of = |mode: &str| -> Vec<&Value> {
+            planned
+                .iter()
+                .zip(&wanted)
+                .filter(|(m, _)| m.path == path && m.mode == mode)
+                .map(|(_, r)| *r)
+                .collect()
+        };
+        *figures.get_mut(path) = path_figures(&of("rtt"), &of("bulk"));
     }
     Ok(figures)
 }
 
 impl Figures {
+    /// The figures of `path`.
+    pub fn get(&self, path: Path) -> &PathFigures {
+        match path {
+            Path::Bypass => &self.bypass,
+            Path::VirtioNet => &self.virtio_net,
+            Path::FastPath => &self.fastpath,
+            Path::FastPathDirect => &self.fastpath_direct,
+        }
+    }
+
+    fn get_mut(&mut self, path: Path) -> &mut PathFigures {
+        match path {
+            Path::Bypass => &mut self.bypass,
+            Path::VirtioNet => &mut self.virtio_net,
+            Path::FastPath => &mut self.fastpath,
+            Path::FastPathDirect => &mut self.fastpath_direct,
+        }
+    }
+
+    /// `path` ÷ virtio-net RTT p50 (below 1: `path` is faster).
+    pub fn rtt_ratio_of(&self, path: Path) -> f64 {
+        self.get(path).rtt_p50 / self.virtio_net.rtt_p50
+    }
+
+    /// `path` ÷ virtio-net throughput (above 1: `path` is faster).
+    pub fn gbps_ratio_of(&self, path: Path) -> f64 {
+        self.get(path).gbps / self.virtio_net.gbps
+    }
+
     /// bypass ÷ virtio-net RTT p50 (below 1: the bypass is faster).
     pub fn rtt_ratio(&self) -> f64 {
-        self.bypass.rtt_p50 / self.virtio_net.rtt_p50
+        self.rtt_ratio_of(Path::Bypass)
     }
 
     /// bypass ÷ virtio-net throughput (above 1: the bypass is faster).
     pub fn gbps_ratio(&self) -> f64 {
-        self.bypass.gbps / self.virtio_net.gbps
+        self.gbps_ratio_of(Path::Bypass)
     }
 
     /// The first milestone of issue 4: RTT p50 ratio ≤ 0.25 and throughput ratio ≥ 2.
@@ -130,7 +250,15 @@ impl Figures {
         self.rtt_ratio() <= 0.25 && self.gbps_ratio() >= 2.0
     }
 
-    /// The figures as JSON, in the shape `results/latest.json` documents.
+    /// Whether `goal` is met (false when a figure is missing: NaN compares false).
+    pub fn goal_met(&self, goal: &Goal) -> bool {
+        self.rtt_ratio_of(goal.path) <= goal.rtt_p50_ratio_max
+            && self.gbps_ratio_of(goal.path) >= goal.gbps_ratio_min
+    }
+
+    /// The figures as JSON, in the shape `results/latest.json` documents: one object per path
+    /// (`bypass`, `virtio_net`, `fastpath`, `fastpath_direct`), the ratios against virtio-net,
+    /// the bypass milestone and the fast path's goals.
     pub fn to_json(&self) -> Value {
         let path = |f: &PathFigures| {
             json!({
@@ -141,12 +269,37 @@ impl Figures {
                 "bulk_verified": f.verified,
             })
         };
-        json!({
-            "bypass": path(&self.bypass),
-            "virtio_net": path(&self.virtio_net),
-            "ratio": {"rtt_p50": self.rtt_ratio(), "gbps": self.gbps_ratio()},
-            "milestone": {"rtt_p50_ratio_max": 0.25, "gbps_ratio_min": 2.0, "met": self.milestone_met()},
-        })
+        let mut doc = serde_json::Map::new();
+        for p in Path::ALL {
+            doc.insert(p.key().to_owned(), path(self.get(p)));
+        }
+        let mut ratio = serde_json::Map::new();
+        ratio.insert("rtt_p50".into(), json!(self.rtt_ratio()));
+        ratio.insert("gbps".into(), json!(self.gbps_ratio()));
+        for p in [Path::FastPath, Path::FastPathDirect] {
+            ratio.insert(format!("{}_rtt_p50", p.key()), json!(self.rtt_ratio_of(p)));
+            ratio.insert(format!("{}_gbps", p.key()), json!(self.gbps_ratio_of(p)));
+        }
+        doc.insert("ratio".into(), Value::Object(ratio));
+        doc.insert(
+            "milestone".into(),
+            json!({"rtt_p50_ratio_max": 0.25, "gbps_ratio_min": 2.0, "met": self.milestone_met()}),
+        );
+        let goals: serde_json::Map<String, Value> = FASTPATH_GOALS
+            .iter()
+            .map(|g| {
+                (
+                    g.path.key().to_owned(),
+                    json!({
+                        "rtt_p50_ratio_max": g.rtt_p50_ratio_max,
+                        "gbps_ratio_min": g.gbps_ratio_min,
+                        "met": self.goal_met(g),
+                    }),
+                )
+            })
+            .collect();
+        doc.insert("fastpath_goals".into(), Value::Object(goals));
+        Value::Object(doc)
     }
 }
 
@@ -166,35 +319,164 @@ mod tests {
         }
     }
 
-    fn rtt(addr: &str, p50: f64) -> Value {
-        json!({"mode":"rtt","addr":addr,"p50_us":p50,"p99_us":p50 * 2.0,"mean_us":p50 + 1.0})
+    /// The `"path"` sbtool reports for a measurement of `path`.
+    fn reported(path: Path) -> &'static str {
+        match path {
+            Path::Bypass => "vsock",
+            Path::VirtioNet => "tcp",
+            p => p.fastpath_result().expect("a fast path"),
+        }
     }
 
-    fn bulk(addr: &str, gbps: f64) -> Value {
-        json!({"mode":"bulk","addr":addr,"gbps":gbps,"verified":true})
+    fn rtt(addr: &str, path: &str, p50: f64) -> Value {
+        json!({"mode":"rtt","addr":addr,"path":path,"p50_us":p50,"p99_us":p50 * 2.0,
+               "mean_us":p50 + 1.0,"ok":true})
+    }
+
+    fn bulk(addr: &str, path: &str, gbps: f64) -> Value {
+        json!({"mode":"bulk","addr":addr,"path":path,"gbps":gbps,"verified":true,"ok":true})
+    }
+
+    /// Per repetition and path (in [`Path::ALL`] order): RTT p50 and Gb/s.
+    const FIGURES: [[(f64, f64); 4]; 3] = [
+        [(10.0, 3.0), (100.0, 1.0), (20.0, 4.0), (4.0, 8.0)],
+        [(30.0, 1.0), (80.0, 1.0), (30.0, 5.0), (3.0, 6.0)],
+        [(20.0, 2.0), (90.0, 0.5), (25.0, 4.5), (5.0, 7.0)],
+    ];
+
+    /// The results of the whole plan, in the planned order, from [`FIGURES`].
+    fn results(p: &Plan) -> Vec<Value> {
+        let per_rep = 2 * Path::ALL.len();
+        p.measurements()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let column = Path::ALL.iter().position(|x| *x == m.path).unwrap();
+                let (p50, gbps) = FIGURES[i / per_rep][column];
+                let (addr, path) = (p.addr(m.path), reported(m.path));
+                match m.mode {
+                    "rtt" => rtt(addr, path, p50),
+                    _ => bulk(addr, path, gbps),
+                }
+            })
+            .collect()
+    }
+
+    /// The index in [`results`] of the `mode` measurement of `path` in repetition `rep`.
+    fn index_of(p: &Plan, rep: usize, mode: &str, path: Path) -> usize {
+        p.measurements()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.mode == mode && m.path == path)
+            .nth(rep)
+            .map(|(i, _)| i)
+            .unwrap()
     }
 
     #[test]
-    fn medians_and_ratios() {
+    fn medians_and_ratios_of_every_path() {
         let p = plan();
-        let (v, t) = (p.bypass_addr.clone(), p.tcp_addr.clone());
-        let mut results = Vec::new();
-        for (a, b, x, y) in [
-            (10.0, 100.0, 3.0, 1.0),
-            (30.0, 80.0, 1.0, 1.0),
-            (20.0, 90.0, 2.0, 0.5),
-        ] {
-            results.extend([rtt(&v, a), rtt(&t, b), bulk(&v, x), bulk(&t, y)]);
-        }
-        let f = aggregate(&p, &results).expect("complete");
+        let f = aggregate(&p, &results(&p)).expect("complete");
         assert_eq!(f.bypass.rtt_p50, 20.0);
         assert_eq!(f.virtio_net.rtt_p50, 90.0);
+        assert_eq!(f.fastpath.rtt_p50, 25.0);
+        assert_eq!(f.fastpath_direct.rtt_p50, 4.0);
         assert_eq!(f.bypass.rtt_mean, 21.0);
+        assert_eq!(f.fastpath_direct.rtt_p99, 8.0);
         assert_eq!(f.bypass.gbps, 2.0);
         assert_eq!(f.virtio_net.gbps, 1.0);
+        assert_eq!(f.fastpath.gbps, 4.5);
+        assert_eq!(f.fastpath_direct.gbps, 7.0);
+        // Per-repetition figures in repetition order, whatever the order within each.
+        assert_eq!(f.fastpath.rtt_p50_reps, [20.0, 30.0, 25.0]);
+        assert_eq!(f.fastpath_direct.gbps_reps, [8.0, 6.0, 7.0]);
+        assert!(f.fastpath.verified && f.fastpath_direct.verified);
         assert!((f.rtt_ratio() - 20.0 / 90.0).abs() < 1e-9);
+        assert!((f.rtt_ratio_of(Path::FastPath) - 25.0 / 90.0).abs() < 1e-9);
+        assert_eq!(f.gbps_ratio_of(Path::FastPathDirect), 7.0);
         assert!(f.milestone_met());
-        assert_eq!(f.to_json()["ratio"]["gbps"], 2.0);
+        // Host-copied: 0.28 ≤ 0.3 and 4.5 ≥ 4; direct: 0.044 ≤ 0.05 and 7 ≥ 4.
+        assert!(f.goal_met(&FASTPATH_GOALS[0]) && f.goal_met(&FASTPATH_GOALS[1]));
+    }
+
+    #[test]
+    fn goals_fail_on_either_ratio() {
+        let p = plan();
+        let mut r = results(&p);
+        // Direct RTT p50 of 5 µs in one more repetition: median 5 / 90 > 0.05.
+        r[index_of(&p, 1, "rtt", Path::FastPathDirect)] =
+            rtt("vsock:3:5000", "fastpath_direct", 5.0);
+        let f = aggregate(&p, &r).expect("complete");
+        assert!(f.goal_met(&FASTPATH_GOALS[0]));
+        assert!(!f.goal_met(&FASTPATH_GOALS[1]));
+        // Host-copied bulk at 3.9× virtio-net.
+        let mut r = results(&p);
+        for rep in 0..3 {
+            r[index_of(&p, rep, "bulk", Path::FastPath)] =
+                bulk("vsock:3:5000", "fastpath_host_copied", 3.9);
+        }
+        let f = aggregate(&p, &r).expect("complete");
+        assert!(!f.goal_met(&FASTPATH_GOALS[0]));
+        assert!(f.goal_met(&FASTPATH_GOALS[1]));
+        assert_eq!(f.to_json()["fastpath_goals"]["fastpath"]["met"], false);
+        assert_eq!(
+            f.to_json()["fastpath_goals"]["fastpath_direct"]["met"],
+            true
+        );
+        // No figures at all: nothing is met.
+        let none = Figures::default();
+        assert!(!none.goal_met(&FASTPATH_GOALS[0]) && !none.milestone_met());
+    }
+
+    #[test]
+    fn json_has_every_path_and_ratio() {
+        let p = plan();
+        let v = aggregate(&p, &results(&p)).expect("complete").to_json();
+        for key in ["bypass", "virtio_net", "fastpath", "fastpath_direct"] {
+            for field in [
+                "rtt_us",
+                "gbps",
+                "rtt_p50_us_per_rep",
+                "gbps_per_rep",
+                "bulk_verified",
+            ] {
+                assert!(v[key].get(field).is_some(), "{key}.{field} in {v}");
+            }
+            assert!(v[key]["rtt_us"]["p99"].is_number(), "{key}");
+        }
+        assert_eq!(v["fastpath"]["gbps"], 4.5);
+        assert_eq!(v["fastpath_direct"]["rtt_us"]["p50"], 4.0);
+        let ratio = v["ratio"].as_object().expect("ratios");
+        let mut keys: Vec<&str> = ratio.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "fastpath_direct_gbps",
+                "fastpath_direct_rtt_p50",
+                "fastpath_gbps",
+                "fastpath_rtt_p50",
+                "gbps",
+                "rtt_p50"
+            ]
+        );
+        assert_eq!(v["ratio"]["gbps"], 2.0);
+        assert_eq!(v["ratio"]["fastpath_gbps"], 4.5);
+        assert_eq!(v["ratio"]["fastpath_direct_gbps"], 7.0);
+        let r = v["ratio"]["fastpath_rtt_p50"].as_f64().unwrap();
+        assert!((r - 25.0 / 90.0).abs() < 1e-9);
+        let r = v["ratio"]["fastpath_direct_rtt_p50"].as_f64().unwrap();
+        assert!((r - 4.0 / 90.0).abs() < 1e-9);
+        assert_eq!(v["milestone"]["met"], true);
+        assert_eq!(v["fastpath_goals"]["fastpath"]["rtt_p50_ratio_max"], 0.3);
+        assert_eq!(
+            v["fastpath_goals"]["fastpath_direct"]["rtt_p50_ratio_max"],
+            0.05
+        );
+        assert_eq!(
+            v["fastpath_goals"]["fastpath_direct"]["gbps_ratio_min"],
+            4.0
+        );
     }
 
     #[test]
@@ -205,13 +487,97 @@ mod tests {
             aggregate(&p, &failed),
             Err(AggregateError::Failed(_))
         ));
-        let short = vec![rtt(&p.bypass_addr, 1.0)];
+        let short = vec![rtt(&p.bypass_addr, "vsock", 1.0)];
         assert!(matches!(
             aggregate(&p, &short),
             Err(AggregateError::Missing {
-                expected: 12,
+                expected: 24,
                 got: 1
             })
         ));
+        let mut one_short = results(&p);
+        one_short.pop();
+        assert!(matches!(
+            aggregate(&p, &one_short),
+            Err(AggregateError::Missing {
+                expected: 24,
+                got: 23
+            })
+        ));
+    }
+
+    #[test]
+    fn a_fallback_is_an_error_naming_the_fast_path() {
+        let p = plan();
+        for (path, mode) in [(Path::FastPathDirect, "bulk"), (Path::FastPath, "rtt")] {
+            let mut r = results(&p);
+            let i = index_of(&p, 2, mode, path);
+            let mut fell_back = r[i].clone();
+            fell_back["path"] = json!("fastpath_fallback_vsock");
+            fell_back["fallback_reason"] = json!("NoPairWindow");
+            r[i] = fell_back;
+            match aggregate(&p, &r) {
+                Err(e @ AggregateError::Fallback { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(&format!("path `{}`", path.key())), "{text}");
+                    assert!(
+                        text.contains("NoPairWindow") && text.contains(mode),
+                        "{text}"
+                    );
+                }
+                other => panic!("{path:?} {mode}: {other:?}"),
+            }
+        }
+        // A fallback without a reason, and results missing besides: still the fallback.
+        let mut r = results(&p);
+        let i = index_of(&p, 0, "rtt", Path::FastPath);
+        r[i]["path"] = json!("fastpath_fallback_vsock");
+        r.truncate(i + 1);
+        assert!(matches!(
+            aggregate(&p, &r),
+            Err(AggregateError::Fallback {
+                path: "fastpath",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_result_of_another_path_than_planned_is_an_error() {
+        let p = plan();
+        // A direct measurement the daemon placed host-copied.
+        let mut r = results(&p);
+        let i = index_of(&p, 1, "rtt", Path::FastPathDirect);
+        r[i]["path"] = json!("fastpath_host_copied");
+        assert!(matches!(
+            aggregate(&p, &r),
+            Err(AggregateError::Unplanned {
+                path: "fastpath_direct",
+                mode: "rtt",
+                ..
+            })
+        ));
+        // A fast-path result without a "path" (an sbtool without --fastpath support) goes by
+        // its address, to the bypass: not where the plan has it.
+        let mut r = results(&p);
+        let i = index_of(&p, 0, "bulk", Path::FastPath);
+        r[i].as_object_mut().unwrap().remove("path");
+        assert!(matches!(
+            aggregate(&p, &r),
+            Err(AggregateError::Unplanned {
+                path: "fastpath",
+                mode: "bulk",
+                ..
+            })
+        ));
+        // Bypass results without a "path" still count, by their address.
+        let mut r = results(&p);
+        for rep in 0..3 {
+            for mode in ["rtt", "bulk"] {
+                let i = index_of(&p, rep, mode, Path::Bypass);
+                r[i].as_object_mut().unwrap().remove("path");
+            }
+        }
+        assert_eq!(aggregate(&p, &r).expect("complete").bypass.gbps, 2.0);
     }
 }

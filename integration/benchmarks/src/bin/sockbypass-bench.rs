@@ -1,7 +1,12 @@
-//! `sockbypass-bench`: the main job. Boots two guests that have both paths (a
-//! `vhost-user-vsock-pci` device on `sockbypassd`, and a virtio-net NIC on a tap and a bridge in
-//! a private network namespace), measures RTT and bulk throughput over each path, interleaved
-//! over several repetitions, and prints and saves the comparison (`results/`).
+//! `sockbypass-bench`: the main job. Boots two guests that have every path (a
+//! `vhost-user-vsock-pci` device on `sockbypassd`; the fast path's windows as `ivshmem-plain`
+//! devices, each VM's own and the pair window they share; and a virtio-net NIC on a tap and a
+//! bridge in a private network namespace), measures RTT (64 B) and bulk throughput over the
+//! bypass, virtio-net, the fast path host-copied and the fast path direct, interleaved over
+//! several repetitions in rotating order, with the CPU the daemon and the guests used, and
+//! prints and saves the comparison (`results/`). The daemon's counters must show that the
+//! bypass and host-copied fast-path bytes went through it and that the direct ones did not
+//! ([`through_daemon`]).
 //!
 //! `integration/bench.sh` installs what this needs, builds it with `--release` and runs it.
 
@@ -13,7 +18,7 @@ use clap::Parser;
 use serde_json::json;
 
 use sockbypass_benchmarks::bench::aggregate::aggregate;
-use sockbypass_benchmarks::bench::plan::Plan;
+use sockbypass_benchmarks::bench::plan::{Assignment, Path, Plan};
 use sockbypass_benchmarks::bench::report::{self, ModeFigures, RunInfo};
 use sockbypass_benchmarks::bench::through_daemon;
 use sockbypass_guests::image::GuestImage;
@@ -22,13 +27,15 @@ use sockbypass_guests::qemu::{cpu_model, vhost_net_available, GuestSpec, Nic, Qe
 use sockbypass_guests::results::{results, RESULT};
 use sockbypass_guests::{accel, interrupt};
 use sockbypass_measure::cpu_time::{cpu_time_of, process_cpu_time};
-use sockbypassd::config::{DaemonConfig, VmConfig};
+use sockbypassd::config::{DaemonConfig, PairConfig, VmConfig};
+use sockbypassd::fastpath::{pair_window_path, window_path};
 
-/// Bypass vs virtio-net between two guests on this host.
+/// Bypass and fast path vs virtio-net between two guests on this host.
 #[derive(Debug, Parser)]
 #[command(name = "sockbypass-bench")]
 struct Args {
-    /// Repetitions; each measures both paths, in alternating order.
+    /// Repetitions; each measures every path (bypass, virtio-net, fast path host-copied and
+    /// direct), in rotating order.
     #[arg(long, default_value_t = 3)]
     reps: u32,
     /// Round trips per RTT measurement.
@@ -40,8 +47,8 @@ struct Args {
     /// sockbypassd's poll mode for the main comparison: poll, event or adaptive.
     #[arg(long, default_value = "adaptive")]
     poll_mode: String,
-    /// Poll modes measured after the main one (bypass and virtio-net figures each, plus the
-    /// CPU the daemon and the guests used), comma-separated; empty for none.
+    /// Poll modes measured after the main one (every path's figures each, plus the CPU the
+    /// daemon and the guests used), comma-separated; empty for none.
     #[arg(long, default_value = "poll,event", value_delimiter = ',')]
     other_modes: Vec<String>,
     /// Repetitions in each of the other modes.
@@ -68,10 +75,12 @@ fn main() -> ExitCode {
 
 /// What one poll mode gave: its figures with the CPU use while the guests measured (to see
 /// whether a spinning switch starves the guests' vCPUs), and the daemon counters' proof that
-/// the bypass bytes went through `sockbypassd`.
+/// the bypass and host-copied fast-path bytes went through `sockbypassd` (and the direct ones
+/// did not).
 struct ModeRun {
     result: ModeFigures,
     through_daemon: String,
+    fastpath_through_daemon: String,
 }
 
 struct Setup<'a> {
@@ -150,23 +159,32 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "bulk_seconds": plan.bulk_seconds, "bulk_write": plan.bulk_write,
             "guest_vcpus": 1, "guest_memory_mib": 512, "poll_mode": args.poll_mode,
             "guest_cpu": cpu_model(acc).unwrap_or_else(|| "QEMU's default".into()),
+            "paths": Path::ALL.map(Path::key),
+            "fastpath_window_bytes": WINDOW_SIZE,
         }),
     };
     println!();
-    print!("{}", report::table(figures, &info));
+    print!("{}", report::table(&main.result, &info));
     for r in &runs {
         println!("{} mode, {}", r.result.mode, r.through_daemon);
+        println!("{} mode, {}", r.result.mode, r.fastpath_through_daemon);
     }
     let per_mode: Vec<ModeFigures> = runs.iter().map(|r| r.result.clone()).collect();
     if per_mode.len() > 1 {
         println!();
         print!("{}", report::modes_table(&per_mode));
     }
-    let mut doc = report::document(figures, &info);
+    let mut doc = report::document(&main.result, &info);
     doc["poll_modes"] = report::modes_json(&per_mode);
     doc["through_daemon"] = runs
         .iter()
-        .map(|r| json!({"mode": r.result.mode, "check": r.through_daemon}))
+        .map(|r| {
+            json!({
+                "mode": r.result.mode,
+                "check": r.through_daemon,
+                "fastpath_check": r.fastpath_through_daemon,
+            })
+        })
         .collect();
     let [stamped, latest] = report::write_json(&args.out, &doc, &info.timestamp)?;
     println!("==> wrote {} and {}", stamped.display(), latest.display());
@@ -189,7 +207,52 @@ fn plan(args: &Args, reps: u32) -> Plan {
     }
 }
 
-/// Starts sockbypassd in `mode`, boots both guests, runs the plan and shuts everything down.
+/// The fast-path window of each VM and of their pair: 16 MiB each.
+const WINDOW_SIZE: u64 = 16 << 20;
+
+/// The vhost-user socket of VM `name` in `dir`.
+fn socket(dir: &std::path::Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.sock"))
+}
+
+/// The daemon's configuration for one run in poll mode `mode`: the server (CID 3) and the
+/// client (CID 4) in one group, each with its fast-path window, paired for direct connections.
+fn daemon_config(
+    dir: &std::path::Path,
+    mode: &str,
+) -> Result<DaemonConfig, Box<dyn std::error::Error>> {
+    let vm = |name: &str, cid: u64| VmConfig {
+        groups: vec!["bench".into()],
+        fastpath_size: Some(WINDOW_SIZE),
+        ..VmConfig::new(name, cid, socket(dir, name))
+    };
+    let mut config = DaemonConfig {
+        poll: sockbypassd::config::PollConfig {
+            mode: mode.parse()?,
+            ..sockbypassd::config::PollConfig::default()
+        },
+        ..DaemonConfig::with_vms(vec![vm("server", 3), vm("client", 4)])
+    };
+    config.pairs.push(PairConfig {
+        vms: ["server".into(), "client".into()],
+        size: WINDOW_SIZE,
+    });
+    config.validate()?;
+    Ok(config)
+}
+
+/// The windows guest `name` gets, as the daemon names them (`daemon::start`): its own beside
+/// its socket first, then the pair window, beside the socket of the pair's first VM (the
+/// server).
+fn guest_windows(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    vec![
+        window_path(&socket(dir, name), name),
+        pair_window_path(&socket(dir, "server"), "server", "client"),
+    ]
+}
+
+/// Starts sockbypassd in `mode` with the fast path on for both VMs and the two paired, boots
+/// both guests with their windows, runs the plan and shuts everything down.
 fn measure(
     args: &Args,
     setup: &Setup<'_>,
@@ -197,33 +260,24 @@ fn measure(
     reps: u32,
 ) -> Result<ModeRun, Box<dyn std::error::Error>> {
     let dir = setup.dir;
-    let vm = |name: &str, cid: u64| VmConfig {
-        groups: vec!["bench".into()],
-        ..VmConfig::new(name, cid, dir.join(format!("{name}.sock")))
-    };
-    let config = DaemonConfig {
-        poll: sockbypassd::config::PollConfig {
-            mode: mode.parse()?,
-            ..sockbypassd::config::PollConfig::default()
-        },
-        ..DaemonConfig::with_vms(vec![vm("server", 3), vm("client", 4)])
-    };
-    config.validate()?;
-    let daemon = sockbypassd::daemon::start(config)?;
-    println!("==> sockbypassd serving CID 3 (server) and CID 4 (client), --poll-mode {mode}, {reps} repetition(s)");
+    let daemon = sockbypassd::daemon::start(daemon_config(dir, mode)?)?;
+    println!(
+        "==> sockbypassd serving CID 3 (server) and CID 4 (client), fast path on and paired, \
+         --poll-mode {mode}, {reps} repetition(s)"
+    );
 
     let plan = plan(args, reps);
     let guest = |name: &str, n: u8, command: String| GuestSpec {
         name: name.into(),
         memory_mib: 512,
-        vsock_socket: Some(dir.join(format!("{name}.sock"))),
+        vsock_socket: Some(socket(dir, name)),
         nic: Some(Nic {
             tap: format!("sbptap{}", n - 3),
             mac: format!("52:54:00:5b:00:{n:02x}"),
             ip: format!("10.99.0.{n}/24"),
             vhost: setup.vhost,
         }),
-        windows: Vec::new(),
+        windows: guest_windows(dir, name),
         command,
         serial_log: setup.logs.join(format!("{name}.{mode}.serial.log")),
     };
@@ -232,7 +286,7 @@ fn measure(
         &guest(
             "server",
             3,
-            "sbtool serve --vsock-port 5000 --tcp-port 5001".into(),
+            "sbtool serve --vsock-port 5000 --tcp-port 5001 --fastpath".into(),
         ),
         setup.image,
         setup.acc,
@@ -291,6 +345,10 @@ fn measure(
         daemon.switch().counters("client"),
         daemon.switch().counters("server"),
     );
+    let fastpath_counters = (
+        daemon.fastpath_counters("client"),
+        daemon.fastpath_counters("server"),
+    );
     drop(client);
     drop(server);
     daemon.shutdown();
@@ -299,6 +357,12 @@ fn measure(
         through_daemon::bypass_bytes(&plan, &all),
         counters.0,
         counters.1,
+    )?;
+    // Likewise for host-copied fast-path bytes the copier did not carry, or direct ones it did.
+    let fastpath_through_daemon = through_daemon::check_fastpath(
+        through_daemon::fastpath_bytes(&plan, &all),
+        fastpath_counters.0,
+        fastpath_counters.1,
     )?;
     Ok(ModeRun {
         result: ModeFigures {
@@ -309,12 +373,16 @@ fn measure(
             guests_cpu_percent,
         },
         through_daemon,
+        fastpath_through_daemon,
     })
 }
 
 fn print_result(plan: &Plan, r: &serde_json::Value, seen: usize) {
-    let path = r["addr"].as_str().and_then(|a| plan.path_of(a));
-    let label = path.map_or("?", |p| p.key());
+    let label = match plan.path_of_result(r) {
+        Assignment::Path(p) => p.key(),
+        Assignment::Fallback => "fast path FELL BACK to vsock",
+        Assignment::Unknown => "?",
+    };
     match r["mode"].as_str() {
         Some("rtt") => println!(
             "    [{}/{}] RTT {label}: p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs",
@@ -332,5 +400,54 @@ fn print_result(plan: &Plan, r: &serde_json::Value, seen: usize) {
             r["verified"]
         ),
         _ => println!("    {RESULT}{r}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration is valid in every poll mode, and the windows the guests get are the
+    /// files the daemon creates: each VM's own first, then the pair's, of the expected size.
+    #[test]
+    fn the_guests_get_the_windows_the_daemon_makes() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for mode in ["adaptive", "poll", "event"] {
+            let config = daemon_config(dir.path(), mode).expect(mode);
+            assert!(config
+                .vms
+                .iter()
+                .all(|vm| vm.fastpath_size == Some(16 << 20)));
+            assert_eq!(config.pairs.len(), 1);
+        }
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let daemon =
+            sockbypassd::daemon::start(daemon_config(dir.path(), "event").expect("config"))
+                .expect("daemon starts");
+        let made: Vec<PathBuf> = daemon
+            .windows()
+            .iter()
+            .map(|w| w.path().to_path_buf())
+            .collect();
+        let (server, client) = (
+            guest_windows(dir.path(), "server"),
+            guest_windows(dir.path(), "client"),
+        );
+        // Own windows in configuration order, then the pair's.
+        assert_eq!(
+            made,
+            [server[0].clone(), client[0].clone(), server[1].clone()]
+        );
+        assert_eq!(server[1], client[1], "both guests map the one pair window");
+        for w in &made {
+            assert_eq!(
+                std::fs::metadata(w).map(|m| m.len()).ok(),
+                Some(WINDOW_SIZE),
+                "{w:?}"
+            );
+        }
+        assert!(daemon.fastpath_counters("client").is_some());
+        assert!(daemon.fastpath_counters("server").is_some());
+        daemon.shutdown();
     }
 }
