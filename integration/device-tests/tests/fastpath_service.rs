@@ -429,7 +429,10 @@ fn a_half_close_ends_one_direction_and_the_other_still_flows() {
     let (mut ca, mut cb) = (control(&ba), control(&bb));
     cb.listen(7000);
     let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
-    let (wa, wb) = (WindowFile::open(&h.window("a")), WindowFile::open(&h.window("b")));
+    let (wa, wb) = (
+        WindowFile::open(&h.window("a")),
+        WindowFile::open(&h.window("b")),
+    );
     // a sends its request and ends its write side, as a client shutting down its socket.
     wa.ring(ok.slot, 0).produce(b"request");
     wa.ring(ok.slot, 0).set_closed();
@@ -441,7 +444,10 @@ fn a_half_close_ends_one_direction_and_the_other_still_flows() {
         b_rx.closed()
     }));
     assert_eq!(got, b"request", "the bytes, then the end of stream");
-    assert!(cb.silent_for(Duration::from_millis(200)), "no CLOSED for a half-close");
+    assert!(
+        cb.silent_for(Duration::from_millis(200)),
+        "no CLOSED for a half-close"
+    );
     // b answers after the end of a's stream; a gets it.
     wb.ring(inc.slot, 0).produce(b"reply");
     kick_if_sleeping(&wb, &mut cb, inc.conn);
