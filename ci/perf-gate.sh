@@ -6,8 +6,9 @@
 #   ci/perf-gate.sh --ab REV [ROUNDS]    wall-clock A/B: the microbenchmark at REV (A) vs this tree (B)
 #
 # The gate runs `sockbypass-microbench gate` (one VM pair, 400 batches of 32 packets of 64 B)
-# under `valgrind --tool=callgrind` twice and counts the instructions per forwarded packet of
-# the two paths a packet can take through the switch:
+# under `valgrind --tool=callgrind` three times and counts the instructions per forwarded
+# packet of the two paths a packet can take through the switch, and per message of the fast
+# path's host copy:
 # - event: event mode; everything inside the device's handle_event (the kick handler: TX walk,
 #   routing, the copy, RX fill, used rings, interrupts);
 # - poll: poll mode, the path of the default (adaptive) mode while packets flow; everything
@@ -19,8 +20,8 @@
 #   fast-path thread in event mode; everything inside the copier's transfer (the copy and the
 #   two index stores of a pass that moves bytes), per message. Passes that find nothing are
 #   not counted, as on the poll path.
-# Both counts are deterministic for a given binary (repeat runs agree to 0.01%), unlike time on
-# a shared machine. The gate fails when either is more than 5% above its baseline. A different
+# The counts are deterministic for a given binary (repeat runs agree to 0.01%), unlike time on
+# a shared machine. The gate fails when any is more than 5% above its baseline. A different
 # rustc changes the counts; the gate prints both versions when they differ.
 # It is built with `--profile perfgate` (release with one codegen unit): with the usual 16 units,
 # adding unrelated functions moves code between units and the count by several percent.
@@ -38,14 +39,15 @@ BASELINE=ci/perf-baseline.json
 LIMIT_PCT=5
 GATE_ARGS=(gate --batches 400 --batch 32)
 # The paths: name, the gate's --mode, the functions counted (callgrind --toggle-collect).
-PATHS=(event poll)
-declare -A MODE=([event]=event [poll]=poll)
+PATHS=(event poll fastpath)
+declare -A MODE=([event]=event [poll]=poll [fastpath]=fastpath)
 declare -A TOGGLES=(
     [event]='*VsockDevice*handle_event*'
     [poll]='*Switch*walk_tx_ring* *Switch*fill_rx_then_resume_tx*'
+    [fastpath]='*fastpath*copier*transfer*'
 )
 # The baseline key of each path's count.
-declare -A KEY=([event]=ir_per_packet [poll]=ir_per_packet_poll)
+declare -A KEY=([event]=ir_per_packet [poll]=ir_per_packet_poll [fastpath]=ir_per_message_fastpath)
 BIN=target/release/sockbypass-microbench
 GATE_BIN=target/perfgate/sockbypass-microbench
 

@@ -24,6 +24,15 @@ use crate::ring::{RingRx, RingTx};
 use crate::session::{ConnFlags, Session};
 use crate::window::Window;
 
+/// Which ring a blocked call waits on.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// For data in the RX ring.
+    Read,
+    /// For space in the TX ring.
+    Write,
+}
+
 /// How long a blocking read or write spins on its ring before it sleeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpinBudget {
@@ -328,28 +337,7 @@ impl<T: Transport> FastStream<T> {
                 Ok(false) => {}
                 Err(e) => return Err(self.broken(e)),
             }
-            if self.nonblocking {
-                self.session.pump()?;
-                self.check()?;
-                return Err(StreamError::WouldBlock);
-            }
-            if spins < self.spin.iterations {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            spins = 0;
-            let ready = match self.rx.set_sleeping(true) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = self.rx.set_sleeping(false);
-                    return Err(self.broken(e));
-                }
-            };
-            let waited = if ready { Ok(()) } else { self.wait_event() };
-            // Cleared before the ring is looked at again (§13.3).
-            let _ = self.rx.set_sleeping(false);
-            waited?;
+            self.idle(&mut spins, Direction::Read)?;
         }
     }
 
@@ -377,28 +365,46 @@ impl<T: Transport> FastStream<T> {
             if buf.is_empty() {
                 return Ok(0);
             }
-            if self.nonblocking {
-                self.session.pump()?;
-                self.check()?;
-                return Err(StreamError::WouldBlock);
-            }
-            if spins < self.spin.iterations {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            spins = 0;
-            let space = match self.tx.set_sleeping(true) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = self.tx.set_sleeping(false);
-                    return Err(self.broken(e));
-                }
-            };
-            let waited = if space > 0 { Ok(()) } else { self.wait_event() };
-            let _ = self.tx.set_sleeping(false);
-            waited?;
+            self.idle(&mut spins, Direction::Write)?;
         }
+    }
+
+    /// What a read or write that found nothing to do does next: `WouldBlock` when
+    /// non-blocking; a spin while the budget lasts; then sleep (§13.3): set the ring's
+    /// sleeping flag, look once more, wait for the daemon's message unless something came, and
+    /// clear the flag before the caller looks at the ring again.
+    fn idle(&mut self, spins: &mut u32, dir: Direction) -> Result<(), StreamError> {
+        if self.nonblocking {
+            self.session.pump()?;
+            self.check()?;
+            return Err(StreamError::WouldBlock);
+        }
+        if *spins < self.spin.iterations {
+            *spins += 1;
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        *spins = 0;
+        let ready = match dir {
+            Direction::Read => self.rx.set_sleeping(true),
+            Direction::Write => self.tx.set_sleeping(true).map(|space| space > 0),
+        };
+        let clear = |st: &mut Self| {
+            let _ = match dir {
+                Direction::Read => st.rx.set_sleeping(false).map(|_| ()),
+                Direction::Write => st.tx.set_sleeping(false).map(|_| ()),
+            };
+        };
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                clear(self);
+                return Err(self.broken(e));
+            }
+        };
+        let waited = if ready { Ok(()) } else { self.wait_event() };
+        clear(self);
+        waited
     }
 
     /// Writes all of `buf` (blocking streams; a non-blocking one may fail with `WouldBlock`

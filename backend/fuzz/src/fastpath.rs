@@ -201,18 +201,9 @@ impl Rig {
                 peer,
                 port,
             } => {
-                const GUEST_OPS: [Op; 9] = [
-                    Op::Hello,
-                    Op::Listen,
-                    Op::Unlisten,
-                    Op::Connect,
-                    Op::Accept,
-                    Op::Reject,
-                    Op::Kick,
-                    Op::Close,
-                    Op::Abort,
-                ];
-                let op = GUEST_OPS[usize::from(op) % GUEST_OPS.len()];
+                let guest_ops: Vec<Op> =
+                    Op::ALL.iter().copied().filter(|o| o.from_guest()).collect();
+                let op = guest_ops[usize::from(op) % guest_ops.len()];
                 let mut m = ControlMsg::new(op);
                 m.code = if op == Op::Abort { 1 + code % 10 } else { 0 };
                 m.req = req;

@@ -32,6 +32,24 @@ fn control(b: &GuestBridge) -> RawControl {
     RawControl::hello(b.open_control().expect("control connection"))
 }
 
+/// VMs a (CID 3) and b (CID 4) with 1 MiB windows, a control connection each, b listening on
+/// port 7000. Fields drop in order: the controls, then the VMs, then the daemon.
+struct Two {
+    ca: RawControl,
+    cb: RawControl,
+    ba: GuestBridge,
+    bb: GuestBridge,
+    h: Harness,
+}
+
+fn two() -> Two {
+    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
+    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
+    let (ca, mut cb) = (control(&ba), control(&bb));
+    cb.listen(7000);
+    Two { ca, cb, ba, bb, h }
+}
+
 /// What a guest does after it moved an index (§13.5): `KICK` if the daemon's poller sleeps.
 fn kick_if_sleeping(w: &WindowFile, c: &mut RawControl, conn: u32) {
     if w.host_sleeping() != 0 {
@@ -41,10 +59,13 @@ fn kick_if_sleeping(w: &WindowFile, c: &mut RawControl, conn: u32) {
 
 #[test]
 fn host_copied_stream_goes_ring_to_ring_byte_exact_and_ends() {
-    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
-    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
-    let (mut ca, mut cb) = (control(&ba), control(&bb));
-    cb.listen(7000);
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two();
     let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
     assert_eq!((ok.peer_cid, inc.peer_cid), (4, 3));
     let (wa, wb) = (
@@ -103,10 +124,13 @@ fn host_copied_stream_goes_ring_to_ring_byte_exact_and_ends() {
 
 #[test]
 fn both_directions_flow_at_once_and_slots_come_back_for_reuse() {
-    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
-    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
-    let (mut ca, mut cb) = (control(&ba), control(&bb));
-    cb.listen(7001);
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two();
     let (wa, wb) = (
         WindowFile::open(&h.window("a")),
         WindowFile::open(&h.window("b")),
@@ -114,7 +138,7 @@ fn both_directions_flow_at_once_and_slots_come_back_for_reuse() {
     let slots = wa.geometry().slots();
     // More connections, one after another, than the window has slots.
     for round in 0..(slots + 3) {
-        let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7001, Placement::HostCopied);
+        let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
         let (x, y) = (random_bytes(3000, u64::from(round)), random_bytes(5000, 99));
         wa.ring(ok.slot, 0).produce(&x);
         wb.ring(inc.slot, 0).produce(&y);
@@ -271,10 +295,13 @@ fn a_pair_gets_direct_connections_and_kicks_become_wakes() {
 
 #[test]
 fn a_sleeping_reader_gets_one_wake_until_it_moves() {
-    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
-    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
-    let (mut ca, mut cb) = (control(&ba), control(&bb));
-    cb.listen(7000);
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two();
     let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
     let (wa, wb) = (
         WindowFile::open(&h.window("a")),
@@ -306,10 +333,13 @@ fn a_sleeping_reader_gets_one_wake_until_it_moves() {
 
 #[test]
 fn a_broken_ring_resets_only_its_connection() {
-    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
-    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
-    let (mut ca, mut cb) = (control(&ba), control(&bb));
-    cb.listen(7000);
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two();
     let (good, good_in) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
     let (bad, _) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
     let (wa, wb) = (
@@ -424,10 +454,13 @@ fn a_vanishing_side_resets_its_peers_and_frees_everything() {
 
 #[test]
 fn a_half_close_ends_one_direction_and_the_other_still_flows() {
-    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
-    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
-    let (mut ca, mut cb) = (control(&ba), control(&bb));
-    cb.listen(7000);
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two();
     let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::HostCopied);
     let (wa, wb) = (
         WindowFile::open(&h.window("a")),

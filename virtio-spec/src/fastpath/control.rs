@@ -26,6 +26,9 @@ macro_rules! raw_enum {
             pub fn from_raw(raw: $ty) -> Option<$name> {
                 match raw { $($raw => Some($name::$v),)* _ => None }
             }
+
+            /// Every variant, in wire-value order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
         }
     };
 }
@@ -267,29 +270,9 @@ impl ControlMsg {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 17] = [
-        Op::Hello,
-        Op::Listen,
-        Op::Unlisten,
-        Op::Connect,
-        Op::Accept,
-        Op::Reject,
-        Op::Kick,
-        Op::Close,
-        Op::Abort,
-        Op::Welcome,
-        Op::Connected,
-        Op::Refused,
-        Op::Incoming,
-        Op::Wake,
-        Op::Closed,
-        Op::Reset,
-        Op::Listening,
-    ];
-
     #[test]
     fn every_op_round_trips_with_its_fields() {
-        for (i, op) in OPS.into_iter().enumerate() {
+        for (i, op) in Op::ALL.iter().copied().enumerate() {
             let i = i as u32;
             let code = match op.code_is() {
                 CodeKind::Zero => 0,
