@@ -271,65 +271,15 @@ fn assert_fastpath_results(log: &str, path: &str) {
     assert_eq!(only(log, "verify")["bytes"], 8_388_608);
 }
 
-#[test]
-#[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
-fn fastpath_host_copied_between_guests_and_a_guest_without_window_on_plain_vsock() {
-    let Some(s) = setup(&[fast("a", 3), fast("b", 4), VmSpec::new("c", 5)]) else {
-        return;
-    };
-    let _a = s.boot_with_windows(
-        "a",
-        &format!("sbtool serve --vsock-port {PORT} --fastpath"),
-        vec![s.h.window("a")],
-    );
-    let mut b = s.boot_with_windows("b", &fastpath_checks(), vec![s.h.window("b")]);
-    let (status, log) = b.wait_exit(RUN).expect("b's checks finish");
-    assert_fastpath_results(&log, "fastpath_host_copied");
-    assert_eq!(status, 0, "b's script succeeded:\n{log}");
-    let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
-    // verify's 8 MiB and many's 64 × 64 KiB went b → a through the rings, and back.
-    let least = 8_388_608 + 64 * 65_536;
-    assert!(
-        fb.fastpath_tx_bytes >= least && fa.fastpath_rx_bytes >= least,
-        "{fb:?} {fa:?}"
-    );
-    assert!(
-        fa.fastpath_tx_bytes >= least,
-        "the echoes came back through the rings: {fa:?}"
-    );
-    // Not as vsock packets: b's switch-forwarded bytes are the control channel and the
-    // wait-for-server connects only.
-    let kb = s.h.counters("b");
-    assert!(
-        kb.fwd_bytes < 1 << 20,
-        "b's data did not cross as vsock RW packets: {kb:?}"
-    );
-
-    // c has no window: plain AF_VSOCK to the same server still works.
-    let mut c = s.boot(
-        "c",
-        &format!("sbtool verify vsock:3:{PORT} --bytes 1048576"),
-    );
-    let (status, log) = c.wait_exit(RUN).expect("c's check finishes");
-    let v = only(&log, "verify");
-    assert_eq!(
-        (v["ok"].as_bool(), v["path"].as_str()),
-        (Some(true), Some("vsock")),
-        "{v}"
-    );
-    assert_eq!(status, 0, "{log}");
-    eprintln!("logs in {}", s.log_dir().display());
-}
-
-#[test]
-#[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
-fn fastpath_direct_pair_and_a_killed_peer_fails_the_stream() {
-    let Some(s) = setup_with_pairs(&[fast("a", 3), fast("b", 4)], &[["a", "b"]]) else {
-        return;
-    };
-    let pair = s.h.dir.path().join("a+b.window");
-    let windows = |vm: &str| vec![s.h.window(vm), pair.clone()];
-    let mut a = s.boot_with_windows(
+/// Boots a (the server, `windows("a")`) and b, which runs [`fastpath_checks`] and then a
+/// 120 s bulk stream to be cut by [`kill_mid_stream`]; checks b's four results over `path`
+/// and that its data did not cross as vsock packets, and returns both guests.
+fn fastpath_pair_run(
+    s: &Setup,
+    windows: impl Fn(&str) -> Vec<PathBuf>,
+    path: &str,
+) -> (QemuGuest, QemuGuest) {
+    let a = s.boot_with_windows(
         "a",
         &format!("sbtool serve --vsock-port {PORT} --fastpath"),
         windows("a"),
@@ -348,16 +298,20 @@ fn fastpath_direct_pair_and_a_killed_peer_fails_the_stream() {
             !results_of(l, "many").is_empty()
         })
         .expect("b's checks finish");
-    assert_fastpath_results(&log, "fastpath_direct");
-    let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
-    assert_eq!(
-        fa.fastpath_tx_bytes + fb.fastpath_tx_bytes,
-        0,
-        "the host copied nothing"
+    assert_fastpath_results(&log, path);
+    // Not as vsock packets: b's switch-forwarded bytes are the control channel and the
+    // wait-for-server connects only.
+    let kb = s.h.counters("b");
+    assert!(
+        kb.fwd_bytes < 1 << 20,
+        "b's data did not cross as vsock RW packets: {kb:?}"
     );
-    assert!(fb.fastpath_conns >= 66, "{fb:?}");
+    (a, b)
+}
 
-    // Kill a while b's bulk stream runs: b's connection fails cleanly, it does not hang.
+/// Kills `a` while `b`'s last command, a 120 s bulk stream over the fast path, runs: b's
+/// connection fails cleanly with ECONNRESET (or EPIPE), it does not hang.
+fn kill_mid_stream(a: &mut QemuGuest, b: &mut QemuGuest) {
     std::thread::sleep(Duration::from_secs(5));
     a.kill();
     let log = b
@@ -372,5 +326,59 @@ fn fastpath_direct_pair_and_a_killed_peer_fails_the_stream() {
         errno == i64::from(libc::ECONNRESET) || errno == i64::from(libc::EPIPE),
         "with ECONNRESET (or EPIPE): {bulk}"
     );
+}
+
+#[test]
+#[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
+fn fastpath_host_copied_between_guests_and_a_guest_without_window_on_plain_vsock() {
+    let Some(s) = setup(&[fast("a", 3), fast("b", 4), VmSpec::new("c", 5)]) else {
+        return;
+    };
+    let (mut a, mut b) = fastpath_pair_run(&s, |vm| vec![s.h.window(vm)], "fastpath_host_copied");
+    let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
+    // verify's 8 MiB and many's 64 × 64 KiB went b → a through the rings, and back.
+    let least = 8_388_608 + 64 * 65_536;
+    assert!(
+        fb.fastpath_tx_bytes >= least && fa.fastpath_rx_bytes >= least,
+        "{fb:?} {fa:?}"
+    );
+    assert!(
+        fa.fastpath_tx_bytes >= least,
+        "the echoes came back through the rings: {fa:?}"
+    );
+    // c has no window: plain AF_VSOCK to the same server still works.
+    let mut c = s.boot(
+        "c",
+        &format!("sbtool verify vsock:3:{PORT} --bytes 1048576"),
+    );
+    let (status, log) = c.wait_exit(RUN).expect("c's check finishes");
+    let v = only(&log, "verify");
+    assert_eq!(
+        (v["ok"].as_bool(), v["path"].as_str()),
+        (Some(true), Some("vsock")),
+        "{v}"
+    );
+    assert_eq!(status, 0, "{log}");
+    kill_mid_stream(&mut a, &mut b);
+    eprintln!("logs in {}", s.log_dir().display());
+}
+
+#[test]
+#[ignore = "boots QEMU guests: run by ci/test.sh with --ignored"]
+fn fastpath_direct_pair_and_a_killed_peer_fails_the_stream() {
+    let Some(s) = setup_with_pairs(&[fast("a", 3), fast("b", 4)], &[["a", "b"]]) else {
+        return;
+    };
+    let pair = s.h.dir.path().join("a+b.window");
+    let windows = |vm: &str| vec![s.h.window(vm), pair.clone()];
+    let (mut a, mut b) = fastpath_pair_run(&s, windows, "fastpath_direct");
+    let (fa, fb) = (s.h.fastpath_counters("a"), s.h.fastpath_counters("b"));
+    assert_eq!(
+        fa.fastpath_tx_bytes + fb.fastpath_tx_bytes,
+        0,
+        "the host copied nothing"
+    );
+    assert!(fb.fastpath_conns >= 66, "{fb:?}");
+    kill_mid_stream(&mut a, &mut b);
     eprintln!("logs in {}", s.log_dir().display());
 }

@@ -32,6 +32,32 @@ pub struct PathFigures {
     pub gbps_reps: Vec<f64>,
     /// Every bulk run was verified by the receiver's checksum.
     pub verified: bool,
+    /// CPU while this path's RTT runs ran, % of one core (median over repetitions): the
+    /// daemon's and both guests' together; `None` when the host did not measure it.
+    pub rtt_cpu: Option<Cpu>,
+    /// The same while its bulk runs ran.
+    pub bulk_cpu: Option<Cpu>,
+}
+
+/// CPU in % of one core.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cpu {
+    /// sockbypassd's (the benchmark's process).
+    pub daemon: f64,
+    /// Both QEMU processes'.
+    pub guests: f64,
+}
+
+/// The median CPU of `runs` (results the benchmark gave `daemon_cpu_percent` and
+/// `guests_cpu_percent`); `None` if any lacks them.
+fn cpu_of(runs: &[&Value]) -> Option<Cpu> {
+    let take =
+        |key: &str| -> Option<Vec<f64>> { runs.iter().map(|r| r.get(key)?.as_f64()).collect() };
+    let (d, g) = (take("daemon_cpu_percent")?, take("guests_cpu_percent")?);
+    (!d.is_empty()).then(|| Cpu {
+        daemon: median(&d),
+        guests: median(&g),
+    })
 }
 
 /// Every path's figures.
@@ -141,6 +167,8 @@ fn path_figures(rtt: &[&Value], bulk: &[&Value]) -> PathFigures {
         verified: bulk.iter().all(|r| r["verified"] == true),
         rtt_p50_reps: p50,
         gbps_reps: gbps,
+        rtt_cpu: cpu_of(rtt),
+        bulk_cpu: cpu_of(bulk),
     }
 }
 
@@ -267,6 +295,10 @@ impl Figures {
                 "rtt_p50_us_per_rep": f.rtt_p50_reps,
                 "gbps_per_rep": f.gbps_reps,
                 "bulk_verified": f.verified,
+                "cpu_percent": {
+                    "rtt": f.rtt_cpu.map(|c| json!({"daemon": c.daemon, "guests": c.guests})),
+                    "bulk": f.bulk_cpu.map(|c| json!({"daemon": c.daemon, "guests": c.guests})),
+                },
             })
         };
         let mut doc = serde_json::Map::new();
@@ -371,6 +403,42 @@ mod tests {
             .nth(rep)
             .map(|(i, _)| i)
             .unwrap()
+    }
+
+    #[test]
+    fn cpu_per_path_is_the_median_of_its_runs_and_absent_when_one_lacks_it() {
+        let p = plan();
+        let mut all = results(&p);
+        let f = aggregate(&p, &all).expect("complete");
+        assert_eq!(f.fastpath.rtt_cpu, None, "no CPU measured, none reported");
+        for (i, r) in all.iter_mut().enumerate() {
+            r["daemon_cpu_percent"] = json!(i as f64);
+            r["guests_cpu_percent"] = json!(100.0 + i as f64);
+        }
+        let f = aggregate(&p, &all).expect("complete");
+        let runs: Vec<f64> = (0..3)
+            .map(|rep| index_of(&p, rep, "bulk", Path::FastPathDirect) as f64)
+            .collect();
+        let want = median(&runs);
+        assert_eq!(
+            f.fastpath_direct.bulk_cpu,
+            Some(Cpu {
+                daemon: want,
+                guests: 100.0 + want
+            })
+        );
+        let one = index_of(&p, 1, "rtt", Path::Bypass);
+        all[one]
+            .as_object_mut()
+            .expect("object")
+            .remove("daemon_cpu_percent");
+        let f = aggregate(&p, &all).expect("complete");
+        assert_eq!(f.bypass.rtt_cpu, None);
+        assert!(f.bypass.bulk_cpu.is_some());
+        assert_eq!(
+            f.to_json()["fastpath_direct"]["cpu_percent"]["bulk"]["daemon"],
+            json!(want)
+        );
     }
 
     #[test]

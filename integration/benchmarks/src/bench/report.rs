@@ -128,10 +128,24 @@ pub fn table(m: &ModeFigures, info: &RunInfo) -> String {
         }
         let _ = writeln!(t);
     }
+    type CpuField = fn(&PathFigures) -> Option<f64>;
+    let cpu_rows: [(&str, CpuField); 4] = [
+        ("CPU RTT daemon", |p| p.rtt_cpu.map(|c| c.daemon)),
+        ("CPU RTT guests", |p| p.rtt_cpu.map(|c| c.guests)),
+        ("CPU bulk daemon", |p| p.bulk_cpu.map(|c| c.daemon)),
+        ("CPU bulk guests", |p| p.bulk_cpu.map(|c| c.guests)),
+    ];
+    for (name, field) in cpu_rows {
+        let _ = write!(t, "{name:<16}");
+        for p in BenchPath::ALL {
+            let _ = write!(t, "{:>12}", pct(field(f.get(p))));
+        }
+        let _ = writeln!(t);
+    }
     let _ = writeln!(
         t,
-        "CPU while the guests measured (all paths of the run, % of one core): sockbypassd {}, \
-         guests {}",
+        "CPU in % of one core during each path's runs (medians); over the whole run: \
+         sockbypassd {}, guests {}",
         pct(m.daemon_cpu_percent),
         pct(m.guests_cpu_percent)
     );
@@ -339,6 +353,11 @@ mod tests {
             rtt_p50_reps: vec![p50],
             gbps_reps: vec![gbps],
             verified: true,
+            rtt_cpu: Some(crate::bench::aggregate::Cpu {
+                daemon: 7.0,
+                guests: 150.0,
+            }),
+            bulk_cpu: None,
         }
     }
 

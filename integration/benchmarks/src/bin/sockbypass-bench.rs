@@ -313,16 +313,36 @@ fn measure(
     let daemon_before = process_cpu_time();
     let guests_before = guests_cpu(&server, &client);
 
-    // Follow the client's results as they come.
+    // Follow the client's results as they come. The CPU of each measurement is what the daemon
+    // and the guests used from the previous result to this one (when several arrive at once,
+    // the interval goes to the last of them, and the others get none).
     let per_result = Duration::from_secs(u64::from(args.bulk_seconds) + 300);
     let mut seen = 0;
+    let pids = (server.pid(), client.pid());
+    let sample = || -> CpuMark {
+        let guests = match pids {
+            (Some(s), Some(c)) => cpu_time_of(s).zip(cpu_time_of(c)).map(|(a, b)| a + b),
+            _ => None,
+        };
+        (Instant::now(), process_cpu_time(), guests)
+    };
+    let mut mark = sample();
+    let mut cpu_of: Vec<Option<(f64, f64)>> = Vec::new();
     while seen < plan.expected_results() {
         let log = client.wait_for("the next measurement", per_result, |l| {
             results(l).len() > seen || l.contains("SB-EXIT")
         })?;
         let all = results(&log);
+        let now = sample();
+        let share = interval_cpu(&mark, &now);
+        mark = now;
+        let fresh = all.len().saturating_sub(seen);
+        cpu_of.extend((0..fresh).map(|k| if k + 1 == fresh { share } else { None }));
         for r in &all[seen..] {
             print_result(&plan, r, seen);
+            if let Some(Some((d, g))) = cpu_of.get(seen) {
+                println!("           CPU: sockbypassd {d:.0}%, guests {g:.0}%");
+            }
             seen += 1;
         }
         if all.len() == seen && log.contains("SB-EXIT") && seen < plan.expected_results() {
@@ -339,7 +359,13 @@ fn measure(
     };
     let daemon_cpu_percent = pct(daemon_before, process_cpu_time());
     let guests_cpu_percent = pct(guests_before, guests_cpu(&server, &client));
-    let all = results(&client.log());
+    let mut all = results(&client.log());
+    for (r, cpu) in all.iter_mut().zip(&cpu_of) {
+        if let (Some((d, g)), Some(obj)) = (cpu, r.as_object_mut()) {
+            obj.insert("daemon_cpu_percent".into(), json!(d));
+            obj.insert("guests_cpu_percent".into(), json!(g));
+        }
+    }
     let figures = aggregate(&plan, &all)?;
     let counters = (
         daemon.switch().counters("client"),
@@ -375,6 +401,21 @@ fn measure(
         through_daemon,
         fastpath_through_daemon,
     })
+}
+
+/// A CPU sample: when, the daemon's (this process's) CPU time, both guests' CPU time.
+type CpuMark = (Instant, Option<Duration>, Option<Duration>);
+
+/// The daemon's and the guests' CPU between two samples, in % of one core.
+fn interval_cpu(from: &CpuMark, to: &CpuMark) -> Option<(f64, f64)> {
+    let wall = to.0.checked_duration_since(from.0)?.as_secs_f64();
+    if wall <= 0.0 {
+        return None;
+    }
+    let pct = |a: Option<Duration>, b: Option<Duration>| {
+        Some(b?.checked_sub(a?)?.as_secs_f64() / wall * 100.0)
+    };
+    Some((pct(from.1, to.1)?, pct(from.2, to.2)?))
 }
 
 fn print_result(plan: &Plan, r: &serde_json::Value, seen: usize) {
