@@ -198,7 +198,11 @@ impl Service {
         let Some(vm) = self.vms.get_mut(new.vm) else {
             return;
         };
-        if vm.controls >= MAX_CONTROLS_PER_VM || vm.window.is_none() {
+        // A VM without a window has no sink (the switch gives it none), so this is a bug guard.
+        if vm.window.is_none() {
+            return;
+        }
+        if vm.controls >= MAX_CONTROLS_PER_VM {
             warn_limited!(self.warn, vm = %vm.name, "too many fast-path control connections; closing one");
             return;
         }

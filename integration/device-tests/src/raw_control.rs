@@ -58,7 +58,15 @@ impl RawControl {
         let mut b = [0u8; MSG_LEN];
         match self.socket.read_exact(&mut b) {
             Ok(()) => ControlMsg::decode(&b).map_err(|e| e.to_string()),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err("closed".into()),
+            // A socket closed with this side's bytes unread reports a reset, not an end.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                Err("closed".into())
+            }
             Err(e) => Err(e.to_string()),
         }
     }

@@ -497,3 +497,28 @@ fn a_half_close_ends_one_direction_and_the_other_still_flows() {
     assert_eq!((m.op, m.conn), (Op::Closed, ok.conn));
     assert!(wait_until(T, || a_rx.closed()));
 }
+
+#[test]
+fn a_vm_has_at_most_64_control_connections() {
+    let h = Harness::start(&[fast("a", 3).max_conns(200)]);
+    let ba = bridge(&h, "a");
+    let mut open: Vec<RawControl> = (0..64).map(|_| control(&ba)).collect();
+    let mut extra = RawControl::raw(ba.open_control().expect("the vsock connect itself works"));
+    extra.send(&ControlMsg::new(Op::Hello));
+    assert!(
+        extra.closed_by_daemon(),
+        "the 65th control connection is closed"
+    );
+    // One goes, another may come.
+    open.pop();
+    assert!(wait_until(T, || {
+        let mut c = RawControl::raw(ba.open_control().expect("connect"));
+        c.send(&ControlMsg::new(Op::Hello));
+        let welcomed = c.receive().is_ok_and(|m| m.op == Op::Welcome);
+        if welcomed {
+            open.push(c);
+        }
+        welcomed
+    }));
+    assert_eq!(h.fastpath_counters("a").fastpath_control_conns, 65);
+}
