@@ -47,6 +47,11 @@ impl RawControl {
         self.socket.write_all(bytes).expect("control write");
     }
 
+    /// Sends `msg`; `false` if the connection is already gone (the daemon may close it first).
+    pub fn try_send(&mut self, msg: &ControlMsg) -> bool {
+        self.socket.write_all(&msg.encode()).is_ok()
+    }
+
     /// The next message; panics after [`WAIT`] or if the connection ends.
     pub fn expect(&mut self) -> ControlMsg {
         self.receive()
