@@ -24,7 +24,7 @@ VM SPEC:
              bytes this VM's host connections may buffer in all, 4096..=1073741824
              (default: 33554432)
   fastpath   on: the VM gets a fast-path window, NAME.window beside its socket, for QEMU's
-             ivshmem-plain (SPEC.md §13; being built: so far the window and its header)
+             ivshmem-plain, and its guests may open fast-path connections (SPEC.md §13)
   fastpath_size
              the window's size: a power of two, 1048576..=1073741824 (default: 16777216)
 
@@ -55,7 +55,7 @@ CONFIG FILE (--config):
   groups = [\"prod\"]
   max_conns = 256
 
-  # fast path (being built): fastpath = true in both [[vm]] tables, then
+  # fast path, direct pair: fastpath = true in both [[vm]] tables, then
   # [[pair]]
   # vms = [\"web\", \"db\"]
 

@@ -11,7 +11,7 @@
 //! | [`daemon`] | starts the switch, one vhost-user server per VM, and the host I/O thread |
 //! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects; it reaches the switch only through [`device::VsockBackend`] |
 //! | [`failure`] | a panicking daemon thread stops the daemon with a non-zero exit |
-//! | [`fastpath`] | the fast path's windows (SPEC.md §13, being built) |
+//! | [`fastpath`] | the fast path (SPEC.md §13): windows, control channel, setup and teardown, the host-copied copier |
 //! | [`switch`] | a packet's way (TX walk, routing, delivery, RSTs), RX fills, per-VM state and locks |
 //! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention; they answer the guest only through [`host::GuestReplies`] |
 //! | [`memory`] | the guest memory and vring types of the vhost-user layer, named once |
