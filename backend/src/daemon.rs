@@ -168,13 +168,12 @@ impl Drop for DaemonHandle {
 pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     let filter = ThreadFilter::build(config.seccomp)?;
     let poller = HostPoller::new().map_err(DaemonError::Epoll)?;
-    let intake = match config.vms.iter().any(|vm| vm.fastpath_size.is_some()) {
-        true => Some(Intake::new().map_err(DaemonError::Eventfd)?),
-        false => None,
-    };
-    let (intake, queue) = match intake {
-        Some((i, q)) => (Some(Arc::new(i)), Some(q)),
-        None => (None, None),
+    // The fast-path thread's intake, when some VM has the fast path.
+    let (intake, queue) = if config.vms.iter().any(|vm| vm.fastpath_size.is_some()) {
+        let (intake, queue) = Intake::new().map_err(DaemonError::Eventfd)?;
+        (Some(Arc::new(intake)), Some(queue))
+    } else {
+        (None, None)
     };
     let sink = intake
         .clone()

@@ -264,33 +264,26 @@ impl<T: Transport> FastStream<T> {
         });
     }
 
-    /// After `head` or `closed` moved: wake the consumer if it sleeps.
-    fn after_publish(&mut self) {
+    /// After this side moved its index in `dir`'s ring (`head` or `closed` for a write, `tail`
+    /// for a read): wake the other side if it sleeps on that ring. Direct: a `KICK` when its
+    /// flag is set, once until it moves (§13.5); host-copied: a `KICK` when the daemon sleeps.
+    fn after_move(&mut self, dir: Direction) {
         match self.info.placement {
             Placement::Direct => {
-                let sleeping = self.tx.consumer_sleeping();
-                // A broken tail shows at the next call; kick anyway if it sleeps.
-                let tail = self.tx.peer_tail().unwrap_or(u64::MAX);
-                if self.tx_gate.should_kick(sleeping, tail) {
-                    self.kick();
-                }
-            }
-            Placement::HostCopied => {
-                fence(Ordering::SeqCst);
-                if self.window.host_sleeping() {
-                    self.kick();
-                }
-            }
-        }
-    }
-
-    /// After `tail` moved: wake the producer if it sleeps.
-    fn after_consume(&mut self) {
-        match self.info.placement {
-            Placement::Direct => {
-                let sleeping = self.rx.producer_sleeping();
-                let head = self.rx.peer_head().unwrap_or(u64::MAX);
-                if self.rx_gate.should_kick(sleeping, head) {
+                // A broken index shows at the next call; kick anyway if the other side sleeps.
+                let (sleeping, index, gate) = match dir {
+                    Direction::Write => (
+                        self.tx.consumer_sleeping(),
+                        self.tx.peer_tail().unwrap_or(u64::MAX),
+                        &mut self.tx_gate,
+                    ),
+                    Direction::Read => (
+                        self.rx.producer_sleeping(),
+                        self.rx.peer_head().unwrap_or(u64::MAX),
+                        &mut self.rx_gate,
+                    ),
+                };
+                if gate.should_kick(sleeping, index) {
                     self.kick();
                 }
             }
@@ -328,7 +321,7 @@ impl<T: Transport> FastStream<T> {
                 Err(e) => return Err(self.broken(e)),
             };
             if n > 0 {
-                self.after_consume();
+                self.after_move(Direction::Read);
                 return Ok(n);
             }
             if buf.is_empty() {
@@ -361,7 +354,7 @@ impl<T: Transport> FastStream<T> {
                 Err(e) => return Err(self.broken(e)),
             };
             if n > 0 {
-                self.after_publish();
+                self.after_move(Direction::Write);
                 return Ok(n);
             }
             if buf.is_empty() {
@@ -462,7 +455,7 @@ impl<T: Transport> FastStream<T> {
         if matches!(how, Shutdown::Write | Shutdown::Both) && !self.write_shut {
             self.write_shut = true;
             self.tx.close();
-            self.after_publish();
+            self.after_move(Direction::Write);
         }
         Ok(())
     }
@@ -483,7 +476,7 @@ impl<T: Transport> FastStream<T> {
         let mut r = Ok(());
         if alive {
             self.tx.close();
-            self.after_publish();
+            self.after_move(Direction::Write);
         }
         if still_ours && !self.session.is_failed() {
             r = self.session.send(&ControlMsg {
