@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sockbypass_wire::fastpath::layout::{ring_control, Geometry, WindowHeader, RING_SIZE};
+use sockbypass_wire::fastpath::ring::pieces;
 
 /// A window file opened by a test.
 #[derive(Debug)]
@@ -147,17 +148,13 @@ impl Ring<'_> {
             n <= RING_SIZE,
             "the daemon never puts more than a ring in flight"
         );
-        let mut out = vec![0u8; usize::try_from(n).expect("fits")];
-        let mut done = 0u64;
-        while done < n {
-            let at = (tail.wrapping_add(done)) & (RING_SIZE - 1);
-            let chunk = (n - done).min(RING_SIZE - at);
-            let range =
-                usize::try_from(done).expect("fits")..usize::try_from(done + chunk).expect("fits");
+        let mut out = Vec::with_capacity(usize::try_from(n).expect("fits"));
+        for piece in pieces(tail, n, RING_SIZE) {
+            let mut part = vec![0u8; usize::try_from(piece.end - piece.start).expect("fits")];
             self.file
-                .read_exact_at(&mut out[range], self.data + at)
+                .read_exact_at(&mut part, self.data + piece.start)
                 .expect("read ring data");
-            done += chunk;
+            out.extend_from_slice(&part);
         }
         self.set_tail(head);
         out
@@ -165,12 +162,10 @@ impl Ring<'_> {
 
     fn write_stream(&self, pos: u64, bytes: &[u8]) {
         let mut done = 0usize;
-        while done < bytes.len() {
-            let at = (pos.wrapping_add(done as u64)) & (RING_SIZE - 1);
-            let room = usize::try_from(RING_SIZE - at).expect("fits");
-            let chunk = (bytes.len() - done).min(room);
-            self.write(self.data + at, &bytes[done..done + chunk]);
-            done += chunk;
+        for piece in pieces(pos, bytes.len() as u64, RING_SIZE) {
+            let len = usize::try_from(piece.end - piece.start).expect("fits");
+            self.write(self.data + piece.start, &bytes[done..done + len]);
+            done += len;
         }
     }
 }
