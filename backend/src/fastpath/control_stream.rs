@@ -116,3 +116,75 @@ impl ControlStream {
         !self.out.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use sockbypass_wire::fastpath::control::Op;
+
+    use super::*;
+
+    fn pair() -> (ControlStream, UnixStream) {
+        let (ours, guest) = UnixStream::pair().expect("socket pair");
+        (ControlStream::new(ours).expect("stream"), guest)
+    }
+
+    #[test]
+    fn messages_come_whole_from_partial_reads_and_at_most_a_batch_per_call() {
+        let (mut s, mut guest) = pair();
+        let hello = ControlMsg::new(Op::Hello).encode();
+        guest.write_all(&hello[..5]).expect("write");
+        let mut got = Vec::new();
+        s.read_messages(&mut got).expect("read");
+        assert!(got.is_empty(), "5 bytes are no message");
+        guest.write_all(&hello[5..]).expect("write");
+        s.read_messages(&mut got).expect("read");
+        assert_eq!(got, vec![ControlMsg::new(Op::Hello)]);
+        for _ in 0..100 {
+            guest.write_all(&hello).expect("write");
+        }
+        let mut got = Vec::new();
+        s.read_messages(&mut got).expect("read");
+        assert_eq!(
+            got.len(),
+            READ_BATCH,
+            "one call takes a batch, the rest waits"
+        );
+        let mut rest = Vec::new();
+        s.read_messages(&mut rest).expect("read");
+        assert_eq!(rest.len(), 100 - READ_BATCH);
+        let mut bad = hello;
+        bad[0] = 0x7f;
+        guest.write_all(&bad).expect("write");
+        assert!(matches!(
+            s.read_messages(&mut Vec::new()),
+            Err(StreamEnd::Bad(_))
+        ));
+        drop(guest);
+        assert!(matches!(
+            s.read_messages(&mut Vec::new()),
+            Err(StreamEnd::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_guest_that_reads_nothing_overflows_after_max_queued_answers() {
+        let (mut s, guest) = pair();
+        let wake = ControlMsg::new(Op::Wake);
+        let mut sent = 0usize;
+        let end = loop {
+            match s.send(&wake) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000, "the queue never filled");
+        };
+        assert!(matches!(end, StreamEnd::Overflow), "{end:?}");
+        assert!(s.has_queued());
+        // What the socket took, and then exactly MAX_QUEUED waiting.
+        let in_socket = sent - MAX_QUEUED;
+        assert!(in_socket > 0, "the socket took some before the queue grew");
+        drop(guest);
+    }
+}

@@ -523,3 +523,43 @@ fn a_vm_has_at_most_64_control_connections() {
     }));
     assert_eq!(h.fastpath_counters("a").fastpath_control_conns, 65);
 }
+
+#[test]
+fn listening_ports_and_unanswered_offers_are_bounded() {
+    // 16 MiB windows (124 slots) and a high connection limit, so that the waiting offers
+    // are what runs out.
+    let big = |name, cid| {
+        VmSpec::new(name, cid)
+            .fastpath(16 << 20)
+            .max_conns(200)
+            .max_conns_per_peer(200)
+    };
+    let h = Harness::start(&[big("a", 3), big("b", 4)]);
+    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
+    let (mut ca, mut cb) = (control(&ba), control(&bb));
+    // 64 ports per control connection; the 65th is refused, the connection stays.
+    for port in 0..64 {
+        cb.listen(7000 + port);
+    }
+    let req = cb.listen_unsynced(8000);
+    let m = cb.expect();
+    assert_eq!(
+        (m.op, m.req, m.reason()),
+        (Op::Listening, req, Some(Reason::ConnLimit))
+    );
+    // 64 INCOMINGs may wait for the listener's answer; the 65th CONNECT is refused.
+    let mut offered = Vec::new();
+    for _ in 0..64 {
+        ca.connect(1, 4, 7000);
+        let inc = cb.expect();
+        assert_eq!(inc.op, Op::Incoming);
+        offered.push(inc.conn);
+    }
+    ca.connect_refused(4, 7000, Reason::ConnLimit);
+    // An answer makes room for one more.
+    cb.about(Op::Accept, offered[0]);
+    assert_eq!(ca.expect().op, Op::Connected);
+    ca.connect(1, 4, 7000);
+    assert_eq!(cb.expect().op, Op::Incoming);
+    ca.connect_refused(4, 7000, Reason::ConnLimit);
+}
