@@ -1,4 +1,4 @@
-//! Per-VM counters. Tests read them; a later issue exports them.
+//! Per-VM counters. Tests read them; `sockbypass stats` and `/metrics` export them.
 //!
 //! Every drop has its own counter, so that nothing a guest sends disappears without a trace.
 
@@ -20,6 +20,14 @@ macro_rules! counters {
             /// Reads every counter.
             pub fn snapshot(&self) -> $snap {
                 $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl $snap {
+            /// Every counter as (name, value), in declaration order: what `sockbypass stats`
+            /// and `/metrics` export.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
             }
         }
     };

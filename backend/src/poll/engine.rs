@@ -33,6 +33,13 @@ macro_rules! poll_counters {
                 PollCountersSnapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
             }
         }
+
+        impl PollCountersSnapshot {
+            /// Every counter as (name, value), in declaration order.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
+        }
     };
 }
 

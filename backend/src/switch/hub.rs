@@ -71,6 +71,23 @@ pub struct VmGauges {
     pub host_buffered_bytes: usize,
 }
 
+impl VmGauges {
+    /// Every gauge as (name, value), in declaration order: what `sockbypass stats` and
+    /// `/metrics` export.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        let n = |v: usize| v as u64;
+        vec![
+            ("peer_conns", n(self.peer_conns)),
+            ("held_chains", n(self.held_chains)),
+            ("queued_replies", n(self.queued_replies)),
+            ("inbound_queued", n(self.inbound_queued)),
+            ("host_conns", n(self.host_conns)),
+            ("host_buffer_granted", self.host_buffer_granted),
+            ("host_buffered_bytes", n(self.host_buffered_bytes)),
+        ]
+    }
+}
+
 /// All VMs of the daemon and the routing between them.
 #[derive(Debug)]
 pub struct Switch {
