@@ -5,7 +5,9 @@
 # reachable from every machine), cargo-fuzz, and the Debian packages for real guests: QEMU, the
 # pieces of the guest image (busybox, cpio), iproute2 for the virtio-net baseline's namespace,
 # valgrind for the instruction-count perf gate (ci/perf-gate.sh), and g++ for libFuzzer
-# (ci/fuzz.sh). The guest
+# (ci/fuzz.sh); virt-xml-validate (libvirt-clients, which runs xmllint from libxml2-utils) for
+# the libvirt XML test of backend/ctl, and systemd-analyze (systemd) for the unit's check
+# (ci/systemd-verify.sh). The guest
 # kernel itself is fetched by integration/guest/build-image.sh.
 set -euo pipefail
 
@@ -37,7 +39,7 @@ fi
 
 # Debian packages the scripts use. Installed only when missing.
 # shellcheck disable=SC2206 # word splitting of the override is intended
-APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ libvirt-clients libxml2-utils systemd ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -69,12 +69,12 @@ cargo test -p sockbypassd --features failpoints --test thread_panic 2>&1 | tee -
 # The device tests ran with the default poll mode (adaptive); run them again in the two others.
 # Only the test binaries whose daemons take their mode from SOCKBYPASS_TEST_POLL_MODE: not
 # poll_engine (each of its tests sets its own mode) and not e2e_guests (ci/e2e.sh runs it in
-# each mode).
+# each mode) nor attach_generators (the real daemon with QEMU, which ci/e2e.sh runs).
 mode_tests=()
 for t in integration/device-tests/tests/*.rs; do
     t=$(basename "$t" .rs)
     case "$t" in
-        poll_engine | e2e_guests) ;;
+        poll_engine | e2e_guests | attach_generators) ;;
         *) mode_tests+=(--test "$t") ;;
     esac
 done
@@ -84,6 +84,11 @@ for mode in poll event; do
     SOCKBYPASS_TEST_POLL_MODE=$mode cargo test -p sockbypass-device-tests "${mode_tests[@]}" 2>&1 \
         | tee -a target/test-modes.log
 done
+
+# deploy/systemd: systemd-analyze verify on the unit (any warning fails), the sysusers entry,
+# and the sample configuration started with the real daemon.
+step "systemd unit checks (ci/systemd-verify.sh)"
+ci/systemd-verify.sh
 
 # Fuzzing (cargo-fuzz, libFuzzer, on the stable toolchain): the switch harness's own tests
 # (its seed inputs replayed without fuzzing), then every target for 60 s; a crash, a hang or
