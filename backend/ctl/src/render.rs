@@ -144,13 +144,20 @@ pub fn stats(stats: &Stats) -> String {
 /// `reload`: which VMs were added, removed, replaced and left.
 pub fn reloaded(r: &ReloadReport) -> String {
     let list = |v: &[String]| or_dash(v.join(" "));
-    format!(
+    let mut out = format!(
         "reloaded: added {}; removed {}; replaced {}; unchanged {}\n",
         list(&r.added),
         list(&r.removed),
         list(&r.replaced),
         list(&r.unchanged)
-    )
+    );
+    if !r.needs_restart.is_empty() {
+        out.push_str(&format!(
+            "changed but applied only when the daemon restarts: {}\n",
+            r.needs_restart.join(", ")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -221,6 +228,15 @@ mod tests {
         assert_eq!(
             reloaded(&r),
             "reloaded: added a b; removed -; replaced -; unchanged c\n"
+        );
+        let r = ReloadReport {
+            needs_restart: vec!["poll_mode".into(), "log_level".into()],
+            ..r
+        };
+        assert_eq!(
+            reloaded(&r),
+            "reloaded: added a b; removed -; replaced -; unchanged c\n\
+             changed but applied only when the daemon restarts: poll_mode, log_level\n"
         );
         let text = vm_added(&test_vm_with_windows());
         assert!(
