@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests with real guests under QEMU (integration/device-tests/tests/e2e_guests.rs),
-# once per poll mode. A plain `cargo test` skips them (#[ignore]); this builds the guest image
-# and runs them with --ignored.
+# once per poll mode, then attach_generators.rs (QEMU from `sockbypass qemu-args`) once. A
+# plain `cargo test` skips them (#[ignore]); this builds the guest image and runs them with
+# --ignored.
 #
 # When they cannot run (the guest image cannot be built, QEMU is missing): with CI=true that is
 # a failure (exit 1, and the tests themselves fail); elsewhere they are reported as skipped,
@@ -36,3 +37,9 @@ for mode in adaptive poll event; do
         cargo test -p sockbypass-device-tests --test e2e_guests -- --ignored --test-threads=1 2>&1 \
         | tee -a "$log"
 done
+# The attach generators against the real programs: the real sockbypassd and `sockbypass
+# qemu-args`, and QEMU started with exactly what it printed (attach_generators.rs). Once: the
+# daemon runs with its default poll mode.
+step "attach generators: QEMU from sockbypass qemu-args"
+cargo test -p sockbypass-device-tests --test attach_generators -- --ignored --test-threads=1 2>&1 \
+    | tee -a target/e2e-output.log
