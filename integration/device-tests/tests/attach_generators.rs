@@ -6,9 +6,12 @@
 //! `sockbypass vm list --json`, the guest sees the window's `ivshmem-plain` device, and a
 //! stock `AF_VSOCK` connect from the guest reaches a host program on the VM's `uds` socket.
 //!
-//! The test builds both binaries first (`cargo build -p sockbypassd -p sockbypass-ctl
-//! --bins`), so it runs the code of this tree. Like the other QEMU tests it boots a guest, so
-//! `cargo test` skips it (`#[ignore]`) and `ci/e2e.sh` runs it; without the guest image or
+//! A second test runs the client against the real daemon without a guest (in every `cargo
+//! test`).
+//!
+//! The tests build both binaries first (`cargo build -p sockbypassd -p sockbypass-ctl
+//! --bins`), so they run the code of this tree. Like the other QEMU tests the first boots a
+//! guest, so `cargo test` skips it (`#[ignore]`) and `ci/e2e.sh` runs it; without the guest image or
 //! QEMU it fails with `CI=true` and is skipped with the reason elsewhere. The accelerator is
 //! chosen like the other end-to-end tests (KVM when a boot probe passes, else TCG).
 
@@ -32,8 +35,20 @@ const HOST_PORT: u32 = 6000;
 /// The guest's RAM, given to `qemu-args --memory`.
 const MEMORY: &str = "256M";
 
-/// Builds `sockbypassd` and `sockbypass` and returns the directory holding them.
+/// Builds `sockbypassd` and `sockbypass` into this test's own target directory and profile
+/// (it runs from `<target>/<profile>/deps/`) and returns the directory holding them.
 fn build_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>")
+        .to_path_buf();
+    let target = dir.parent().expect("<target>");
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -43,17 +58,13 @@ fn build_binaries() -> PathBuf {
             "sockbypass-ctl",
             "--bins",
         ])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build of the two binaries failed");
-    // This test runs from <target>/debug/deps/; the binaries are in <target>/debug/.
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/debug")
-        .to_path_buf();
     for bin in ["sockbypassd", "sockbypass"] {
         assert!(dir.join(bin).is_file(), "no {bin} in {}", dir.display());
     }
@@ -143,6 +154,124 @@ impl Drop for Qemu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `sockbypass --control CONTROL args...` and returns its status and stderr.
+fn sockbypass_fails(bin: &Path, control: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin.join("sockbypass"))
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sockbypass");
+    assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The client against the real daemon, without a guest: a VM added without a CID gets the
+/// lowest free one, the generators print its paths, a refusal is status 1 with its kind, and
+/// a removed VM is gone.
+#[test]
+fn the_client_against_the_real_daemon() {
+    let bin = build_binaries();
+    let dir = tempfile::Builder::new()
+        .prefix("sockbypass-client-")
+        .tempdir()
+        .expect("temp dir");
+    let d = dir.path().display().to_string();
+    let control = dir.path().join("control.sock");
+    let _daemon = DaemonProcess::spawn(
+        &bin.join("sockbypassd"),
+        &[
+            "--vm".to_owned(),
+            format!("name=vm1,cid=3,socket={d}/vm1.sock,fastpath=on"),
+            "--control".to_owned(),
+            control.display().to_string(),
+        ],
+        vec!["vm1".into()],
+        &[dir.path().join("vm1.sock"), control.clone()],
+        dir.path().join("sockbypassd.log"),
+    )
+    .expect("sockbypassd starts");
+
+    let added = sockbypass(
+        &bin,
+        &control,
+        &[
+            "vm",
+            "add",
+            &format!("name=vm2,socket={d}/vm2.sock,groups=a+b"),
+        ],
+    );
+    assert_eq!(
+        added,
+        format!("added VM vm2 with CID 4: its VMM attaches to {d}/vm2.sock\n")
+    );
+    let (status, err) = sockbypass_fails(
+        &bin,
+        &control,
+        &["vm", "add", &format!("name=vm2,socket={d}/other.sock")],
+    );
+    assert_eq!(status, Some(1), "{err}");
+    assert!(
+        err.starts_with("sockbypass: ")
+            && err.ends_with("(name_in_use)\n")
+            && err.lines().count() == 1,
+        "{err:?}"
+    );
+
+    let args: Vec<String> =
+        serde_json::from_str(&sockbypass(&bin, &control, &["qemu-args", "vm2", "--json"]))
+            .expect("JSON array");
+    assert_eq!(
+        args,
+        [
+            "-object".to_owned(),
+            "memory-backend-memfd,id=sbmem,size=1G,share=on".to_owned(),
+            "-machine".to_owned(),
+            "memory-backend=sbmem".to_owned(),
+            "-chardev".to_owned(),
+            format!("socket,id=sbvsock,path={d}/vm2.sock"),
+            "-device".to_owned(),
+            "vhost-user-vsock-pci,chardev=sbvsock".to_owned(),
+        ]
+    );
+    let vm1: Vec<String> =
+        serde_json::from_str(&sockbypass(&bin, &control, &["qemu-args", "vm1", "--json"]))
+            .expect("JSON array");
+    assert_eq!(
+        vm1[8..],
+        [
+            "-object".to_owned(),
+            format!("memory-backend-file,id=sbwin0,mem-path={d}/vm1.window,size=16777216,share=on"),
+            "-device".to_owned(),
+            "ivshmem-plain,memdev=sbwin0".to_owned(),
+        ],
+        "vm1's window, as the daemon created it"
+    );
+    let xml = sockbypass(&bin, &control, &["libvirt-xml", "vm2"]);
+    assert!(
+        xml.contains(&format!(
+            "<qemu:arg value='socket,id=sbvsock,path={d}/vm2.sock'/>"
+        )),
+        "{xml}"
+    );
+
+    assert_eq!(
+        sockbypass(&bin, &control, &["vm", "remove", "vm2"]),
+        "removed VM vm2\n"
+    );
+    let (status, err) = sockbypass_fails(&bin, &control, &["qemu-args", "vm2"]);
+    assert_eq!(status, Some(1), "{err}");
+    assert!(err.ends_with("(no_such_vm)\n"), "{err:?}");
+    let stats: Value =
+        serde_json::from_str(&sockbypass(&bin, &control, &["stats", "--json"])).expect("JSON");
+    assert_eq!(stats["vms"].as_array().map(Vec::len), Some(1), "{stats}");
+    assert_eq!(stats["vms"][0]["name"], "vm1");
 }
 
 #[test]
