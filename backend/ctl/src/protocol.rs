@@ -198,6 +198,10 @@ pub struct ReloadReport {
     pub replaced: Vec<String>,
     /// VMs left as they were.
     pub unchanged: Vec<String>,
+    /// Settings that changed in the file but take effect only when the daemon restarts (the
+    /// poll engine, timeouts, seccomp, log level, fast-path pairs).
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
 }
 
 #[cfg(test)]

@@ -71,6 +71,13 @@ pub struct DaemonConfig {
     pub seccomp: SeccompMode,
     /// Fast-path pairs (SPEC.md §13.1): those of `--config` first, then `--pair`.
     pub pairs: Vec<PairConfig>,
+    /// The control socket (`--control`, SPEC.md §14), if any. With it the daemon may start
+    /// with no VM.
+    pub control: Option<PathBuf>,
+    /// The command line this configuration was built from: a reload (`SIGHUP`, `sockbypass
+    /// reload`) builds it again, re-reading `--config`. `None` for a configuration built in
+    /// a program (tests), which cannot be reloaded.
+    pub command_line: Option<Cli>,
 }
 
 /// One VM: its vsock identity and the sockets that serve it.
@@ -137,6 +144,8 @@ impl DaemonConfig {
             rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: SeccompMode::default(),
             pairs: Vec::new(),
+            control: None,
+            command_line: None,
         }
     }
 
@@ -196,6 +205,8 @@ impl DaemonConfig {
             rx_stall_timeout_ms,
             seccomp,
             pairs,
+            control: cli.control.clone(),
+            command_line: Some(cli.clone()),
         };
         config.validate()?;
         Ok(config)
@@ -213,6 +224,8 @@ impl DaemonConfig {
             rx_stall_timeout_ms: parsed.rx_stall_timeout_ms,
             seccomp: parsed.seccomp.unwrap_or_default(),
             pairs: parsed.pairs,
+            control: None,
+            command_line: None,
         };
         config.validate()?;
         Ok(config)
@@ -248,9 +261,19 @@ impl DaemonConfig {
                 }
             })?;
         }
+        if self.vms.is_empty() && self.control.is_none() {
+            return Err(ConfigError::NoVms);
+        }
         validate::validate(&self.vms)?;
         validate::validate_pairs(&self.vms, &self.pairs)
     }
+}
+
+/// Checks a set of VMs as one configuration would (names, CIDs, groups, ports and limits;
+/// unique names, CIDs and paths; existing directories), but allows none: what a VM added at
+/// run time must pass together with the VMs already served.
+pub fn check_vms(vms: &[VmConfig]) -> Result<(), ConfigError> {
+    validate::validate(vms)
 }
 
 /// A millisecond flag's value, else the file's (or default) `file_value`.

@@ -91,7 +91,7 @@ impl Switch {
         }
         for vm in self.vms() {
             self.reset_if_broken(vm.index);
-            self.reset_stalled_receiver(vm, now, self.rx_stall_timeout);
+            self.reset_stalled_receiver(&vm, now, self.rx_stall_timeout);
             {
                 let mut rx = vm.rx();
                 let (host, mut replies) = rx.host_with_replies(&vm.counters);

@@ -33,7 +33,7 @@ impl Switch {
             return;
         };
         let _life = vm.lifecycle();
-        self.detach_locked(vm, reason);
+        self.detach_locked(&vm, reason);
     }
 
     /// Detaches VM `index` if one of its queues broke, and keeps it detached until its
@@ -54,7 +54,7 @@ impl Switch {
             return false;
         }
         vm.quarantine();
-        self.detach_locked(vm, DetachReason::QueueBroken);
+        self.detach_locked(&vm, DetachReason::QueueBroken);
         true
     }
 
