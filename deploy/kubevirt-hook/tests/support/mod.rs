@@ -57,12 +57,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with no VM and a control socket in `dir`.
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// Starts the daemon with `args` and a control socket in `dir`.
+    pub fn start_with(dir: &Path, args: &[&std::ffi::OsStr]) -> Daemon {
         let control = dir.join("control.sock");
         let log = dir.join("sockbypassd.log");
         let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new(daemon_binary())
             .arg("--control")
             .arg(&control)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log_file)
