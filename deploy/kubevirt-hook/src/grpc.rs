@@ -1,12 +1,14 @@
 //! KubeVirt's hook-sidecar gRPC services over a Unix socket: `Info` announces the
 //! `OnDefineDomain` hook point and the v1alpha2/v1alpha3 callbacks; `OnDefineDomain` checks
 //! the domain, registers the VM with the daemon and returns the attached domain XML;
-//! `PreCloudInitIso` passes its input through; `Shutdown` (v1alpha3) stops the server.
+//! `PreCloudInitIso` passes its input through; `Shutdown` (v1alpha3, which virt-launcher calls
+//! when it is done with the VM) removes the VMs this hook registered from the daemon and stops
+//! the server.
 
 use std::error::Error;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
@@ -19,6 +21,9 @@ use crate::{domain, register};
 
 /// The hook point the sidecar subscribes to.
 pub const ON_DEFINE_DOMAIN: &str = "OnDefineDomain";
+/// The hook point virt-launcher calls `Shutdown` for (v1alpha3 only): only a sidecar that
+/// announces it is told when the VM is gone.
+pub const SHUTDOWN: &str = "Shutdown";
 
 /// Errors running the server.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,8 @@ pub enum ServeError {
 pub struct Hook {
     settings: Arc<Settings>,
     shutdown: Arc<Notify>,
+    /// The VMs registered by OnDefineDomain, removed on Shutdown.
+    registered: Arc<Mutex<Vec<String>>>,
 }
 
 impl Hook {
@@ -50,6 +57,7 @@ impl Hook {
         Hook {
             settings: Arc::new(settings),
             shutdown: Arc::new(Notify::new()),
+            registered: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -62,17 +70,53 @@ impl Hook {
             .await
             .map_err(|e| Status::internal(format!("OnDefineDomain failed: {e}")))?;
         match result {
-            Ok(xml) => Ok(xml.into_bytes()),
+            Ok((vm, xml)) => {
+                let mut registered = self
+                    .registered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !registered.contains(&vm) {
+                    registered.push(vm);
+                }
+                Ok(xml.into_bytes())
+            }
             Err(status) => {
                 tracing::error!(message = status.message(), "OnDefineDomain refused");
                 Err(status)
             }
         }
     }
+
+    /// Removes the VMs this hook registered from the daemon (their VMMs are gone when
+    /// virt-launcher calls Shutdown). Failures are logged: the server stops anyway.
+    async fn unregister_all(&self) {
+        let vms = std::mem::take(
+            &mut *self
+                .registered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let control = self.settings.control.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            for vm in vms {
+                if let Err(e) = register::unregister(&control, &vm) {
+                    tracing::warn!(
+                        vm,
+                        error = chain(&e),
+                        "cannot remove the VM from sockbypassd"
+                    );
+                }
+            }
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing the VMs failed");
+        }
+    }
 }
 
-/// OnDefineDomain's work: check, register, attach.
-fn define(settings: &Settings, domain_xml: &[u8], vmi: &[u8]) -> Result<String, Status> {
+/// OnDefineDomain's work: check, register, attach. Returns the VM's name and the XML.
+fn define(settings: &Settings, domain_xml: &[u8], vmi: &[u8]) -> Result<(String, String), Status> {
     let domain_xml = std::str::from_utf8(domain_xml)
         .map_err(|_| Status::invalid_argument("the domain XML is not UTF-8"))?;
     // Everything that can be checked is checked before the daemon learns of the VM.
@@ -83,7 +127,7 @@ fn define(settings: &Settings, domain_xml: &[u8], vmi: &[u8]) -> Result<String, 
     let xml = domain::attach(domain_xml, vmi, &info, settings.qemu_socket_dir.as_deref())
         .map_err(|e| Status::invalid_argument(chain(&e)))?;
     tracing::info!(vmi = %request.display(), vm = %info.name, cid = info.cid, "domain attached");
-    Ok(xml)
+    Ok((info.name, xml))
 }
 
 /// An error and its sources, `: `-separated.
@@ -104,12 +148,19 @@ impl info::info_server::Info for Hook {
         &self,
         _request: Request<info::InfoParams>,
     ) -> Result<Response<info::InfoResult>, Status> {
+        let mut hook_points = vec![info::HookPoint {
+            name: ON_DEFINE_DOMAIN.to_owned(),
+            priority: self.settings.priority,
+        }];
+        if self.settings.versions.iter().any(|v| v == "v1alpha3") {
+            hook_points.push(info::HookPoint {
+                name: SHUTDOWN.to_owned(),
+                priority: 0,
+            });
+        }
         Ok(Response::new(info::InfoResult {
             name: self.settings.name.clone(),
-            hook_points: vec![info::HookPoint {
-                name: ON_DEFINE_DOMAIN.to_owned(),
-                priority: self.settings.priority,
-            }],
+            hook_points,
             versions: self.settings.versions.clone(),
         }))
     }
@@ -164,7 +215,8 @@ impl v1alpha3::callbacks_server::Callbacks for Hook {
         &self,
         _request: Request<v1alpha3::ShutdownParams>,
     ) -> Result<Response<v1alpha3::ShutdownResult>, Status> {
-        tracing::info!("Shutdown called: stopping");
+        tracing::info!("Shutdown called: removing the VM and stopping");
+        self.unregister_all().await;
         // A permit is stored if the server is not waiting yet, so the call is never lost.
         self.shutdown.notify_one();
         Ok(Response::new(v1alpha3::ShutdownResult {}))

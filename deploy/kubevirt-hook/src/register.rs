@@ -1,6 +1,7 @@
 //! Registering a VMI's VM with the node's sockbypassd over its control socket (`vm_add`),
 //! idempotently: a VM of the same name with the same settings is taken as already registered
-//! (virt-launcher may call the hook again), one with other settings is an error.
+//! (virt-launcher may call the hook again), one with other settings is an error. And removing
+//! it (`vm_remove`) when virt-launcher is done with the VM.
 
 use std::path::{Path, PathBuf};
 
@@ -138,6 +139,31 @@ pub fn register(
                 message: e.message,
             })
         }
+        Err(source) => Err(control_error(source)),
+    }
+}
+
+/// Removes VM `vm` from the daemon at `control`: `true` when it was removed, `false` when the
+/// daemon had no such VM.
+pub fn unregister(control: &Path, vm: &str) -> Result<bool, RegisterError> {
+    let control_error = |source| RegisterError::Control {
+        vm: vm.to_owned(),
+        source,
+    };
+    let mut client = Client::connect(control).map_err(control_error)?;
+    match client.call(&Request::VmRemove {
+        name: vm.to_owned(),
+    }) {
+        Ok(Answer::Removed(_)) => {
+            tracing::info!(vm, "removed from sockbypassd");
+            Ok(true)
+        }
+        Ok(other) => Err(RegisterError::UnexpectedAnswer {
+            vm: vm.to_owned(),
+            request: "vm_remove",
+            answer: format!("{other:?}"),
+        }),
+        Err(ClientError::Refused(e)) if e.kind == ErrorKind::NoSuchVm => Ok(false),
         Err(source) => Err(control_error(source)),
     }
 }

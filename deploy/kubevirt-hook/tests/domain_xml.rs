@@ -323,9 +323,3 @@ fn bad_input_is_a_clear_error() {
     let e = domain::attach(DOMAIN, VMI.as_bytes(), &comma, None).expect_err("comma");
     assert!(matches!(e, DomainError::SocketPath(_)));
 }
-
-#[test]
-#[ignore = "prints the transformed fixture, for a person to read"]
-fn show() {
-    println!("{}", attach(DOMAIN));
-}

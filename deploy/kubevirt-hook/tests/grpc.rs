@@ -113,9 +113,27 @@ async fn info_announces_on_define_domain_and_both_versions() {
         .into_inner();
     assert_eq!(info.name, "sockbypass");
     assert_eq!(info.versions, ["v1alpha2", "v1alpha3"]);
-    assert_eq!(info.hook_points.len(), 1);
-    assert_eq!(info.hook_points[0].name, "OnDefineDomain");
-    assert_eq!(info.hook_points[0].priority, 7);
+    let points: Vec<(&str, i32)> = info
+        .hook_points
+        .iter()
+        .map(|p| (p.name.as_str(), p.priority))
+        .collect();
+    // Shutdown is announced too: virt-launcher calls it only on sidecars that do.
+    assert_eq!(points, [("OnDefineDomain", 7), ("Shutdown", 0)]);
+
+    // v1alpha2 alone has no Shutdown.
+    let mut settings = Settings::new(dir.path().join("control.sock"), dir.path());
+    settings.versions = vec!["v1alpha2".into()];
+    let other = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(other.path(), settings);
+    let info = InfoClient::new(server.channel().await)
+        .info(InfoParams {})
+        .await
+        .expect("Info")
+        .into_inner();
+    assert_eq!(info.versions, ["v1alpha2"]);
+    let points: Vec<&str> = info.hook_points.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(points, ["OnDefineDomain"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +196,7 @@ async fn on_define_domain_registers_with_the_real_daemon_idempotently() {
     let daemon = Daemon::start(dir.path());
     let sockets = dir.path().join("vms");
     std::fs::create_dir(&sockets).expect("socket dir");
-    let server = Server::start(dir.path(), Settings::new(&daemon.control, &sockets));
+    let mut server = Server::start(dir.path(), Settings::new(&daemon.control, &sockets));
     let channel = server.channel().await;
     let socket = sockets.join("default.vmi-x.sock");
 
@@ -204,12 +222,24 @@ async fn on_define_domain_registers_with_the_real_daemon_idempotently() {
         .expect("OnDefineDomain v1alpha3 (again)");
     assert_eq!(second, first);
     // Its own output again: unchanged.
-    let third = define_v3(&mut V3::new(channel), &first, VMI)
+    let third = define_v3(&mut V3::new(channel.clone()), &first, VMI)
         .await
         .expect("OnDefineDomain on its own output");
     assert_eq!(third, first);
     assert_eq!(vm_get(&daemon.control, "default.vmi-x"), vm);
     assert_eq!(vm_list(&daemon.control).len(), 1);
+
+    // Shutdown (virt-launcher is done with the VM): the VM leaves the daemon, the server ends.
+    V3::new(channel)
+        .shutdown(v1alpha3::ShutdownParams {})
+        .await
+        .expect("Shutdown");
+    assert_eq!(vm_list(&daemon.control), []);
+    tokio::time::timeout(Duration::from_secs(10), &mut server.task)
+        .await
+        .expect("the server ends after Shutdown")
+        .expect("server task")
+        .expect("server ended cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
