@@ -109,37 +109,49 @@ pub fn register(
             request: "vm_add",
             answer: format!("{other:?}"),
         }),
-        Err(ClientError::Refused(e)) if e.kind == ErrorKind::NameInUse => {
-            let answer = client
-                .call(&Request::VmGet { name: vm.clone() })
-                .map_err(control_error)?;
-            let Answer::Vm(info) = answer else {
-                return Err(RegisterError::UnexpectedAnswer {
-                    vm,
-                    request: "vm_get",
-                    answer: format!("{answer:?}"),
-                });
-            };
-            let differences = differences(&info, socket_dir, request);
-            if differences.is_empty() {
-                tracing::info!(vm = %info.name, cid = info.cid, "already registered with the same settings");
-                Ok(info)
-            } else {
-                Err(RegisterError::Conflict {
-                    vm,
-                    differences: differences.join("; "),
-                })
+        Err(ClientError::Refused(e)) => match (e.kind, request.cid) {
+            (ErrorKind::NameInUse, _) => {
+                let info = existing(&mut client, &vm)?;
+                let differences = differences(&info, socket_dir, request);
+                if differences.is_empty() {
+                    tracing::info!(vm = %info.name, cid = info.cid, "already registered with the same settings");
+                    Ok(info)
+                } else {
+                    Err(RegisterError::Conflict {
+                        vm,
+                        differences: differences.join("; "),
+                    })
+                }
             }
-        }
-        Err(ClientError::Refused(e)) if e.kind == ErrorKind::CidInUse => {
-            Err(RegisterError::CidInUse {
+            // The daemon reports a CID conflict only for a CID that was asked for.
+            (ErrorKind::CidInUse, Some(cid)) => Err(RegisterError::CidInUse {
                 vm,
-                // The daemon names a CID conflict only when one was asked for.
-                cid: request.cid.unwrap_or_default(),
+                cid,
                 message: e.message,
-            })
-        }
+            }),
+            _ => Err(control_error(ClientError::Refused(e))),
+        },
         Err(source) => Err(control_error(source)),
+    }
+}
+
+/// The registered VM named `vm` (`vm_get`).
+fn existing(client: &mut Client, vm: &str) -> Result<VmInfo, RegisterError> {
+    let answer = client
+        .call(&Request::VmGet {
+            name: vm.to_owned(),
+        })
+        .map_err(|source| RegisterError::Control {
+            vm: vm.to_owned(),
+            source,
+        })?;
+    match answer {
+        Answer::Vm(info) => Ok(info),
+        other => Err(RegisterError::UnexpectedAnswer {
+            vm: vm.to_owned(),
+            request: "vm_get",
+            answer: format!("{other:?}"),
+        }),
     }
 }
 
