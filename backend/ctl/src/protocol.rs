@@ -210,8 +210,8 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_object_with_an_op() {
-        let r: Request = serde_json::from_str(r#"{"op":"vm_add","spec":"name=a,socket=/x"}"#)
-            .expect("parses");
+        let r: Request =
+            serde_json::from_str(r#"{"op":"vm_add","spec":"name=a,socket=/x"}"#).expect("parses");
         assert_eq!(
             r,
             Request::VmAdd {

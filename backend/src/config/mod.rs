@@ -309,15 +309,15 @@ mod tests {
         )
         .unwrap();
         let db_spec = format!("name=db,cid=4,socket={d}/db.sock,uds={d}/db.vsock,max_conns=8");
-        let config = DaemonConfig::from_cli(&cli(&[
+        let command_line = cli(&[
             "--config",
             toml.to_str().unwrap(),
             "--vm",
             &db_spec,
             "--poll-budget-us",
             "75",
-        ]))
-        .unwrap();
+        ]);
+        let config = DaemonConfig::from_cli(&command_line).unwrap();
         assert_eq!(
             config,
             DaemonConfig {
@@ -343,6 +343,8 @@ mod tests {
                 rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
                 seccomp: SeccompMode::Kill,
                 pairs: Vec::new(),
+                control: None,
+                command_line: Some(command_line.clone()),
             }
         );
     }

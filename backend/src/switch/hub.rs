@@ -286,6 +286,16 @@ impl Switch {
             .collect()
     }
 
+    /// Calls `f` on every VM, in the order they were added, without allocating (the sweep and
+    /// a detach run it on threads that must not allocate per packet).
+    pub fn for_each_vm(&self, mut f: impl FnMut(&Arc<VmPort>)) {
+        for &i in self.members.load().iter() {
+            if let Some(vm) = self.vm(i) {
+                f(&vm);
+            }
+        }
+    }
+
     /// The VM at `index`.
     pub fn vm(&self, index: usize) -> Option<Arc<VmPort>> {
         self.slots.get(index)?.load_full()
