@@ -37,7 +37,7 @@ fi
 
 # Debian packages the scripts use. Installed only when missing.
 # shellcheck disable=SC2206 # word splitting of the override is intended
-APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ libvirt-clients libxml2-utils systemd ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
