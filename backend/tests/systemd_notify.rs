@@ -3,6 +3,8 @@
 //! `MONOTONIC_USEC`) then `READY=1` around a reload (`SIGHUP`). The test plays systemd's end: a
 //! Unix datagram socket.
 
+// Only `Daemon` is used here: the daemon needs `NOTIFY_SOCKET` in its environment.
+#[allow(dead_code)]
 mod support;
 
 use std::os::unix::net::UnixDatagram;
