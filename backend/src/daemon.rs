@@ -10,6 +10,7 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use crate::config::DaemonConfig;
 use crate::device::server::{self, ServerControl, ServerError};
+use crate::exporter::{self, DaemonSource, ExporterError, MetricsServer};
 use crate::fastpath::{
     pair_window_path, window_path, FastPathThread, Intake, Service, Window, WindowError,
 };
@@ -56,6 +57,9 @@ pub enum DaemonError {
     /// The seccomp filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The metrics listener (`--metrics-listen`) could not be started.
+    #[error(transparent)]
+    Metrics(#[from] ExporterError),
     /// Waiting for a termination signal failed.
     #[error("cannot wait for signals")]
     Signals(#[source] std::io::Error),
@@ -78,6 +82,8 @@ pub struct DaemonHandle {
     fastpath: Option<FastPathThread>,
     /// Each VM's fast-path counters, in configuration order (empty without the thread).
     fastpath_counters: Vec<Arc<FastPathCounters>>,
+    /// The metrics exporter, with `metrics_listen`.
+    metrics: Option<MetricsServer>,
 }
 
 impl DaemonHandle {
@@ -92,6 +98,11 @@ impl DaemonHandle {
     pub fn fastpath_counters(&self, name: &str) -> Option<FastPathCountersSnapshot> {
         let i = self.config.vms.iter().position(|vm| vm.name == name)?;
         self.fastpath_counters.get(i).map(|c| c.snapshot())
+    }
+
+    /// The address `/metrics` is served on (the bound port when `metrics_listen` asked for 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The switch, for counters and state.
@@ -135,6 +146,9 @@ impl DaemonHandle {
 
     fn stop_all(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         if let Some(mut engine) = self.engine.take() {
             engine.stop();
         }
@@ -208,6 +222,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         let vm = &config.vms[index];
         listeners.push(server::bind(&vm.name, &vm.socket)?);
     }
+    let metrics_listener = config.metrics_listen.map(exporter::bind).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut handle = DaemonHandle {
         switch: switch.clone(),
@@ -220,6 +235,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         windows: windows.clone(),
         fastpath: None,
         fastpath_counters: Vec::new(),
+        metrics: None,
     };
     if let (Some(intake), Some(queue)) = (intake, queue) {
         let epoll = vmm_sys_util::epoll::Epoll::new().map_err(DaemonError::Epoll)?;
@@ -286,6 +302,23 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             source,
         })?;
     handle.threads.push(t);
+    if let Some(listener) = metrics_listener {
+        let source = DaemonSource::new(
+            switch.clone(),
+            handle
+                .engine
+                .as_ref()
+                .map(PollEngine::shared_counters)
+                .unwrap_or_default(),
+            handle.fastpath_counters.clone(),
+        );
+        handle.metrics = Some(MetricsServer::start(
+            listener,
+            Arc::new(source),
+            &handle.filter,
+            switch.failure().clone(),
+        )?);
+    }
     Ok(handle)
 }
 

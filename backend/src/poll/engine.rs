@@ -189,6 +189,12 @@ impl PollEngine {
         self.counters.iter().map(|c| c.snapshot()).collect()
     }
 
+    /// The live counters of every poll thread, for readers that outlive a borrow of the
+    /// engine (the metrics exporter snapshots them at each scrape).
+    pub fn shared_counters(&self) -> Vec<Arc<PollCounters>> {
+        self.counters.clone()
+    }
+
     /// Stops and joins every poll thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
