@@ -1,0 +1,423 @@
+//! The real `sockbypassd` binary with `--metrics-listen`: real HTTP GETs of `/metrics` against
+//! the running daemon (under its default seccomp filter, `kill`), the exposition text checked
+//! line by line, the per-VM and per-poll-thread series of both VMs, 404 and 405, and the
+//! configuration errors.
+//!
+//! The daemon listens on port 0 and the test learns the port from the daemon's own `info` line
+//! (`serving metrics on http://ADDR/metrics`): picking a free port first and passing it would
+//! race with anything else on the machine taking it in between.
+//!
+//! Counters moving with traffic are checked in `integration/device-tests/tests/metrics.rs`,
+//! where a test frontend plays the guest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The daemon as a child process, killed by PID if the test ends early, with its stderr lines.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Starts the binary with VMs `web` (CID 3) and `db` (CID 4, fast path on) and `extra`.
+    fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().display();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sockbypassd"))
+            .args(["--vm", &format!("name=web,cid=3,socket={d}/web.sock")])
+            .args([
+                "--vm",
+                &format!("name=db,cid=4,socket={d}/db.sock,fastpath=on"),
+            ])
+            .args(["--log-level", "info"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sockbypassd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("daemon: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// The metrics address the daemon logged.
+    fn metrics_addr(&self) -> SocketAddr {
+        let line = self.wait_line("serving metrics on http://");
+        let rest = line
+            .split("http://")
+            .nth(1)
+            .expect("an address after http://");
+        rest.split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    /// Stops it with SIGTERM and checks that it exits cleanly.
+    fn stop(mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: sending SIGTERM to our own child, whose PID we hold and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the daemon is still running");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "exit status after SIGTERM: {status}");
+    }
+}
+
+/// One HTTP exchange: `method path`, then the whole answer until the server closes.
+/// Returns the status code, the headers (lower-case names) and the body.
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, BTreeMap<String, String>, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics port");
+    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: metrics_http-test\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("a status line");
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(": ").expect("a header line");
+            (k.to_ascii_lowercase(), v.to_owned())
+        })
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// One sample line: its metric name, labels and value.
+#[derive(Debug)]
+struct SampleLine {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: u64,
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `k="v",k2="v2"` into a map; panics on anything else (no escapes are expected: VM names are
+/// `[A-Za-z0-9_.-]`).
+fn parse_labels(text: &str, line: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("label without `=` in {line:?}"));
+            assert!(
+                is_metric_name(k) && !k.contains(':'),
+                "label name {k:?} in {line:?}"
+            );
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("unquoted label value in {line:?}"));
+            assert!(!v.contains(['"', '\\']), "escaped label value in {line:?}");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// Checks every line of an OpenMetrics text exposition: `# HELP`, `# TYPE` (counter or gauge)
+/// before the samples of its family, the families' samples together, counters' samples named
+/// `_total`, integer values, `# EOF` last. Returns the samples.
+fn parse_exposition(body: &str) -> Vec<SampleLine> {
+    let lines: Vec<&str> = body.split('\n').collect();
+    assert_eq!(lines.last(), Some(&""), "the body ends with a newline");
+    assert_eq!(lines[lines.len() - 2], "# EOF", "the body ends with # EOF");
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = BTreeSet::new();
+    let mut current: Option<(String, String)> = None;
+    let mut samples = Vec::new();
+    for line in &lines[..lines.len() - 2] {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("# HELP name text");
+            assert!(is_metric_name(name), "{line:?}");
+            assert!(!help.is_empty(), "empty help: {line:?}");
+            assert!(helped.insert(name.to_owned()), "second # HELP: {line:?}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
+            assert!(helped.contains(name), "# TYPE before # HELP: {line:?}");
+            assert!(matches!(kind, "counter" | "gauge"), "{line:?}");
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "family {name} declared twice"
+            );
+            current = Some((name.to_owned(), kind.to_owned()));
+        } else {
+            assert!(!line.starts_with('#'), "unexpected comment {line:?}");
+            let (series, value) = line.rsplit_once(' ').expect("a sample: series value");
+            let value: u64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("non-integer value in {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (
+                    name,
+                    parse_labels(labels.strip_suffix('}').expect("closing }"), line),
+                ),
+                None => (series, BTreeMap::new()),
+            };
+            let (family, kind) = current.as_ref().expect("a sample before any # TYPE");
+            let expected = if kind == "counter" {
+                format!("{family}_total")
+            } else {
+                family.clone()
+            };
+            assert_eq!(name, expected, "sample outside its family: {line:?}");
+            samples.push(SampleLine {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels are exactly `labels`.
+fn value(samples: &[SampleLine], name: &str, labels: &[(&str, &str)]) -> u64 {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels == want)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+        .value
+}
+
+/// `Seccomp:` of every thread of process `pid` (0 none, 2 filter), by thread name.
+fn thread_seccomp(pid: u32) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.trim().to_owned())
+            };
+            Some((field("Name:")?, field("Seccomp:")?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_served_over_http_for_every_vm_under_the_seccomp_filter() {
+    let daemon = Daemon::start(&["--metrics-listen", "127.0.0.1:0", "--poll-mode", "adaptive"]);
+    let addr = daemon.metrics_addr();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+
+    let (status, headers, body) = http(addr, "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert_eq!(headers.get("content-length"), Some(&body.len().to_string()));
+    let samples = parse_exposition(&body);
+
+    for (vm, cid) in [("web", "3"), ("db", "4")] {
+        let labels = [("vm", vm), ("cid", cid)];
+        for name in [
+            "sockbypass_vm_tx_packets_total",
+            "sockbypass_vm_tx_bytes_total",
+            "sockbypass_vm_rx_packets_total",
+            "sockbypass_vm_rx_bytes_total",
+            "sockbypass_vm_fwd_packets_total",
+            "sockbypass_vm_fwd_bytes_total",
+            "sockbypass_vm_rst_sent_total",
+            "sockbypass_vm_host_conns_opened_total",
+            "sockbypass_vm_peer_conns",
+            "sockbypass_vm_host_conns",
+        ] {
+            // Nothing has attached: every counter and gauge is still at zero.
+            assert_eq!(value(&samples, name, &labels), 0, "{name} of {vm}");
+        }
+        assert_eq!(value(&samples, "sockbypass_vm_attached", &labels), 0);
+        for reason in ["spoofed_src", "policy", "no_connection", "conn_limit"] {
+            let with_reason = [labels[0], labels[1], ("reason", reason)];
+            assert_eq!(
+                value(&samples, "sockbypass_vm_drops_total", &with_reason),
+                0
+            );
+        }
+    }
+    // The fast-path series exist for `db` only.
+    value(
+        &samples,
+        "sockbypass_vm_fastpath_conns_total",
+        &[("vm", "db"), ("cid", "4")],
+    );
+    assert!(!samples
+        .iter()
+        .any(|s| s.name.starts_with("sockbypass_vm_fastpath_")
+            && s.labels.get("vm").map(String::as_str) == Some("web")));
+    // One poll thread (the default), which has looped at least once by now.
+    for name in [
+        "sockbypass_poll_loops_total",
+        "sockbypass_poll_useful_loops_total",
+        "sockbypass_poll_packets_total",
+        "sockbypass_poll_sleeps_total",
+        "sockbypass_poll_wakeups_total",
+    ] {
+        value(&samples, name, &[("thread", "0")]);
+    }
+    // The poll thread's loops are read at each scrape: they appear once it has run.
+    let deadline = Instant::now() + DEADLINE;
+    while value(
+        &parse_exposition(&http(addr, "GET", "/metrics").2),
+        "sockbypass_poll_loops_total",
+        &[("thread", "0")],
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the poll thread never looped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!samples
+        .iter()
+        .any(|s| s.labels.get("thread").map(String::as_str) == Some("1")));
+
+    let (status, _, _) = http(addr, "GET", "/other");
+    assert_eq!(status, 404);
+    let (status, headers, _) = http(addr, "POST", "/metrics");
+    assert_eq!(status, 405);
+    assert_eq!(headers.get("allow").map(String::as_str), Some("GET"));
+
+    // Every thread, the metrics thread among them, runs under the filter, and the daemon
+    // survived the scrapes (under `kill`, a call outside the allowlist would have ended it).
+    let threads = thread_seccomp(daemon.child.id());
+    assert!(
+        threads.iter().any(|(n, _)| n == "sb-metrics"),
+        "{threads:?}"
+    );
+    assert!(threads.iter().all(|(_, mode)| *mode == 2), "{threads:?}");
+    let (status, _, second) = http(addr, "GET", "/metrics");
+    assert_eq!(status, 200);
+    parse_exposition(&second);
+    daemon.stop();
+}
+
+#[test]
+fn without_the_flag_nothing_listens() {
+    let daemon = Daemon::start(&[]);
+    daemon.wait_line("serving vm=db");
+    let threads = thread_seccomp(daemon.child.id());
+    assert!(
+        !threads.iter().any(|(n, _)| n == "sb-metrics"),
+        "{threads:?}"
+    );
+    daemon.stop();
+}
+
+/// Runs the binary until it exits (it must, within [`DEADLINE`]); returns status and stderr.
+fn run_to_exit(extra: &[&str]) -> (Option<i32>, String) {
+    let mut daemon = Daemon::start(extra);
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running with {extra:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The reader thread ends with the stream.
+    let mut stderr = String::new();
+    while let Ok(line) = daemon.lines.recv_timeout(Duration::from_secs(5)) {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_bad_address_is_one_line_naming_the_flag_and_status_2() {
+    let (code, stderr) = run_to_exit(&["--metrics-listen", "nonsense"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "sockbypassd: --metrics-listen: `nonsense` is not an IP address and port such as \
+         127.0.0.1:9464 or [::1]:9464\n"
+    );
+}
+
+#[test]
+fn an_address_in_use_stops_the_daemon_at_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, stderr) = run_to_exit(&["--metrics-listen", &addr]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "sockbypassd: cannot listen for metrics on {addr}: "
+        )),
+        "{stderr}"
+    );
+}
