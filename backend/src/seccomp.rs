@@ -7,7 +7,8 @@
 //! [`crate::daemon::start`]), whose own threads must stay free. Instead every thread the daemon
 //! starts installs it first thing ([`ThreadFilter::confine_current_thread`]): the poll threads
 //! (after pinning), each VM's vhost-user server thread (whose children, the vhost-user handler
-//! and vring worker threads, inherit it), and the host I/O thread. The `sockbypassd` binary's
+//! and vring worker threads, inherit it), the host I/O thread, the fast-path thread and the
+//! metrics thread (`--metrics-listen`). The `sockbypassd` binary's
 //! main thread installs it once the daemon has started, before it waits for signals. So by the
 //! time a thread reads anything a guest or a host program wrote, it is confined; sockets are
 //! bound and the configuration read before that.

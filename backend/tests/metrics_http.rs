@@ -421,3 +421,104 @@ fn an_address_in_use_stops_the_daemon_at_start_naming_it() {
         "{stderr}"
     );
 }
+
+/// The Python used by Debian's `python3-prometheus-client` (installed by `ci/install-deps.sh`):
+/// the system one, not whatever `python3` comes first on `PATH`.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Reads an OpenMetrics exposition on stdin with the reference client's strict parser and
+/// prints each sample as `name<TAB>labels as k=v,...<TAB>value`.
+const REFERENCE_PARSER: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{family.type}\t{s.name}\t{labels}\t{int(s.value)}")
+"#;
+
+/// Whether the reference parser can run here; with `CI=true` its absence fails the test.
+fn reference_parser_available() -> bool {
+    let ok = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let reason = "the python3-prometheus-client package is not installed (ci/install-deps.sh)";
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true: this test could not run, which is a failure in CI: {reason}"
+        );
+        eprintln!("SKIPPED (CI would fail): {reason}");
+    }
+    ok
+}
+
+#[test]
+fn the_reference_openmetrics_parser_reads_every_sample() {
+    if !reference_parser_available() {
+        return;
+    }
+    let daemon = Daemon::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let (status, _, body) = http(daemon.metrics_addr(), "GET", "/metrics");
+    assert_eq!(status, 200);
+    let ours = parse_exposition(&body);
+
+    let mut python = Command::new(SYSTEM_PYTHON)
+        .args(["-c", REFERENCE_PARSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the reference parser");
+    python
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed the exposition");
+    let out = python.wait_with_output().expect("the parser's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the reference parser refused it: {stderr}\n{body}"
+    );
+    let theirs: Vec<(String, String, String, u64)> = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 4, "{l:?}");
+            (
+                f[0].to_owned(),
+                f[1].to_owned(),
+                f[2].to_owned(),
+                f[3].parse().expect("value"),
+            )
+        })
+        .collect();
+    // Sample by sample, the same names, labels and values as this test's own reading.
+    assert_eq!(theirs.len(), ours.len());
+    for (sample, (kind, name, labels, value)) in ours.iter().zip(&theirs) {
+        let ours_labels: Vec<String> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            (&sample.name, &ours_labels.join(","), &sample.value),
+            (name, labels, value)
+        );
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}"
+        );
+    }
+    assert!(theirs
+        .iter()
+        .any(|(_, n, l, _)| n == "sockbypass_vm_drops_total" && l == "cid=4,reason=policy,vm=db"));
+    daemon.stop();
+}
