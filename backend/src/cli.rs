@@ -110,6 +110,10 @@ pub struct Cli {
     /// Milliseconds packets may wait for a VM that posts no RX buffer before their connections are reset [default: 10000]
     #[arg(long = "rx-stall-timeout-ms", value_name = "MS")]
     pub rx_stall_timeout_ms: Option<String>,
+    /// Control socket for `sockbypass` (add and remove VMs, stats, reload; SPEC.md §14), made with mode 0600
+    #[arg(long = "control", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
     /// System calls outside the daemon's allowlist: kill (the daemon dies with SIGSYS), log (the kernel logs them), off (no filter) [default: kill]
     #[arg(long = "seccomp", value_name = "MODE")]
     pub seccomp: Option<String>,

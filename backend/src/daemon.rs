@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use crate::config::DaemonConfig;
-use crate::device::server::{self, ServerControl, ServerError};
+use crate::device::server::{self, ServerError};
 use crate::exporter::{self, DaemonSource, ExporterError, MetricsServer};
 use crate::fastpath::{
     pair_window_path, window_path, FastPathThread, Intake, Service, Window, WindowError,
 };
 use crate::host::poller::split_token;
 use crate::host::HostPoller;
-use crate::metrics::{FastPathCounters, FastPathCountersSnapshot};
+use crate::metrics::FastPathCountersSnapshot;
 use crate::poll::{PollCountersSnapshot, PollEngine};
+use crate::runtime::{notify_systemd, ControlSocket, ControlSocketError, VmSet};
 use crate::seccomp::{SeccompError, ThreadFilter};
-use crate::switch::{Switch, SwitchError, SwitchPort};
+use crate::switch::{Switch, SwitchError};
 
 /// How often the host I/O thread expires handshakes and stale connections.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
@@ -57,6 +58,9 @@ pub enum DaemonError {
     /// The seccomp filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The control socket could not be opened.
+    #[error(transparent)]
+    Control(#[from] ControlSocketError),
     /// The metrics listener (`--metrics-listen`) could not be started.
     #[error(transparent)]
     Metrics(#[from] ExporterError),
@@ -70,9 +74,10 @@ pub enum DaemonError {
 #[derive(Debug)]
 pub struct DaemonHandle {
     switch: Arc<Switch>,
-    config: DaemonConfig,
+    /// The VMs served now, and their server threads.
+    vms: Arc<VmSet>,
     stop: Arc<AtomicBool>,
-    controls: Vec<ServerControl>,
+    /// The host I/O thread.
     threads: Vec<JoinHandle<()>>,
     engine: Option<PollEngine>,
     filter: ThreadFilter,
@@ -80,8 +85,8 @@ pub struct DaemonHandle {
     windows: Arc<[Window]>,
     /// The fast-path thread, when some VM has `fastpath=on`.
     fastpath: Option<FastPathThread>,
-    /// Each VM's fast-path counters, in configuration order (empty without the thread).
-    fastpath_counters: Vec<Arc<FastPathCounters>>,
+    /// The control thread (and socket, with `--control`); it also carries out reloads.
+    control: Option<ControlSocket>,
     /// The metrics exporter, with `metrics_listen`.
     metrics: Option<MetricsServer>,
 }
@@ -96,8 +101,20 @@ impl DaemonHandle {
     /// The fast-path counters of VM `name` (SPEC.md §13.10); `None` for an unknown VM or when no
     /// VM has the fast path.
     pub fn fastpath_counters(&self, name: &str) -> Option<FastPathCountersSnapshot> {
-        let i = self.config.vms.iter().position(|vm| vm.name == name)?;
-        self.fastpath_counters.get(i).map(|c| c.snapshot())
+        self.vms.fastpath_counters(name)
+    }
+
+    /// The VMs served now: add and remove VMs, list them, read their counters (what the
+    /// control socket does, SPEC.md §14).
+    pub fn vm_set(&self) -> &Arc<VmSet> {
+        &self.vms
+    }
+
+    /// Asks the control thread to reload the configuration (what `SIGHUP` does).
+    pub fn request_reload(&self) {
+        if let Some(c) = &self.control {
+            c.request_reload();
+        }
     }
 
     /// The address `/metrics` is served on (the bound port when `metrics_listen` asked for 0).
@@ -121,17 +138,15 @@ impl DaemonHandle {
     /// Logs every VM's counters and gauges (its live connections and queues), then every poll
     /// thread's counters, one line each (`info`).
     pub fn log_counters(&self) {
-        for vm in &self.config.vms {
+        for (vm, _, _) in self.vms.snapshot() {
             if let Some(c) = self.switch.counters(&vm.name) {
                 tracing::info!(vm = %vm.name, counters = ?c, "VM counters");
             }
             if let Some(g) = self.switch.gauges(&vm.name) {
                 tracing::info!(vm = %vm.name, gauges = ?g, "VM gauges");
             }
-            if vm.fastpath_size.is_some() {
-                if let Some(c) = self.fastpath_counters(&vm.name) {
-                    tracing::info!(vm = %vm.name, counters = ?c, "VM fast-path counters");
-                }
+            if let Some(c) = self.fastpath_counters(&vm.name) {
+                tracing::info!(vm = %vm.name, counters = ?c, "VM fast-path counters");
             }
         }
         for (thread, c) in self.poll_counters().iter().enumerate() {
@@ -145,6 +160,10 @@ impl DaemonHandle {
     }
 
     fn stop_all(&mut self) {
+        // No VM comes or goes any more.
+        if let Some(mut control) = self.control.take() {
+            control.stop();
+        }
         self.stop.store(true, Ordering::SeqCst);
         if let Some(mut metrics) = self.metrics.take() {
             metrics.stop();
@@ -155,17 +174,9 @@ impl DaemonHandle {
         if let Some(mut fastpath) = self.fastpath.take() {
             fastpath.stop();
         }
-        for control in &self.controls {
-            control.stop();
-        }
+        self.vms.stop_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
-        }
-        for vm in &self.config.vms {
-            let _ = std::fs::remove_file(&vm.socket);
-            if let Some(uds) = &vm.uds {
-                let _ = std::fs::remove_file(uds);
-            }
         }
     }
 }
@@ -218,30 +229,18 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     }
     let windows: Arc<[Window]> = windows.into();
     let mut listeners = Vec::with_capacity(config.vms.len());
-    for index in 0..config.vms.len() {
-        let vm = &config.vms[index];
+    for vm in &config.vms {
         listeners.push(server::bind(&vm.name, &vm.socket)?);
     }
     let metrics_listener = config.metrics_listen.map(exporter::bind).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut handle = DaemonHandle {
-        switch: switch.clone(),
-        config: config.clone(),
-        stop: stop.clone(),
-        controls: Vec::new(),
-        threads: Vec::new(),
-        engine: None,
-        filter: filter.clone(),
-        windows: windows.clone(),
-        fastpath: None,
-        fastpath_counters: Vec::new(),
-        metrics: None,
-    };
+    let mut fastpath_counters = Vec::new();
+    let mut fastpath = None;
     if let (Some(intake), Some(queue)) = (intake, queue) {
         let epoll = vmm_sys_util::epoll::Epoll::new().map_err(DaemonError::Epoll)?;
-        let service = Service::new(&config, windows, epoll);
-        handle.fastpath_counters = service.counters();
-        handle.fastpath = Some(
+        let service = Service::new(&config, windows.clone(), epoll);
+        fastpath_counters = service.counters();
+        fastpath = Some(
             FastPathThread::start(
                 service,
                 intake,
@@ -257,38 +256,43 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             })?,
         );
     }
-    handle.engine = Some(
-        PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {
-            DaemonError::Thread {
-                name: "sb-poll".into(),
-                source,
-            }
-        })?,
-    );
-    let ports = SwitchPort::all(&switch);
-    for (index, (listener, port)) in listeners.into_iter().zip(ports).enumerate() {
-        let control = ServerControl::new().map_err(DaemonError::Eventfd)?;
-        let name = format!("vm-{}", config.vms[index].name);
-        let vm_name = config.vms[index].name.clone();
-        let (failure, ctl, f, thread) = (
-            switch.failure().clone(),
-            control.clone(),
-            filter.clone(),
-            name.clone(),
-        );
-        let t = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                failure.guard(&thread, || {
-                    server::serve(port, &vm_name, listener, ctl, &f);
-                });
-            })
-            .map_err(|source| DaemonError::Thread { name, source })?;
-        handle.controls.push(control);
-        handle.threads.push(t);
-        tracing::info!(vm = %config.vms[index].name, cid = config.vms[index].cid,
-            socket = %config.vms[index].socket.display(), "serving");
-    }
+    let vms = Arc::new(VmSet::new(
+        switch.clone(),
+        filter.clone(),
+        &config,
+        fastpath_counters,
+    ));
+    let mut handle = DaemonHandle {
+        switch: switch.clone(),
+        vms: vms.clone(),
+        stop: stop.clone(),
+        threads: Vec::new(),
+        engine: None,
+        filter: filter.clone(),
+        windows,
+        fastpath,
+        control: None,
+        metrics: None,
+    };
+    let engine = PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {
+        DaemonError::Thread {
+            name: "sb-poll".into(),
+            source,
+        }
+    })?;
+    vms.set_poll_counters(engine.counter_handles());
+    let poll_counters = engine.counter_handles();
+    handle.engine = Some(engine);
+    vms.start_configured(&config, listeners)
+        .map_err(|source| DaemonError::Thread {
+            name: "vm-*".into(),
+            source,
+        })?;
+    handle.control = Some(ControlSocket::start(
+        vms,
+        config.control.as_deref(),
+        switch.failure().clone(),
+    )?);
     let sw = switch.clone();
     let t = std::thread::Builder::new()
         .name("host-io".into())
@@ -303,15 +307,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         })?;
     handle.threads.push(t);
     if let Some(listener) = metrics_listener {
-        let source = DaemonSource::new(
-            switch.clone(),
-            handle
-                .engine
-                .as_ref()
-                .map(PollEngine::shared_counters)
-                .unwrap_or_default(),
-            handle.fastpath_counters.clone(),
-        );
+        let source = DaemonSource::new(handle.vms.clone(), switch.clone(), poll_counters);
         handle.metrics = Some(MetricsServer::start(
             listener,
             Arc::new(source),
@@ -356,16 +352,25 @@ fn host_io_loop(switch: &Switch, poller: &HostPoller, stop: &AtomicBool) {
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let signals = crate::signals::TerminationSignals::block().map_err(DaemonError::Signals)?;
     let handle = start(config)?;
+    // Before the filter: telling systemd needs a socket of its own.
+    notify_systemd(crate::runtime::Readiness::Ready);
     handle.filter.apply()?;
     crate::seccomp::test_forbidden_call_if_asked();
     let failure = handle.switch().failure().clone();
     failure.wake_main_thread_on_failure();
     while failure.message().is_none() {
         let sig = signals.wait().map_err(DaemonError::Signals)?;
-        handle.log_counters();
-        if sig != libc::SIGUSR1 {
-            tracing::info!(signal = sig, "stopping");
-            break;
+        match sig {
+            libc::SIGHUP => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                handle.request_reload();
+            }
+            libc::SIGUSR1 => handle.log_counters(),
+            _ => {
+                handle.log_counters();
+                tracing::info!(signal = sig, "stopping");
+                break;
+            }
         }
     }
     handle.shutdown();

@@ -17,6 +17,7 @@
 //! | [`host`] | host endpoints (CID 2): Unix sockets in Firecracker's hybrid vsock convention; they answer the guest only through [`host::GuestReplies`] |
 //! | [`memory`] | the guest memory and vring types of the vhost-user layer, named once |
 //! | [`metrics`] | per-VM counters, one per drop reason |
+//! | [`runtime`] | the VM set while the daemon runs: VMs added and removed, reloads, the control socket (SPEC.md §14) |
 //! | [`poll`] | the poll engine: poll threads that drive the switch (see `DESIGN-poller.md`) |
 //! | [`seccomp`] | the seccomp filter each daemon thread installs at its start |
 //! | [`signals`] | waiting for SIGINT/SIGTERM |
@@ -37,6 +38,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod poll;
+pub mod runtime;
 pub mod seccomp;
 pub mod signals;
 pub mod switch;

@@ -13,6 +13,12 @@
 //! time a thread reads anything a guest or a host program wrote, it is confined; sockets are
 //! bound and the configuration read before that.
 //!
+//! One thread is not confined: the control thread (`sb-control`, [`crate::runtime`]). It binds
+//! the sockets of VMs added at run time and starts their server threads (which confine
+//! themselves first thing, like the others), and it reads the configuration file on a reload;
+//! those are the calls the allowlist exists to refuse. Nothing a guest or a host program sends
+//! reaches it: it hears only its control socket (mode 0600, the daemon's own user) and `SIGHUP`.
+//!
 //! ## The allowlist
 //!
 //! Found by tracing (`strace -f`) the daemon's threads through the whole test suite in every poll

@@ -1,9 +1,9 @@
-//! Waiting for SIGINT/SIGTERM (stop) and SIGUSR1 (report the counters) without a signal
+//! Waiting for SIGINT/SIGTERM (stop), SIGUSR1 (report the counters) and SIGHUP (reload) without a signal
 //! handler: the signals are blocked in every thread and taken synchronously with `sigwait`.
 
 use std::io;
 
-/// SIGINT, SIGTERM and SIGUSR1, blocked in the calling thread and every thread it starts
+/// SIGINT, SIGTERM, SIGUSR1 and SIGHUP, blocked in the calling thread and every thread it starts
 /// afterwards.
 #[derive(Debug)]
 pub struct TerminationSignals {
@@ -11,7 +11,7 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Blocks SIGINT, SIGTERM and SIGUSR1. Call before starting threads.
+    /// Blocks SIGINT, SIGTERM, SIGUSR1 and SIGHUP. Call before starting threads.
     pub fn block() -> io::Result<Self> {
         // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -21,6 +21,7 @@ impl TerminationSignals {
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
         };
         if rc != 0 {

@@ -177,7 +177,7 @@ fn no_vms() {
     let line = fails(&[]);
     assert_eq!(
         line,
-        "sockbypassd: no VMs configured: give --vm or --config"
+        "sockbypassd: no VMs configured: give --vm or --config, or --control to add VMs at run time"
     );
 }
 

@@ -23,7 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Daemon {
@@ -34,10 +34,15 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// Starts the binary with VMs `web` (CID 3) and `db` (CID 4, fast path on) and `extra`.
+    /// Starts the binary with VMs `web` (CID 3) and `db` (CID 4, fast path on) and `extra`,
+    /// in which `{dir}` stands for the daemon's temporary directory.
     fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path().display();
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{dir}", &d.to_string()))
+            .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sockbypassd"))
             .args(["--vm", &format!("name=web,cid=3,socket={d}/web.sock")])
             .args([
@@ -45,7 +50,7 @@ impl Daemon {
                 &format!("name=db,cid=4,socket={d}/db.sock,fastpath=on"),
             ])
             .args(["--log-level", "info"])
-            .args(extra)
+            .args(&extra)
             .env_remove("RUST_LOG")
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -63,11 +68,7 @@ impl Daemon {
                 }
             }
         });
-        Daemon {
-            child,
-            lines,
-            _dir: dir,
-        }
+        Daemon { child, lines, dir }
     }
 
     /// Waits for a stderr line containing `needle`.
@@ -350,14 +351,22 @@ fn metrics_are_served_over_http_for_every_vm_under_the_seccomp_filter() {
     assert_eq!(status, 405);
     assert_eq!(headers.get("allow").map(String::as_str), Some("GET"));
 
-    // Every thread, the metrics thread among them, runs under the filter, and the daemon
+    // The metrics thread runs under the filter like every thread but the control thread
+    // (`sb-control`, unconfined by design: see backend/tests/seccomp.rs), and the daemon
     // survived the scrapes (under `kill`, a call outside the allowlist would have ended it).
     let threads = thread_seccomp(daemon.child.id());
     assert!(
-        threads.iter().any(|(n, _)| n == "sb-metrics"),
+        threads
+            .iter()
+            .any(|(n, mode)| n == "sb-metrics" && *mode == 2),
         "{threads:?}"
     );
-    assert!(threads.iter().all(|(_, mode)| *mode == 2), "{threads:?}");
+    assert!(
+        threads
+            .iter()
+            .all(|(n, mode)| *mode == 2 || n == "sb-control"),
+        "{threads:?}"
+    );
     let (status, _, second) = http(addr, "GET", "/metrics");
     assert_eq!(status, 200);
     parse_exposition(&second);
@@ -520,5 +529,112 @@ fn the_reference_openmetrics_parser_reads_every_sample() {
     assert!(theirs
         .iter()
         .any(|(_, n, l, _)| n == "sockbypass_vm_drops_total" && l == "cid=4,reason=policy,vm=db"));
+    daemon.stop();
+}
+
+/// The samples of VM `vm` in `samples`, as `name{other labels}` → value.
+fn samples_of_vm(samples: &[SampleLine], vm: &str) -> BTreeMap<String, u64> {
+    samples
+        .iter()
+        .filter(|s| s.labels.get("vm").map(String::as_str) == Some(vm))
+        .map(|s| {
+            let reason = s.labels.get("reason").map_or("", String::as_str);
+            (format!("{}{reason}", s.name), s.value)
+        })
+        .collect()
+}
+
+#[test]
+fn vms_added_and_removed_at_run_time_appear_and_disappear_and_agree_with_stats() {
+    use sockbypass_ctl::protocol::{Answer, Request};
+    use sockbypass_ctl::Client;
+
+    let daemon = Daemon::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--control",
+        "{dir}/control.sock",
+    ]);
+    let addr = daemon.metrics_addr();
+    let control = daemon.dir.path().join("control.sock");
+    let call = |request: Request| {
+        Client::connect(&control)
+            .expect("connect to the control socket")
+            .call(&request)
+            .expect("the control socket answers")
+    };
+    let spec = format!(
+        "name=extra,cid=9,socket={}/extra.sock",
+        daemon.dir.path().display()
+    );
+    assert!(matches!(call(Request::VmAdd { spec }), Answer::Added(_)));
+    let samples = parse_exposition(&http(addr, "GET", "/metrics").2);
+    assert_eq!(
+        value(
+            &samples,
+            "sockbypass_vm_tx_packets_total",
+            &[("vm", "extra"), ("cid", "9")]
+        ),
+        0
+    );
+    assert!(!samples_of_vm(&samples, "web").is_empty());
+
+    assert!(matches!(
+        call(Request::VmRemove { name: "web".into() }),
+        Answer::Removed(name) if name == "web"
+    ));
+    let samples = parse_exposition(&http(addr, "GET", "/metrics").2);
+    assert!(samples_of_vm(&samples, "web").is_empty(), "web is gone");
+    for vm in ["db", "extra"] {
+        assert!(!samples_of_vm(&samples, vm).is_empty(), "{vm} is served");
+    }
+
+    // What /metrics says of each VM is what `sockbypass stats` says (nothing moves here).
+    let Answer::Stats(stats) = call(Request::Stats {}) else {
+        panic!("stats answered something else");
+    };
+    let names: Vec<&str> = stats.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["db", "extra"]);
+    for vm in &stats.vms {
+        let exported = samples_of_vm(&samples, &vm.name);
+        for (name, value) in &vm.counters {
+            let key = match name.strip_prefix("drop_") {
+                Some(reason) => format!("sockbypass_vm_drops_total{reason}"),
+                None => format!("sockbypass_vm_{name}_total"),
+            };
+            assert_eq!(exported.get(&key), Some(value), "{} {key}", vm.name);
+        }
+        for (name, value) in &vm.gauges {
+            let key = format!("sockbypass_vm_{name}");
+            assert_eq!(exported.get(&key), Some(value), "{} {key}", vm.name);
+        }
+    }
+    daemon.stop();
+}
+
+#[test]
+fn the_config_file_key_is_served_and_a_reload_that_changes_it_asks_for_a_restart() {
+    use sockbypass_ctl::protocol::{Answer, Request};
+    use sockbypass_ctl::Client;
+
+    let file = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(file.path(), "metrics_listen = \"127.0.0.1:0\"\n").expect("write");
+    let config = file.path().display().to_string();
+    let daemon = Daemon::start(&["--config", &config, "--control", "{dir}/control.sock"]);
+    let addr = daemon.metrics_addr();
+    assert_eq!(http(addr, "GET", "/metrics").0, 200);
+
+    std::fs::write(file.path(), "metrics_listen = \"127.0.0.1:1\"\n").expect("rewrite");
+    let control = daemon.dir.path().join("control.sock");
+    let answer = Client::connect(&control)
+        .expect("connect to the control socket")
+        .call(&Request::Reload {})
+        .expect("reload");
+    let Answer::Reloaded(report) = answer else {
+        panic!("reload answered {answer:?}");
+    };
+    assert_eq!(report.needs_restart, ["metrics_listen"]);
+    // Still served where it was.
+    assert_eq!(http(addr, "GET", "/metrics").0, 200);
     daemon.stop();
 }

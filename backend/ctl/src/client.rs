@@ -16,7 +16,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The control socket could not be reached.
-    #[error("cannot connect to the control socket {path} (is sockbypassd running with --control?)")]
+    #[error(
+        "cannot connect to the control socket {path} (is sockbypassd running with --control?)"
+    )]
     Connect {
         /// The socket path.
         path: PathBuf,

@@ -198,6 +198,10 @@ pub struct ReloadReport {
     pub replaced: Vec<String>,
     /// VMs left as they were.
     pub unchanged: Vec<String>,
+    /// Settings that changed in the file but take effect only when the daemon restarts (the
+    /// poll engine, timeouts, seccomp, log level, fast-path pairs).
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
 }
 
 #[cfg(test)]
@@ -206,8 +210,8 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_object_with_an_op() {
-        let r: Request = serde_json::from_str(r#"{"op":"vm_add","spec":"name=a,socket=/x"}"#)
-            .expect("parses");
+        let r: Request =
+            serde_json::from_str(r#"{"op":"vm_add","spec":"name=a,socket=/x"}"#).expect("parses");
         assert_eq!(
             r,
             Request::VmAdd {

@@ -155,7 +155,7 @@ pub enum ConfigError {
 
     // ---- checks on the merged VM list ----
     /// Neither `--vm` nor `--config` gave a VM.
-    #[error("no VMs configured: give --vm or --config")]
+    #[error("no VMs configured: give --vm or --config, or --control to add VMs at run time")]
     NoVms,
     /// A VM name is empty or has characters outside `[A-Za-z0-9_.-]`.
     #[error("invalid VM name `{name}`: names must be non-empty and use only A-Z, a-z, 0-9, `_`, `.` and `-`")]

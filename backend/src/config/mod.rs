@@ -75,6 +75,13 @@ pub struct DaemonConfig {
     /// Where to serve Prometheus metrics (`--metrics-listen`, else the file's
     /// `metrics_listen`); `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control socket (`--control`, SPEC.md §14), if any. With it the daemon may start
+    /// with no VM.
+    pub control: Option<PathBuf>,
+    /// The command line this configuration was built from: a reload (`SIGHUP`, `sockbypass
+    /// reload`) builds it again, re-reading `--config`. `None` for a configuration built in
+    /// a program (tests), which cannot be reloaded.
+    pub command_line: Option<Cli>,
 }
 
 /// One VM: its vsock identity and the sockets that serve it.
@@ -142,6 +149,8 @@ impl DaemonConfig {
             seccomp: SeccompMode::default(),
             pairs: Vec::new(),
             metrics_listen: None,
+            control: None,
+            command_line: None,
         }
     }
 
@@ -206,6 +215,8 @@ impl DaemonConfig {
             seccomp,
             pairs,
             metrics_listen,
+            control: cli.control.clone(),
+            command_line: Some(cli.clone()),
         };
         config.validate()?;
         Ok(config)
@@ -224,6 +235,8 @@ impl DaemonConfig {
             seccomp: parsed.seccomp.unwrap_or_default(),
             pairs: parsed.pairs,
             metrics_listen: parsed.metrics_listen,
+            control: None,
+            command_line: None,
         };
         config.validate()?;
         Ok(config)
@@ -259,6 +272,9 @@ impl DaemonConfig {
                 }
             })?;
         }
+        if self.vms.is_empty() && self.control.is_none() {
+            return Err(ConfigError::NoVms);
+        }
         validate::validate(&self.vms)?;
         validate::validate_pairs(&self.vms, &self.pairs)
     }
@@ -273,6 +289,13 @@ fn parse_listen_address(value: &str, key: &'static str) -> Result<SocketAddr, Co
             key,
             value: value.to_owned(),
         })
+}
+
+/// Checks a set of VMs as one configuration would (names, CIDs, groups, ports and limits;
+/// unique names, CIDs and paths; existing directories), but allows none: what a VM added at
+/// run time must pass together with the VMs already served.
+pub fn check_vms(vms: &[VmConfig]) -> Result<(), ConfigError> {
+    validate::validate(vms)
 }
 
 /// A millisecond flag's value, else the file's (or default) `file_value`.
@@ -308,15 +331,15 @@ mod tests {
         )
         .unwrap();
         let db_spec = format!("name=db,cid=4,socket={d}/db.sock,uds={d}/db.vsock,max_conns=8");
-        let config = DaemonConfig::from_cli(&cli(&[
+        let command_line = cli(&[
             "--config",
             toml.to_str().unwrap(),
             "--vm",
             &db_spec,
             "--poll-budget-us",
             "75",
-        ]))
-        .unwrap();
+        ]);
+        let config = DaemonConfig::from_cli(&command_line).unwrap();
         assert_eq!(
             config,
             DaemonConfig {
@@ -343,6 +366,8 @@ mod tests {
                 seccomp: SeccompMode::Kill,
                 pairs: Vec::new(),
                 metrics_listen: None,
+                control: None,
+                command_line: Some(command_line.clone()),
             }
         );
     }

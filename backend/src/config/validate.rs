@@ -17,12 +17,9 @@ use super::{
 /// `VMADDR_PORT_ANY`: never a real port.
 const PORT_ANY: u32 = u32::MAX;
 
-/// Runs every check, in this order: at least one VM, each VM's own values, uniqueness across
-/// VMs, then the filesystem. Returns the first problem found.
+/// Runs every check, in this order: each VM's own values, uniqueness across VMs, then the
+/// filesystem. Returns the first problem found.
 pub fn validate(vms: &[VmConfig]) -> Result<(), ConfigError> {
-    if vms.is_empty() {
-        return Err(ConfigError::NoVms);
-    }
     for vm in vms {
         check_vm(vm)?;
     }
@@ -315,10 +312,20 @@ mod tests {
     }
 
     #[test]
-    fn no_vms() {
-        let e = check(&[]);
+    fn no_vms_without_a_control_socket() {
+        let e = crate::config::DaemonConfig::with_vms(vec![])
+            .validate()
+            .unwrap_err();
         assert!(matches!(e, ConfigError::NoVms), "{e:?}");
-        assert_eq!(e.to_string(), "no VMs configured: give --vm or --config");
+        assert_eq!(
+            e.to_string(),
+            "no VMs configured: give --vm or --config, or --control to add VMs at run time"
+        );
+        let with_control = crate::config::DaemonConfig {
+            control: Some("/run/sockbypass/control.sock".into()),
+            ..crate::config::DaemonConfig::with_vms(vec![])
+        };
+        with_control.validate().unwrap();
     }
 
     #[test]

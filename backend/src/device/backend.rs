@@ -20,6 +20,8 @@ pub enum DetachReason {
     /// The guest broke a virtqueue (SPEC.md §9.1): the VM stays detached until the frontend
     /// resets the device, stops a ring or reconnects.
     QueueBroken,
+    /// The VM was removed from the daemon at run time (`sockbypass vm remove`, a reload).
+    Removed,
 }
 
 /// What the vhost-user device (and the server thread that runs it) of one VM needs from the

@@ -17,8 +17,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::help;
-use crate::metrics::{FastPathCounters, FastPathCountersSnapshot, VmCountersSnapshot};
+use crate::metrics::{FastPathCountersSnapshot, VmCountersSnapshot};
 use crate::poll::{PollCounters, PollCountersSnapshot};
+use crate::runtime::VmSet;
 use crate::switch::{Switch, VmGauges};
 
 /// One VM at the moment of a scrape.
@@ -53,47 +54,38 @@ pub trait Source: Send + Sync + Debug + 'static {
     fn sample(&self) -> Sample;
 }
 
-/// The running daemon as a [`Source`]: the switch (its VMs, their counters and gauges), the
-/// poll threads' counters and the fast-path counters, all shared with the threads that count.
+/// The running daemon as a [`Source`]: the VMs served now (the [`VmSet`], which VMs added
+/// and removed at run time change), their ports on the switch (counters and gauges), the
+/// fast-path counters and the poll threads' counters, all shared with the threads that count.
 #[derive(Debug)]
 pub struct DaemonSource {
+    vms: Arc<VmSet>,
     switch: Arc<Switch>,
     poll: Vec<Arc<PollCounters>>,
-    /// Indexed like the switch's VMs (`VmPort::index`); empty without the fast path.
-    fastpath: Vec<Arc<FastPathCounters>>,
 }
 
 impl DaemonSource {
-    /// A source over `switch`, the poll threads' counters `poll`, and the fast-path counters
-    /// `fastpath` of every VM in configuration order (empty when no VM has the fast path).
-    pub fn new(
-        switch: Arc<Switch>,
-        poll: Vec<Arc<PollCounters>>,
-        fastpath: Vec<Arc<FastPathCounters>>,
-    ) -> Self {
-        DaemonSource {
-            switch,
-            poll,
-            fastpath,
-        }
+    /// A source over the VM set `vms`, their `switch`, and the poll threads' counters `poll`.
+    pub fn new(vms: Arc<VmSet>, switch: Arc<Switch>, poll: Vec<Arc<PollCounters>>) -> Self {
+        DaemonSource { vms, switch, poll }
     }
 
-    /// The VMs that exist now. The one place that knows how the daemon holds its set of VMs.
+    /// The VMs served now, in the order they were added (as `sockbypass stats` lists them). A
+    /// VM being removed while this runs is left out.
     fn current_vms(&self) -> Vec<VmSample> {
-        self.switch
-            .vms()
-            .iter()
-            .map(|vm| VmSample {
-                name: vm.config.name.clone(),
-                cid: vm.config.cid,
-                attached: vm.is_attached(),
-                counters: vm.counters.snapshot(),
-                gauges: self.switch.gauges(&vm.config.name).unwrap_or_default(),
-                fastpath: vm
-                    .config
-                    .fastpath_size
-                    .and_then(|_| self.fastpath.get(vm.index))
-                    .map(|c| c.snapshot()),
+        self.vms
+            .snapshot()
+            .into_iter()
+            .filter_map(|(config, index, _)| {
+                let vm = self.switch.vm(index)?;
+                Some(VmSample {
+                    attached: vm.is_attached(),
+                    counters: vm.counters.snapshot(),
+                    gauges: self.switch.gauges(&config.name).unwrap_or_default(),
+                    fastpath: self.vms.fastpath_counters(&config.name),
+                    name: config.name,
+                    cid: config.cid,
+                })
             })
             .collect()
     }

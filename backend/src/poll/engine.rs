@@ -1,4 +1,5 @@
-//! Poll threads. Thread *k* of *N* owns the VMs whose index is *k* mod *N*. Each loop walks the
+//! Poll threads. Thread *k* of *N* owns the VMs whose switch index is *k* mod *N* (looked up
+//! each pass, as VMs are added and removed at run time). Each loop walks the
 //! owned VMs' TX queues with kicks left off, and serves the VMs that kicked (RX buffers posted,
 //! an event buffer, or a TX kick while the thread slept). Adaptive threads that found nothing
 //! for the budget re-enable kicks, re-check every ring, and sleep on their [`Waker`] until the
@@ -133,10 +134,11 @@ impl PollEngine {
             counters: Vec::new(),
             threads: Vec::new(),
         };
-        if config.mode == PollMode::Event || switch.vms().is_empty() {
+        if config.mode == PollMode::Event {
             return Ok(engine);
         }
-        let n = (config.threads as usize).min(switch.vms().len()).max(1);
+        // VMs come and go at run time, so every configured thread starts, even for no VM.
+        let n = (config.threads as usize).max(1);
         for _ in 0..n {
             engine.wakers.push(Arc::new(Waker::new()?));
             engine.counters.push(Arc::new(PollCounters::default()));
@@ -149,14 +151,13 @@ impl PollEngine {
                 .collect(),
         );
         for k in 0..n {
-            let owned: Vec<usize> = (0..switch.vms().len()).filter(|i| i % n == k).collect();
             let cpu = config
                 .cpus
                 .as_ref()
                 .and_then(|c| c.get(k % c.len()).copied());
             let ctx = ThreadCtx {
                 switch: switch.clone(),
-                owned,
+                share: (k, n),
                 mode: config.mode,
                 budget: Duration::from_micros(config.budget_us),
                 waker: engine.wakers[k].clone(),
@@ -184,15 +185,14 @@ impl PollEngine {
         Ok(engine)
     }
 
+    /// The counters of every poll thread, shared (they go on counting).
+    pub fn counter_handles(&self) -> Vec<Arc<PollCounters>> {
+        self.counters.clone()
+    }
+
     /// Counters of every poll thread.
     pub fn counters(&self) -> Vec<PollCountersSnapshot> {
         self.counters.iter().map(|c| c.snapshot()).collect()
-    }
-
-    /// The live counters of every poll thread, for readers that outlive a borrow of the
-    /// engine (the metrics exporter snapshots them at each scrape).
-    pub fn shared_counters(&self) -> Vec<Arc<PollCounters>> {
-        self.counters.clone()
     }
 
     /// Stops and joins every poll thread.
@@ -215,7 +215,8 @@ impl Drop for PollEngine {
 
 struct ThreadCtx {
     switch: Arc<Switch>,
-    owned: Vec<usize>,
+    /// (k, n): this thread owns the VMs whose switch index is k mod n.
+    share: (usize, usize),
     mode: PollMode,
     budget: Duration,
     waker: Arc<Waker>,
@@ -224,6 +225,12 @@ struct ThreadCtx {
 }
 
 impl ThreadCtx {
+    /// Whether this thread owns the VM at switch index `vm`.
+    fn owns(&self, vm: usize) -> bool {
+        let (k, n) = self.share;
+        vm % n == k
+    }
+
     fn run(&self) {
         let mut idle_since = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
@@ -252,7 +259,9 @@ impl ThreadCtx {
     /// One walk over the owned VMs; returns the chains moved.
     fn one_pass(&self) -> u64 {
         let mut moved = 0u64;
-        for &vm in &self.owned {
+        // The VMs now: they are added and removed at run time.
+        let members = self.switch.members();
+        for vm in members.iter().copied().filter(|&vm| self.owns(vm)) {
             let Some(port) = self.switch.vm(vm) else {
                 continue;
             };
@@ -279,7 +288,9 @@ impl ThreadCtx {
         self.waker.going_to_sleep();
         let mut found = 0u64;
         let mut moved = 0u64;
-        for &vm in &self.owned {
+        // The VMs now: they are added and removed at run time.
+        let members = self.switch.members();
+        for vm in members.iter().copied().filter(|&vm| self.owns(vm)) {
             // With kicks re-armed: a chain that arrived before re-arming is taken here.
             let chains = u64::from(self.switch.process_tx(vm).chains);
             moved += chains;

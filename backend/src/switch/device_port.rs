@@ -20,6 +20,14 @@ pub struct SwitchPort {
 }
 
 impl SwitchPort {
+    /// The port of the VM at switch index `index`, if there is one.
+    pub fn new(switch: &Arc<Switch>, index: usize) -> Option<Self> {
+        Some(SwitchPort {
+            switch: switch.clone(),
+            vm: switch.vm(index)?,
+        })
+    }
+
     /// The ports of every VM of `switch`, in configuration order.
     pub fn all(switch: &Arc<Switch>) -> Vec<Self> {
         switch

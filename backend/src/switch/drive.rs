@@ -89,7 +89,7 @@ impl Switch {
         for peer in self.queue_owed_rsts(expired.rsts) {
             self.fill_rx(peer);
         }
-        for vm in self.vms() {
+        self.for_each_vm(|vm| {
             self.reset_if_broken(vm.index);
             self.reset_stalled_receiver(vm, now, self.rx_stall_timeout);
             {
@@ -98,6 +98,6 @@ impl Switch {
                 host.sweep(now, &mut replies);
             }
             self.fill_rx_then_resume_tx(vm.index);
-        }
+        });
     }
 }

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crate::config::DaemonConfig;
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::{DaemonConfig, VmConfig};
+use crate::device::DetachReason;
 use crate::failure::Failure;
 use crate::host::{ControlSink, HostEndpoint, HostPoller};
 use crate::metrics::VmCountersSnapshot;
@@ -36,6 +39,12 @@ pub enum SwitchError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The daemon serves [`MAX_VMS`] VMs already.
+    #[error("VM `{vm}`: the daemon serves {MAX_VMS} VMs already")]
+    Full {
+        /// VM name.
+        vm: String,
     },
     /// The `uds` listener of a VM could not be set up.
     #[error("VM `{vm}`: cannot listen on uds {path}")]
@@ -88,17 +97,49 @@ impl VmGauges {
     }
 }
 
+/// The most VMs one daemon serves at once; also the number of switch indices (SPEC.md §14.3).
+pub const MAX_VMS: usize = 4096;
+
+/// CID → switch index, replaced whole when a VM is added or removed.
+type CidMap = HashMap<u64, usize, foldhash::fast::RandomState>;
+
 /// All VMs of the daemon and the routing between them.
+///
+/// VMs are added and removed at run time ([`Switch::add_vm`], [`Switch::remove_vm`]). Each VM
+/// has a switch index for its life; the paths that move packets read the VM table without a
+/// lock (each slot, the CID map and the member list are swapped whole, `arc-swap`), and only
+/// adding and removing take [`Switch::membership`].
 #[derive(Debug)]
 pub struct Switch {
-    vms: Vec<Arc<VmPort>>,
-    /// Fixed at start from the configuration (so guests cannot fill it); looked up per packet,
-    /// hence the fast hasher.
-    by_cid: HashMap<u64, usize, foldhash::fast::RandomState>,
+    /// By switch index: the VM there, if any.
+    slots: Box<[ArcSwapOption<VmPort>]>,
+    /// The occupied indices, in the order their VMs were added (what poll threads walk).
+    members: ArcSwap<Vec<usize>>,
+    /// Looked up per packet, hence the fast hasher. Only the configuration fills it, so guests
+    /// cannot.
+    by_cid: ArcSwap<CidMap>,
+    /// Serializes adding and removing VMs, and chooses indices.
+    membership: Mutex<Membership>,
     peers: Mutex<PeerTable>,
     pub(super) poll_owners: OnceLock<Vec<Arc<dyn PollOwner>>>,
     failure: Arc<Failure>,
     pub(super) rx_stall_timeout: Duration,
+    /// Where new VMs' `uds` listeners are watched.
+    poller: HostPoller,
+    /// Where VMs with the fast path hand their control connections.
+    control: Option<Arc<dyn ControlSink>>,
+}
+
+/// Which switch index the next VM gets.
+#[derive(Debug)]
+struct Membership {
+    /// The index after the last one given out: indices are handed out round the table, so one
+    /// freed by a removal is reused only after every other free one (a late event for the old
+    /// VM's host sockets then finds no VM, or an unrelated one it cannot harm).
+    next: usize,
+    /// Indices never given out again while the daemon runs (a removed VM with the fast path:
+    /// the fast-path thread knows VMs by index).
+    retired: Vec<usize>,
 }
 
 impl Switch {
@@ -109,53 +150,111 @@ impl Switch {
         poller: &HostPoller,
         control: Option<Arc<dyn ControlSink>>,
     ) -> Result<Self, SwitchError> {
-        let mut vms = Vec::with_capacity(config.vms.len());
-        let mut by_cid = HashMap::default();
-        for (index, vm) in config.vms.iter().enumerate() {
-            let host = HostEndpoint::new(
-                index,
-                vm.cid,
-                vm.uds.clone(),
-                control.clone().filter(|_| vm.fastpath_size.is_some()),
-                vm.max_conns as usize,
-                vm.host_buffer_bytes,
-                poller.clone(),
-            )
-            .map_err(|source| SwitchError::HostListener {
-                vm: vm.name.clone(),
-                path: vm
-                    .uds
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                source,
-            })?;
-            by_cid.insert(vm.cid, index);
-            let port =
-                VmPort::new(index, vm.clone(), host).map_err(|source| SwitchError::Eventfd {
-                    vm: vm.name.clone(),
-                    source,
-                })?;
-            vms.push(Arc::new(port));
-        }
-        let peers = PeerTable::new(
-            config.vms.iter().map(|vm| {
-                let limits = ConnLimits {
-                    max_conns: vm.max_conns as usize,
-                    per_peer: vm.peer_conn_limit() as usize,
-                };
-                (VmPolicy::new(vm), limits)
+        let switch = Switch {
+            slots: (0..MAX_VMS).map(|_| ArcSwapOption::empty()).collect(),
+            members: ArcSwap::from_pointee(Vec::new()),
+            by_cid: ArcSwap::from_pointee(CidMap::default()),
+            membership: Mutex::new(Membership {
+                next: 0,
+                retired: Vec::new(),
             }),
-            Duration::from_millis(config.half_open_timeout_ms),
-        );
-        Ok(Switch {
-            vms,
-            by_cid,
-            peers: Mutex::new(peers),
+            peers: Mutex::new(PeerTable::new(
+                [],
+                Duration::from_millis(config.half_open_timeout_ms),
+            )),
             poll_owners: OnceLock::new(),
             failure: Failure::new(),
             rx_stall_timeout: Duration::from_millis(config.rx_stall_timeout_ms),
-        })
+            poller: poller.clone(),
+            control,
+        };
+        for vm in &config.vms {
+            switch.add_vm(vm)?;
+        }
+        Ok(switch)
+    }
+
+    /// Adds VM `vm` (already checked against the others: its name, CID and paths are its
+    /// own) and returns its switch index. Its `uds` listener is bound now. The VM starts
+    /// detached; no other VM notices.
+    pub fn add_vm(&self, vm: &VmConfig) -> Result<usize, SwitchError> {
+        let mut membership = vm_port::lock(&self.membership);
+        let index = (0..MAX_VMS)
+            .map(|i| (membership.next + i) % MAX_VMS)
+            .find(|&i| self.slots[i].load().is_none() && !membership.retired.contains(&i))
+            .ok_or_else(|| SwitchError::Full {
+                vm: vm.name.clone(),
+            })?;
+        let host = HostEndpoint::new(
+            index,
+            vm.cid,
+            vm.uds.clone(),
+            self.control.clone().filter(|_| vm.fastpath_size.is_some()),
+            vm.max_conns as usize,
+            vm.host_buffer_bytes,
+            self.poller.clone(),
+        )
+        .map_err(|source| SwitchError::HostListener {
+            vm: vm.name.clone(),
+            path: vm
+                .uds
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source,
+        })?;
+        let port = VmPort::new(index, vm.clone(), host).map_err(|source| SwitchError::Eventfd {
+            vm: vm.name.clone(),
+            source,
+        })?;
+        let limits = ConnLimits {
+            max_conns: vm.max_conns as usize,
+            per_peer: vm.peer_conn_limit() as usize,
+        };
+        self.peers().add_vm(index, VmPolicy::new(vm), limits);
+        self.slots[index].store(Some(Arc::new(port)));
+        self.by_cid.rcu(|map| {
+            let mut map = CidMap::clone(map);
+            map.insert(vm.cid, index);
+            map
+        });
+        self.members.rcu(|list| {
+            let mut list = Vec::clone(list);
+            list.push(index);
+            list
+        });
+        membership.next = (index + 1) % MAX_VMS;
+        Ok(index)
+    }
+
+    /// Removes the VM at `index`: packets to its CID are refused from now on, it is detached
+    /// (every peer it had a connection with gets an RST, SPEC.md §8.3), and its port is
+    /// dropped once the last thread working on it lets go. Call after its vhost-user server
+    /// stopped, so no frontend can attach it again. With `retire`, its index is never given
+    /// out again. Returns the port removed.
+    pub fn remove_vm(&self, index: usize, retire: bool) -> Option<Arc<VmPort>> {
+        let mut membership = vm_port::lock(&self.membership);
+        let vm = self.vm(index)?;
+        self.by_cid.rcu(|map| {
+            let mut map = CidMap::clone(map);
+            map.remove(&vm.cid());
+            map
+        });
+        self.members.rcu(|list| {
+            let mut list = Vec::clone(list);
+            list.retain(|&i| i != index);
+            list
+        });
+        self.detach(index, DetachReason::Removed);
+        self.slots[index].store(None);
+        let owed = self.peers().remove_vm(index);
+        for peer in self.queue_owed_rsts(owed) {
+            self.fill_rx_then_resume_tx(peer);
+        }
+        if retire {
+            membership.retired.push(index);
+        }
+        Some(vm)
     }
 
     /// Where the daemon's threads record a panic ([`Failure::guard`]).
@@ -170,22 +269,41 @@ impl Switch {
 
     /// The index of the VM owning `cid`.
     pub fn index_of_cid(&self, cid: u64) -> Option<usize> {
-        self.by_cid.get(&cid).copied()
+        self.by_cid.load().get(&cid).copied()
     }
 
-    /// The VMs, in configuration order.
-    pub fn vms(&self) -> &[Arc<VmPort>] {
-        &self.vms
+    /// The switch indices of the VMs, in the order they were added.
+    pub fn members(&self) -> Arc<Vec<usize>> {
+        self.members.load_full()
+    }
+
+    /// The VMs, in the order they were added.
+    pub fn vms(&self) -> Vec<Arc<VmPort>> {
+        self.members
+            .load()
+            .iter()
+            .filter_map(|&i| self.vm(i))
+            .collect()
+    }
+
+    /// Calls `f` on every VM, in the order they were added, without allocating (the sweep and
+    /// a detach run it on threads that must not allocate per packet).
+    pub fn for_each_vm(&self, mut f: impl FnMut(&Arc<VmPort>)) {
+        for &i in self.members.load().iter() {
+            if let Some(vm) = self.vm(i) {
+                f(&vm);
+            }
+        }
     }
 
     /// The VM at `index`.
-    pub fn vm(&self, index: usize) -> Option<&Arc<VmPort>> {
-        self.vms.get(index)
+    pub fn vm(&self, index: usize) -> Option<Arc<VmPort>> {
+        self.slots.get(index)?.load_full()
     }
 
     /// The VM named `name`.
-    pub fn vm_by_name(&self, name: &str) -> Option<&Arc<VmPort>> {
-        self.vms.iter().find(|v| v.config.name == name)
+    pub fn vm_by_name(&self, name: &str) -> Option<Arc<VmPort>> {
+        self.vms().into_iter().find(|v| v.config.name == name)
     }
 
     /// Counters of the VM named `name`.

@@ -33,7 +33,7 @@ impl Switch {
             return;
         };
         let _life = vm.lifecycle();
-        self.detach_locked(vm, reason);
+        self.detach_locked(&vm, reason);
     }
 
     /// Detaches VM `index` if one of its queues broke, and keeps it detached until its
@@ -54,7 +54,7 @@ impl Switch {
             return false;
         }
         vm.quarantine();
-        self.detach_locked(vm, DetachReason::QueueBroken);
+        self.detach_locked(&vm, DetachReason::QueueBroken);
         true
     }
 
@@ -68,9 +68,9 @@ impl Switch {
         // Chains other VMs had waiting for this one go back to them, undelivered.
         self.return_held(gone.inbound);
         // This VM's own chains waiting in other VMs' queues belong to rings that are gone.
-        for other in self.vms() {
+        self.for_each_vm(|other| {
             other.rx().inbound.remove_sender(index, gone.generation);
-        }
+        });
         vm.held_sub(usize::MAX);
         let owed = self.peers().detach(index);
         if !owed.is_empty() {

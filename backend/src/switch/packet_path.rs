@@ -106,7 +106,7 @@ impl Switch {
             // that stalled on replies left chains behind, so it never ends up here.)
             return TxReport::default();
         }
-        self.walk_tx_ring(vm, rearm)
+        self.walk_tx_ring(&vm, rearm)
     }
 
     /// The walk itself, once there may be work. Never inlined: `ci/perf-gate.sh` counts a poll
@@ -350,7 +350,7 @@ impl Switch {
         let mut rearmed = false;
         loop {
             match deliver(
-                dst,
+                &dst,
                 &datt,
                 &dmem,
                 &mut rx.starved_since,
@@ -376,7 +376,7 @@ impl Switch {
                         rearmed = true;
                         continue;
                     }
-                    hold_for_buffers(vm, att, dst, &mut rx, pkt, offset);
+                    hold_for_buffers(vm, att, &dst, &mut rx, pkt, offset);
                     drop(rx);
                     if pops == 0 {
                         // The receiver keeps posting unusable buffers: its own fill takes over.

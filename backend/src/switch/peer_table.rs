@@ -102,6 +102,17 @@ struct VmSlot {
     conns: usize,
 }
 
+impl VmSlot {
+    fn new(policy: VmPolicy, limits: ConnLimits) -> Self {
+        VmSlot {
+            policy,
+            max_conns: limits.max_conns,
+            per_peer: limits.per_peer,
+            conns: 0,
+        }
+    }
+}
+
 /// The limits of one VM in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
@@ -135,7 +146,8 @@ pub struct PeerTable {
     /// Keys come from guests, so the hasher is seeded per table (foldhash's quality variant,
     /// several times cheaper than SipHash on these 24-byte keys).
     conns: HashMap<Key, PeerConn, foldhash::quality::RandomState>,
-    vms: Vec<VmSlot>,
+    /// By switch index; `None` for a free index (a VM removed at run time, or never added).
+    vms: Vec<Option<VmSlot>>,
     /// Live connections by (initiator, receiver), for `max_conns_per_peer`; a VM's connections
     /// to itself are not counted here.
     opened_by: HashMap<(usize, usize), usize, foldhash::fast::RandomState>,
@@ -196,12 +208,7 @@ impl PeerTable {
             conns: HashMap::default(),
             vms: vms
                 .into_iter()
-                .map(|(policy, limits)| VmSlot {
-                    policy,
-                    max_conns: limits.max_conns,
-                    per_peer: limits.per_peer,
-                    conns: 0,
-                })
+                .map(|(policy, limits)| Some(VmSlot::new(policy, limits)))
                 .collect(),
             opened_by: HashMap::default(),
             half_open_timeout,
@@ -210,7 +217,33 @@ impl PeerTable {
 
     /// Connections VM `vm` takes part in (closing ones included).
     pub fn count(&self, vm: usize) -> usize {
-        self.vms.get(vm).map_or(0, |s| s.conns)
+        self.slot(vm).map_or(0, |s| s.conns)
+    }
+
+    /// Gives the VM at switch index `vm` (added at run time) its policy and limits.
+    pub fn add_vm(&mut self, vm: usize, policy: VmPolicy, limits: ConnLimits) {
+        if self.vms.len() <= vm {
+            self.vms.resize_with(vm + 1, || None);
+        }
+        self.vms[vm] = Some(VmSlot::new(policy, limits));
+    }
+
+    /// Forgets VM `vm` (removed at run time): its connections end as a detach ends them, and
+    /// the RSTs they owe its peers are returned. No REQUEST to or from it passes afterwards.
+    pub fn remove_vm(&mut self, vm: usize) -> Vec<OwedRst> {
+        let owed = self.detach(vm);
+        if let Some(slot) = self.vms.get_mut(vm) {
+            *slot = None;
+        }
+        owed
+    }
+
+    fn slot(&self, vm: usize) -> Option<&VmSlot> {
+        self.vms.get(vm).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, vm: usize) -> Option<&mut VmSlot> {
+        self.vms.get_mut(vm).and_then(Option::as_mut)
     }
 
     /// Checks one valid packet from VM `from` (whose CID the header's `src_cid` already matched)
@@ -299,7 +332,7 @@ impl PeerTable {
             // A port reused after a close whose final RST never came.
             self.remove(&key);
         }
-        let (Some(a), Some(b)) = (self.vms.get(from), self.vms.get(to)) else {
+        let (Some(a), Some(b)) = (self.slot(from), self.slot(to)) else {
             return Verdict::Refuse(Refused::NoConnection);
         };
         if let Err(r) = a.policy.may_connect(&b.policy, h.dst_port()) {
@@ -329,7 +362,7 @@ impl PeerTable {
             },
         );
         for vm in distinct(vms) {
-            if let Some(slot) = self.vms.get_mut(vm) {
+            if let Some(slot) = self.slot_mut(vm) {
                 slot.conns += 1;
             }
         }
@@ -342,7 +375,7 @@ impl PeerTable {
     fn remove(&mut self, key: &Key) -> Option<PeerConn> {
         let conn = self.conns.remove(key)?;
         for vm in distinct(conn.vms) {
-            if let Some(slot) = self.vms.get_mut(vm) {
+            if let Some(slot) = self.slot_mut(vm) {
                 slot.conns = slot.conns.saturating_sub(1);
             }
         }

@@ -72,16 +72,16 @@ impl Switch {
         let mut rearmed = false;
         while let Some(source) = next_source(&mut rx, host_idle) {
             let progressed = match source {
-                Source::Reply => fill_reply(vm, &att, &mem, &mut rx, &mut pops, &mut report),
-                Source::Host => fill_host(vm, &att, &mem, &mut rx, &mut pops, &mut host_idle),
+                Source::Reply => fill_reply(&vm, &att, &mem, &mut rx, &mut pops, &mut report),
+                Source::Host => fill_host(&vm, &att, &mem, &mut rx, &mut pops, &mut host_idle),
                 Source::Peer => {
-                    self.fill_held(vm, &att, &mem, &mut rx, &mut pops, &mut owed, &mut dropped)
+                    self.fill_held(&vm, &att, &mem, &mut rx, &mut pops, &mut owed, &mut dropped)
                 }
             };
             if progressed {
                 continue;
             }
-            match out_of_buffers(vm, &att, &mut rx, pops, &mut rearmed, &mut report) {
+            match out_of_buffers(&vm, &att, &mut rx, pops, &mut rearmed, &mut report) {
                 OutOfBuffers::LookAgain => {}
                 OutOfBuffers::Later => break,
                 OutOfBuffers::WaitForKick => {
@@ -164,7 +164,7 @@ impl Switch {
         let header = front.packet.header;
         match progress {
             Progress::NoBuffer => return false,
-            Progress::Complete => count_forwarded(sender, &header),
+            Progress::Complete => count_forwarded(&sender, &header),
             Progress::Failed => {}
         }
         rx.inbound.pop();
