@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{Epoll, EpollEvent};
 
+use crate::logging::RateLimiter;
+
 /// How long one connection may take, from accept to the last byte of the answer.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 /// The largest request head read.
@@ -48,6 +50,8 @@ pub type Render<'a> = &'a dyn Fn() -> Result<String, std::fmt::Error>;
 /// stop eventfd (registered as [`STOP_TOKEN`]) is readable.
 pub fn serve(listener: &TcpListener, epoll: &Epoll, render: Render<'_>) {
     let mut events = [EpollEvent::default(); 2];
+    // Out of descriptors, an accept fails at every wake until some are freed.
+    let warn = RateLimiter::per_packet();
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -61,12 +65,12 @@ pub fn serve(listener: &TcpListener, epoll: &Epoll, render: Render<'_>) {
         if events[..n].iter().any(|e| e.data() == STOP_TOKEN) {
             return;
         }
-        accept_some(listener, render);
+        accept_some(listener, render, &warn);
     }
 }
 
 /// Serves the connections waiting on `listener`, at most [`ACCEPTS_PER_WAKE`].
-fn accept_some(listener: &TcpListener, render: Render<'_>) {
+fn accept_some(listener: &TcpListener, render: Render<'_>, warn: &RateLimiter) {
     for _ in 0..ACCEPTS_PER_WAKE {
         match listener.accept() {
             Ok((stream, peer)) => serve_connection(stream, peer, render),
@@ -78,7 +82,7 @@ fn accept_some(listener: &TcpListener, render: Render<'_>) {
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                 ) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "metrics listener: cannot accept a connection");
+                crate::warn_limited!(warn, error = %e, "metrics listener: cannot accept a connection");
                 std::thread::sleep(ACCEPT_BACKOFF);
                 return;
             }
