@@ -41,7 +41,10 @@ fn ready_once_the_sockets_are_bound_and_reloading_then_ready_on_sighup() {
     let daemon = Daemon(child);
     let ready = next(&systemd);
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-    assert!(socket.exists(), "READY=1 came before the VM's socket was bound");
+    assert!(
+        socket.exists(),
+        "READY=1 came before the VM's socket was bound"
+    );
 
     let pid = libc::pid_t::try_from(daemon.0.id()).expect("pid fits");
     // SAFETY: sending SIGHUP to our own child process, whose PID we hold.
@@ -52,9 +55,9 @@ fn ready_once_the_sockets_are_bound_and_reloading_then_ready_on_sighup() {
         "{reloading:?}"
     );
     assert!(
-        reloading
-            .lines()
-            .any(|l| l.strip_prefix("MONOTONIC_USEC=").is_some_and(|v| v.parse::<u64>().is_ok())),
+        reloading.lines().any(|l| l
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|v| v.parse::<u64>().is_ok())),
         "{reloading:?}"
     );
     let ready = next(&systemd);
