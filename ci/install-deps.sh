@@ -5,8 +5,11 @@
 # reachable from every machine), cargo-fuzz, and the Debian packages for real guests: QEMU, the
 # pieces of the guest image (busybox, cpio), iproute2 for the virtio-net baseline's namespace,
 # valgrind for the instruction-count perf gate (ci/perf-gate.sh), g++ for libFuzzer
-# (ci/fuzz.sh), and python3-prometheus-client, whose strict OpenMetrics parser checks what
-# `sockbypassd --metrics-listen` serves (backend/tests/metrics_http.rs). The guest
+# (ci/fuzz.sh), python3-prometheus-client, whose strict OpenMetrics parser checks what
+# `sockbypassd --metrics-listen` serves (backend/tests/metrics_http.rs), libvirt-clients and
+# libxml2-utils for `virt-xml-validate` on the generated libvirt XML (sockbypass libvirt-xml,
+# the KubeVirt hook), and systemd for `systemd-analyze verify` on the unit (ci/systemd-verify.sh).
+# The guest
 # kernel itself is fetched by integration/guest/build-image.sh.
 set -euo pipefail
 
