@@ -4,10 +4,12 @@
 # That is the Rust toolchain's fmt and clippy (checked, not fetched: rustup's servers are not
 # reachable from every machine), cargo-fuzz, and the Debian packages for real guests: QEMU, the
 # pieces of the guest image (busybox, cpio), iproute2 for the virtio-net baseline's namespace,
-# valgrind for the instruction-count perf gate (ci/perf-gate.sh), and g++ for libFuzzer
-# (ci/fuzz.sh); virt-xml-validate (libvirt-clients, which runs xmllint from libxml2-utils) for
-# the libvirt XML test of backend/ctl, and systemd-analyze (systemd) for the unit's check
-# (ci/systemd-verify.sh). The guest
+# valgrind for the instruction-count perf gate (ci/perf-gate.sh), g++ for libFuzzer
+# (ci/fuzz.sh), python3-prometheus-client, whose strict OpenMetrics parser checks what
+# `sockbypassd --metrics-listen` serves (backend/tests/metrics_http.rs), libvirt-clients and
+# libxml2-utils for `virt-xml-validate` on the generated libvirt XML (sockbypass libvirt-xml,
+# the KubeVirt hook), and systemd for `systemd-analyze verify` on the unit (ci/systemd-verify.sh).
+# The guest
 # kernel itself is fetched by integration/guest/build-image.sh.
 set -euo pipefail
 
@@ -39,7 +41,7 @@ fi
 
 # Debian packages the scripts use. Installed only when missing.
 # shellcheck disable=SC2206 # word splitting of the override is intended
-APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ libvirt-clients libxml2-utils systemd ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
+APT_PACKAGES=(${SOCKBYPASS_APT_PACKAGES:-qemu-system-x86 busybox-static cpio iproute2 valgrind g++ libvirt-clients libxml2-utils systemd python3-prometheus-client ${SOCKBYPASS_EXTRA_APT_PACKAGES:-}})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -39,6 +39,7 @@ CONFIG FILE (--config):
   half_open_timeout_ms = 10000
   rx_stall_timeout_ms = 10000
   seccomp = \"kill\"
+  metrics_listen = \"127.0.0.1:9464\"   # Prometheus text on /metrics
 
   [[vm]]
   name = \"web\"
@@ -116,6 +117,10 @@ pub struct Cli {
     /// System calls outside the daemon's allowlist: kill (the daemon dies with SIGSYS), log (the kernel logs them), off (no filter) [default: kill]
     #[arg(long = "seccomp", value_name = "MODE")]
     pub seccomp: Option<String>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics, ADDR an IP address and port such as 127.0.0.1:9464 (port 0: any free port, logged) [default: no metrics]
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[cfg(test)]
@@ -162,5 +167,7 @@ mod tests {
         assert!(help.contains("sockbypassd \\"));
         assert!(help.contains("--vm name=web,cid=3,socket=/run/sockbypass/web.sock"));
         assert!(help.contains("[[vm]]"));
+        assert!(help.contains("metrics_listen = \"127.0.0.1:9464\""));
+        assert!(help.contains("--metrics-listen <ADDR>"));
     }
 }

@@ -10,6 +10,7 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use crate::config::DaemonConfig;
 use crate::device::server::{self, ServerError};
+use crate::exporter::{self, DaemonSource, ExporterError, MetricsServer};
 use crate::fastpath::{
     pair_window_path, window_path, FastPathThread, Intake, Service, Window, WindowError,
 };
@@ -60,6 +61,9 @@ pub enum DaemonError {
     /// The control socket could not be opened.
     #[error(transparent)]
     Control(#[from] ControlSocketError),
+    /// The metrics listener (`--metrics-listen`) could not be started.
+    #[error(transparent)]
+    Metrics(#[from] ExporterError),
     /// Waiting for a termination signal failed.
     #[error("cannot wait for signals")]
     Signals(#[source] std::io::Error),
@@ -83,6 +87,8 @@ pub struct DaemonHandle {
     fastpath: Option<FastPathThread>,
     /// The control thread (and socket, with `--control`); it also carries out reloads.
     control: Option<ControlSocket>,
+    /// The metrics exporter, with `metrics_listen`.
+    metrics: Option<MetricsServer>,
 }
 
 impl DaemonHandle {
@@ -109,6 +115,11 @@ impl DaemonHandle {
         if let Some(c) = &self.control {
             c.request_reload();
         }
+    }
+
+    /// The address `/metrics` is served on (the bound port when `metrics_listen` asked for 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The switch, for counters and state.
@@ -154,6 +165,9 @@ impl DaemonHandle {
             control.stop();
         }
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         if let Some(mut engine) = self.engine.take() {
             engine.stop();
         }
@@ -218,6 +232,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
     for vm in &config.vms {
         listeners.push(server::bind(&vm.name, &vm.socket)?);
     }
+    let metrics_listener = config.metrics_listen.map(exporter::bind).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut fastpath_counters = Vec::new();
     let mut fastpath = None;
@@ -257,6 +272,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         windows,
         fastpath,
         control: None,
+        metrics: None,
     };
     let engine = PollEngine::start(&switch, &config.poll, &filter).map_err(|source| {
         DaemonError::Thread {
@@ -265,6 +281,7 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
         }
     })?;
     vms.set_poll_counters(engine.counter_handles());
+    let poll_counters = engine.counter_handles();
     handle.engine = Some(engine);
     vms.start_configured(&config, listeners)
         .map_err(|source| DaemonError::Thread {
@@ -289,6 +306,15 @@ pub fn start(config: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
             source,
         })?;
     handle.threads.push(t);
+    if let Some(listener) = metrics_listener {
+        let source = DaemonSource::new(handle.vms.clone(), switch.clone(), poll_counters);
+        handle.metrics = Some(MetricsServer::start(
+            listener,
+            Arc::new(source),
+            &handle.filter,
+            switch.failure().clone(),
+        )?);
+    }
     Ok(handle)
 }
 

@@ -10,6 +10,7 @@
 //! | [`logging`] | `tracing` setup and rate-limited warnings |
 //! | [`daemon`] | starts the switch, one vhost-user server per VM, and the host I/O thread |
 //! | [`device`] | the vhost-user virtio-vsock device of each VM, served across reconnects; it reaches the switch only through [`device::VsockBackend`] |
+//! | [`exporter`] | `--metrics-listen`: the Prometheus `/metrics` endpoint, one bounded HTTP thread reading the counters at each scrape |
 //! | [`failure`] | a panicking daemon thread stops the daemon with a non-zero exit |
 //! | [`fastpath`] | the fast path (SPEC.md §13): windows, control channel, setup and teardown, the host-copied copier |
 //! | [`switch`] | a packet's way (TX walk, routing, delivery, RSTs), RX fills, per-VM state and locks |
@@ -29,6 +30,7 @@ pub mod config;
 pub mod credit;
 pub mod daemon;
 pub mod device;
+pub mod exporter;
 pub mod failure;
 pub mod fastpath;
 pub mod host;

@@ -7,10 +7,17 @@
 //! [`crate::daemon::start`]), whose own threads must stay free. Instead every thread the daemon
 //! starts installs it first thing ([`ThreadFilter::confine_current_thread`]): the poll threads
 //! (after pinning), each VM's vhost-user server thread (whose children, the vhost-user handler
-//! and vring worker threads, inherit it), and the host I/O thread. The `sockbypassd` binary's
+//! and vring worker threads, inherit it), the host I/O thread, the fast-path thread and the
+//! metrics thread (`--metrics-listen`). The `sockbypassd` binary's
 //! main thread installs it once the daemon has started, before it waits for signals. So by the
 //! time a thread reads anything a guest or a host program wrote, it is confined; sockets are
 //! bound and the configuration read before that.
+//!
+//! One thread is not confined: the control thread (`sb-control`, [`crate::runtime`]). It binds
+//! the sockets of VMs added at run time and starts their server threads (which confine
+//! themselves first thing, like the others), and it reads the configuration file on a reload;
+//! those are the calls the allowlist exists to refuse. Nothing a guest or a host program sends
+//! reaches it: it hears only its control socket (mode 0600, the daemon's own user) and `SIGHUP`.
 //!
 //! ## The allowlist
 //!
@@ -342,8 +349,23 @@ fn events() -> Result<Rules, BackendError> {
 /// a VM's `uds`; `socket(AF_UNIX)` and `connect` for a guest's connection to a host port;
 /// `recvmsg`/`sendmsg` for vhost-user messages with file descriptors; `recvfrom`/`sendto` for
 /// host streams; `shutdown`; `fcntl(F_GETFD)` and `fcntl(F_DUPFD_CLOEXEC)` as vhost-user keeps
-/// and checks descriptors; `ioctl(FIONBIO)` to make an accepted host stream non-blocking. No other socket family, so no network.
+/// and checks descriptors; `ioctl(FIONBIO)` to make an accepted host stream non-blocking. No
+/// other socket family, so no network.
+///
+/// The metrics thread (`--metrics-listen`, [`crate::exporter`]) serves a TCP listener bound
+/// before it is confined, so it needs no `socket`, `bind` or `listen`: it takes connections with
+/// `accept4`, reads and writes them with `recvfrom`/`sendto`, closes them with `shutdown` and
+/// `close` (all allowed above), and bounds each connection in time with
+/// `setsockopt(SOL_SOCKET, SO_RCVTIMEO | SO_SNDTIMEO)`, the only `setsockopt` allowed (found by
+/// running the daemon under `--seccomp log` and `strace -f` while scraping it).
 fn sockets() -> Result<Rules, BackendError> {
+    let sol_socket = c(libc::SOL_SOCKET);
+    let socket_timeout = |option: libc::c_int| {
+        SeccompRule::new(vec![
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, sol_socket)?,
+            SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, c(option))?,
+        ])
+    };
     Ok(vec![
         (libc::SYS_accept4, vec![]),
         (libc::SYS_socket, one_of(0, &[c(libc::AF_UNIX)])?),
@@ -360,6 +382,13 @@ fn sockets() -> Result<Rules, BackendError> {
             one_of(1, &[c(libc::F_GETFD), c(libc::F_DUPFD_CLOEXEC)])?,
         ),
         (libc::SYS_ioctl, one_of(1, &[libc::FIONBIO])?),
+        (
+            libc::SYS_setsockopt,
+            vec![
+                socket_timeout(libc::SO_RCVTIMEO)?,
+                socket_timeout(libc::SO_SNDTIMEO)?,
+            ],
+        ),
     ])
 }
 
@@ -442,6 +471,28 @@ mod tests {
             connected.map_err(|e| e.kind()),
             Err(std::io::ErrorKind::NotFound)
         );
+    }
+
+    #[test]
+    fn a_confined_thread_may_set_socket_timeouts() {
+        let f = ThreadFilter::build(SeccompMode::Kill).expect("kill");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (stream, _) = listener.accept().expect("accept");
+        // Under `kill`, a refused call would end this whole test process with SIGSYS.
+        std::thread::spawn(move || {
+            f.apply().expect("apply");
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+                .expect("SO_RCVTIMEO");
+            stream
+                .set_write_timeout(Some(std::time::Duration::from_secs(1)))
+                .expect("SO_SNDTIMEO");
+        })
+        .join()
+        .expect("confined thread");
+        drop(client);
     }
 
     #[test]

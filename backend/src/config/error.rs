@@ -352,6 +352,14 @@ pub enum ConfigError {
         /// The value given.
         value: String,
     },
+    /// `--metrics-listen` / `metrics_listen` is not a socket address.
+    #[error("{key}: `{value}` is not an IP address and port such as 127.0.0.1:9464 or [::1]:9464")]
+    InvalidListenAddress {
+        /// The flag or file key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+    },
     /// `--poll-mode` / `poll_mode` is not a known mode.
     #[error("invalid poll mode `{value}`: expected poll, event or adaptive")]
     InvalidPollMode {

@@ -2,6 +2,7 @@
 //!
 //! Only the syntax and types are checked here; value rules are in [`super::validate`].
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -30,6 +31,8 @@ pub struct FileConfig {
     pub seccomp: Option<SeccompMode>,
     /// The `[[pair]]` tables, in file order.
     pub pairs: Vec<PairConfig>,
+    /// Top-level `metrics_listen`, if present.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for FileConfig {
@@ -42,6 +45,7 @@ impl Default for FileConfig {
             rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: None,
             pairs: Vec::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -62,6 +66,7 @@ struct RawFile {
     half_open_timeout_ms: Option<u64>,
     rx_stall_timeout_ms: Option<u64>,
     seccomp: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// One `[[pair]]` table.
@@ -137,6 +142,11 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         poll.cpus = Some(parse_cpu_list(list)?);
     }
     let seccomp = raw.seccomp.as_deref().map(str::parse).transpose()?;
+    let metrics_listen = raw
+        .metrics_listen
+        .as_deref()
+        .map(|v| super::parse_listen_address(v, "metrics_listen"))
+        .transpose()?;
     if let Some(vm) = raw
         .vm
         .iter()
@@ -158,6 +168,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
             .rx_stall_timeout_ms
             .unwrap_or(DEFAULT_RX_STALL_TIMEOUT_MS),
         seccomp,
+        metrics_listen,
         pairs: raw
             .pair
             .into_iter()

@@ -18,6 +18,7 @@ mod seccomp_mode;
 mod validate;
 mod vm_spec;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::cli::Cli;
@@ -71,6 +72,9 @@ pub struct DaemonConfig {
     pub seccomp: SeccompMode,
     /// Fast-path pairs (SPEC.md §13.1): those of `--config` first, then `--pair`.
     pub pairs: Vec<PairConfig>,
+    /// Where to serve Prometheus metrics (`--metrics-listen`, else the file's
+    /// `metrics_listen`); `None`: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// The control socket (`--control`, SPEC.md §14), if any. With it the daemon may start
     /// with no VM.
     pub control: Option<PathBuf>,
@@ -144,6 +148,7 @@ impl DaemonConfig {
             rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
             seccomp: SeccompMode::default(),
             pairs: Vec::new(),
+            metrics_listen: None,
             control: None,
             command_line: None,
         }
@@ -193,6 +198,10 @@ impl DaemonConfig {
             Some(mode) => mode.parse()?,
             None => file.seccomp.unwrap_or_default(),
         };
+        let metrics_listen = match &cli.metrics_listen {
+            Some(addr) => Some(parse_listen_address(addr, "--metrics-listen")?),
+            None => file.metrics_listen,
+        };
         let mut pairs = file.pairs;
         for spec in &cli.pair {
             pairs.push(PairConfig::from_spec(spec)?);
@@ -205,6 +214,7 @@ impl DaemonConfig {
             rx_stall_timeout_ms,
             seccomp,
             pairs,
+            metrics_listen,
             control: cli.control.clone(),
             command_line: Some(cli.clone()),
         };
@@ -224,6 +234,7 @@ impl DaemonConfig {
             rx_stall_timeout_ms: parsed.rx_stall_timeout_ms,
             seccomp: parsed.seccomp.unwrap_or_default(),
             pairs: parsed.pairs,
+            metrics_listen: parsed.metrics_listen,
             control: None,
             command_line: None,
         };
@@ -269,6 +280,17 @@ impl DaemonConfig {
     }
 }
 
+/// A listening address (`--metrics-listen`, `metrics_listen`): an IP address and a port, no
+/// host name (nothing is resolved at start-up); `key` names the flag or file key in the error.
+fn parse_listen_address(value: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::InvalidListenAddress {
+            key,
+            value: value.to_owned(),
+        })
+}
+
 /// Checks a set of VMs as one configuration would (names, CIDs, groups, ports and limits;
 /// unique names, CIDs and paths; existing directories), but allows none: what a VM added at
 /// run time must pass together with the VMs already served.
@@ -309,15 +331,15 @@ mod tests {
         )
         .unwrap();
         let db_spec = format!("name=db,cid=4,socket={d}/db.sock,uds={d}/db.vsock,max_conns=8");
-        let config = DaemonConfig::from_cli(&cli(&[
+        let command_line = cli(&[
             "--config",
             toml.to_str().unwrap(),
             "--vm",
             &db_spec,
             "--poll-budget-us",
             "75",
-        ]))
-        .unwrap();
+        ]);
+        let config = DaemonConfig::from_cli(&command_line).unwrap();
         assert_eq!(
             config,
             DaemonConfig {
@@ -343,6 +365,9 @@ mod tests {
                 rx_stall_timeout_ms: DEFAULT_RX_STALL_TIMEOUT_MS,
                 seccomp: SeccompMode::Kill,
                 pairs: Vec::new(),
+                metrics_listen: None,
+                control: None,
+                command_line: Some(command_line.clone()),
             }
         );
     }
@@ -367,6 +392,44 @@ mod tests {
         let e = mode(&["--vm", &spec, "--seccomp", "strict"]).unwrap_err();
         assert!(
             matches!(&e, ConfigError::InvalidSeccompMode { value } if value == "strict"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_from_command_line_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("sb.toml");
+        std::fs::write(&toml, "metrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+        let spec = format!("name=a,cid=3,socket={}/a.sock", dir.path().display());
+        let file = toml.to_str().unwrap();
+        let listen = |args: &[&str]| DaemonConfig::from_cli(&cli(args)).map(|c| c.metrics_listen);
+        assert_eq!(listen(&["--vm", &spec]).ok(), Some(None));
+        assert_eq!(
+            listen(&["--vm", &spec, "--config", file]).ok(),
+            Some(Some("127.0.0.1:9464".parse().unwrap()))
+        );
+        assert_eq!(
+            listen(&[
+                "--vm",
+                &spec,
+                "--config",
+                file,
+                "--metrics-listen",
+                "[::1]:0"
+            ])
+            .ok(),
+            Some(Some("[::1]:0".parse().unwrap()))
+        );
+        let e = listen(&["--vm", &spec, "--metrics-listen", "localhost:9464"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--metrics-listen: `localhost:9464` is not an IP address and port such as 127.0.0.1:9464 or [::1]:9464"
+        );
+        std::fs::write(&toml, "metrics_listen = \"9464\"\n").unwrap();
+        let e = listen(&["--vm", &spec, "--config", file]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::InvalidListenAddress { key: "metrics_listen", value } if value == "9464"),
             "{e:?}"
         );
     }

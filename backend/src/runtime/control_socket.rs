@@ -71,7 +71,14 @@ pub struct ControlSocket {
 struct Client {
     stream: UnixStream,
     pending: Vec<u8>,
+    /// After an overlong line: the reply is sent and the write side shut; what the client
+    /// still sends is read and dropped (at most [`DISCARD_LIMIT`] bytes) until it closes, so
+    /// that closing does not reset the connection before the client read the reply.
+    discarded: Option<usize>,
 }
+
+/// What a connection in [`Client::discarded`] may still send before it is closed.
+const DISCARD_LIMIT: usize = 1 << 20;
 
 /// Binds `path` with mode 0600: bound under a temporary name, restricted, then renamed into
 /// place, so that no one else can connect in between.
@@ -200,7 +207,9 @@ impl Server {
                         let _ = self.reload.read();
                         match self.vms.reload() {
                             Ok(report) => tracing::info!(?report, "reload done"),
-                            Err(e) => tracing::error!(error = %e, "reload failed; nothing more changed"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "reload failed; nothing more changed")
+                            }
                         }
                     }
                     LISTENER => self.accept_all(),
@@ -250,6 +259,7 @@ impl Server {
                 Client {
                     stream,
                     pending: Vec::new(),
+                    discarded: None,
                 },
             );
         }
@@ -264,10 +274,16 @@ impl Server {
         let mut buf = [0u8; 4096];
         let keep = match client.stream.read(&mut buf) {
             Ok(0) => false,
-            Ok(n) => {
-                client.pending.extend_from_slice(&buf[..n]);
-                self.answer_lines(token)
-            }
+            Ok(n) => match &mut client.discarded {
+                Some(total) => {
+                    *total += n;
+                    *total < DISCARD_LIMIT
+                }
+                None => {
+                    client.pending.extend_from_slice(&buf[..n]);
+                    self.answer_lines(token)
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
             Err(_) => false,
@@ -289,26 +305,14 @@ impl Server {
             let Some(client) = self.clients.get_mut(&token) else {
                 return false;
             };
-            let Some(end) = client.pending.iter().position(|&b| b == b'\n') else {
-                if client.pending.len() >= MAX_LINE_BYTES {
-                    let err = ControlError::new(
-                        ErrorKind::BadRequest,
-                        format!("request line longer than {MAX_LINE_BYTES} bytes"),
-                    );
-                    let _ = write_reply(&mut client.stream, &Reply::Error(err));
-                    return false;
-                }
+            let end = client.pending.iter().position(|&b| b == b'\n');
+            if end.unwrap_or(client.pending.len()) >= MAX_LINE_BYTES {
+                return refuse_overlong(client);
+            }
+            let Some(end) = end else {
                 return true;
             };
             let line: Vec<u8> = client.pending.drain(..=end).collect();
-            if end >= MAX_LINE_BYTES {
-                let err = ControlError::new(
-                    ErrorKind::BadRequest,
-                    format!("request line longer than {MAX_LINE_BYTES} bytes"),
-                );
-                let _ = write_reply(&mut client.stream, &Reply::Error(err));
-                return false;
-            }
             let reply = handle(&self.vms, &line[..end]);
             let Some(client) = self.clients.get_mut(&token) else {
                 return false;
@@ -318,6 +322,19 @@ impl Server {
             }
         }
     }
+}
+
+/// Answers an overlong line, shuts the connection's write side and drops what it sends from
+/// now on; returns whether to keep watching it.
+fn refuse_overlong(client: &mut Client) -> bool {
+    let err = ControlError::new(
+        ErrorKind::BadRequest,
+        format!("request line longer than {MAX_LINE_BYTES} bytes"),
+    );
+    let written = write_reply(&mut client.stream, &Reply::Error(err));
+    client.pending = Vec::new();
+    client.discarded = Some(0);
+    written.is_ok() && client.stream.shutdown(std::net::Shutdown::Write).is_ok()
 }
 
 /// Carries out one request line.

@@ -19,10 +19,7 @@ impl VmSet {
         self.snapshot()
             .into_iter()
             .map(|(config, index, origin)| VmInfo {
-                attached: self
-                    .switch
-                    .vm(index)
-                    .is_some_and(|vm| vm.is_attached()),
+                attached: self.switch.vm(index).is_some_and(|vm| vm.is_attached()),
                 windows: self.windows_of(&config.name),
                 name: config.name,
                 cid: config.cid,

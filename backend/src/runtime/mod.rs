@@ -18,6 +18,6 @@ mod notify;
 mod reload;
 mod vm_set;
 
-pub use control_socket::{ControlSocket, ControlSocketError};
+pub use control_socket::{ControlSocket, ControlSocketError, MAX_CLIENTS};
 pub use notify::{notify_systemd, Readiness};
 pub use vm_set::VmSet;

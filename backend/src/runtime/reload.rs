@@ -28,6 +28,7 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
     check("seccomp", old.seccomp != new.seccomp);
     check("log_level", old.log_level != new.log_level);
     check("pair", old.pairs != new.pairs);
+    check("metrics_listen", old.metrics_listen != new.metrics_listen);
     out
 }
 

@@ -77,11 +77,14 @@ impl VmSet {
         let mut windows: HashMap<String, Vec<WindowInfo>> = HashMap::new();
         for vm in &config.vms {
             if let Some(size) = vm.fastpath_size {
-                windows.entry(vm.name.clone()).or_default().push(WindowInfo {
-                    path: window_path(&vm.socket, &vm.name),
-                    size,
-                    pair_with: None,
-                });
+                windows
+                    .entry(vm.name.clone())
+                    .or_default()
+                    .push(WindowInfo {
+                        path: window_path(&vm.socket, &vm.name),
+                        size,
+                        pair_with: None,
+                    });
             }
         }
         for pair in &config.pairs {

@@ -89,15 +89,15 @@ impl Switch {
         for peer in self.queue_owed_rsts(expired.rsts) {
             self.fill_rx(peer);
         }
-        for vm in self.vms() {
+        self.for_each_vm(|vm| {
             self.reset_if_broken(vm.index);
-            self.reset_stalled_receiver(&vm, now, self.rx_stall_timeout);
+            self.reset_stalled_receiver(vm, now, self.rx_stall_timeout);
             {
                 let mut rx = vm.rx();
                 let (host, mut replies) = rx.host_with_replies(&vm.counters);
                 host.sweep(now, &mut replies);
             }
             self.fill_rx_then_resume_tx(vm.index);
-        }
+        });
     }
 }

@@ -68,9 +68,9 @@ impl Switch {
         // Chains other VMs had waiting for this one go back to them, undelivered.
         self.return_held(gone.inbound);
         // This VM's own chains waiting in other VMs' queues belong to rings that are gone.
-        for other in self.vms() {
+        self.for_each_vm(|other| {
             other.rx().inbound.remove_sender(index, gone.generation);
-        }
+        });
         vm.held_sub(usize::MAX);
         let owed = self.peers().detach(index);
         if !owed.is_empty() {

@@ -40,7 +40,9 @@
 //!    deliver),
 //! 3. innermost, each held only for one call and never while taking another lock: the peer
 //!    table, a VM's attachment lock (an `RwLock`), a VM's memory slot (the frontend
-//!    connection's guest memory, [`VmPort::set_memory`]), and the vring locks.
+//!    connection's guest memory, [`VmPort::set_memory`]), the vring locks, and the VM table's
+//!    `RwLock`s (a slot, the CID map, the member list: read for one lookup, written only by
+//!    [`Switch::add_vm`] and [`Switch::remove_vm`]).
 //!
 //! Nothing here blocks on I/O: host sockets are non-blocking, and a full RX queue or a full
 //! reply queue stops the work until a kick or an event resumes it. A packet for a peer with no

@@ -453,10 +453,7 @@ fn a_hostile_guests_ring_states_cannot_disturb_other_vms_or_the_daemon() {
     }
     // x comes back clean and reaches a peer.
     attacker.recover(&mut x);
-    let port = h
-        .daemon
-        .as_ref()
-        .and_then(|d| d.switch().vm_by_name("x").cloned());
+    let port = h.daemon.as_ref().and_then(|d| d.switch().vm_by_name("x"));
     let port = port.expect("x");
     assert!(
         wait_until(T, || h.is_attached("x")),
