@@ -86,7 +86,7 @@ mod tests {
             "plain",
             "with space",
             "it's",
-            "$(touch /nonexistent)",
+            "$(echo injected)",
             "`x`",
             "a\\b",
             "tab\there",
