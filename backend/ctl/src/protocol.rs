@@ -194,7 +194,8 @@ pub struct ReloadReport {
     pub added: Vec<String>,
     /// VMs removed.
     pub removed: Vec<String>,
-    /// VMs whose settings changed: removed and added again (their guests see a device reset).
+    /// VMs whose settings changed: removed and added again. A running guest loses its device
+    /// until its VM restarts, as for a removal (SPEC.md §14.3).
     pub replaced: Vec<String>,
     /// VMs left as they were.
     pub unchanged: Vec<String>,

@@ -5,7 +5,7 @@
 //! Every family is listed on every scrape, from the counter structs' `pairs()`, so a counter
 //! added to `metrics.rs`, the poll engine or [`VmGauges`] is exported without a change here
 //! (the tests fail until it has a help text in `help.rs` and a line in
-//! `deploy/README-metrics.md`). The samples come from the VMs that exist at the scrape: a VM
+//! README.md's "Prometheus metrics"). The samples come from the VMs that exist at the scrape: a VM
 //! added or removed at run time appears or disappears with its series.
 
 use std::fmt::Debug;
@@ -477,8 +477,8 @@ pub(super) mod tests {
 
     #[test]
     fn deploy_readme_lists_every_family() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/README-metrics.md");
-        let text = std::fs::read_to_string(path).expect("deploy/README-metrics.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let text = std::fs::read_to_string(path).expect("README.md");
         for f in families(&sample()) {
             let exported = match f.kind {
                 Kind::Counter => format!("{}_total", f.name),

@@ -1,6 +1,6 @@
 //! The Prometheus exporter (`--metrics-listen ADDR`): one thread, `sb-metrics`, answering
 //! `GET /metrics` with the daemon's counters and gauges in the OpenMetrics text format, read
-//! at each scrape. `deploy/README-metrics.md` lists what it exports.
+//! at each scrape. README.md ("Prometheus metrics") lists what it exports.
 //!
 //! The TCP listener is bound in [`crate::daemon::start`] with the other sockets ([`bind`]),
 //! before any thread is confined: the seccomp filter refuses `socket(AF_INET)` and `bind`. The
