@@ -24,7 +24,7 @@ use harness::cannot_run;
 use serde_json::Value;
 use sockbypass_guests::accel::{self, Accel};
 use sockbypass_guests::image::GuestImage;
-use sockbypass_guests::qemu::{cpu_model, qemu_version, QEMU};
+use sockbypass_guests::qemu::{boot_args, cpu_model, qemu_version, QEMU};
 use sockbypass_guests::realdaemon::process::DaemonProcess;
 use sockbypass_guests::results::{exit_status, results_of, READY};
 
@@ -368,22 +368,13 @@ fn qemu_starts_from_qemu_args_and_its_vsock_device_attaches() {
         accel.qemu_name().into(),
         "-smp".into(),
         "1".into(),
-        "-kernel".into(),
-        image.kernel.display().to_string(),
-        "-initrd".into(),
-        image.initrd.display().to_string(),
-        "-append".into(),
-        "console=ttyS0 panic=-1 quiet".into(),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-display".into(),
-        "none".into(),
-        "-no-reboot".into(),
-        "-serial".into(),
-        format!("file:{}", serial.display()),
-        "-fw_cfg".into(),
-        format!("name=opt/sockbypass/cmd,file={}", script.display()),
     ];
+    boot.extend(boot_args(
+        &image,
+        "console=ttyS0 panic=-1 quiet",
+        &serial,
+        &script,
+    ));
     if let Some(cpu) = cpu_model(accel) {
         boot.extend(["-cpu".into(), cpu]);
     }

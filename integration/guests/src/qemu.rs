@@ -114,6 +114,31 @@ pub fn script_path(spec: &GuestSpec) -> PathBuf {
     spec.serial_log.with_extension("cmd.sh")
 }
 
+/// What boots the guest image, and nothing else: its kernel and initramfs with the kernel
+/// command line `append`, no default devices or display, the serial console into the file
+/// `serial`, and the command the guest runs from the file `script` (through fw_cfg, not the
+/// kernel command line: a command line over 2048 bytes hangs the Debian kernel before it prints
+/// anything).
+pub fn boot_args(image: &GuestImage, append: &str, serial: &Path, script: &Path) -> Vec<String> {
+    vec![
+        "-kernel".into(),
+        image.kernel.display().to_string(),
+        "-initrd".into(),
+        image.initrd.display().to_string(),
+        "-append".into(),
+        append.into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", serial.display()),
+        "-fw_cfg".into(),
+        format!("name=opt/sockbypass/cmd,file={}", script.display()),
+    ]
+}
+
 /// The QEMU command line for `spec` (without any namespace prefix). The command itself is in
 /// the file [`script_path`], which [`QemuGuest::spawn`] writes.
 pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<String> {
@@ -138,27 +163,13 @@ pub fn command_line(spec: &GuestSpec, image: &GuestImage, accel: Accel) -> Vec<S
             "memory-backend-memfd,id=mem,size={}M,share=on",
             spec.memory_mib
         ),
-        "-kernel".into(),
-        image.kernel.display().to_string(),
-        "-initrd".into(),
-        image.initrd.display().to_string(),
-        "-append".into(),
-        append.join(" "),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-display".into(),
-        "none".into(),
-        "-no-reboot".into(),
-        "-serial".into(),
-        format!("file:{}", spec.serial_log.display()),
-        // The command goes through fw_cfg, not the kernel command line: a command line over
-        // 2048 bytes hangs the Debian kernel before it prints anything.
-        "-fw_cfg".into(),
-        format!(
-            "name=opt/sockbypass/cmd,file={}",
-            script_path(spec).display()
-        ),
     ];
+    args.extend(boot_args(
+        image,
+        &append.join(" "),
+        &spec.serial_log,
+        &script_path(spec),
+    ));
     if let Some(cpu) = cpu_model(accel) {
         args.extend(["-cpu".into(), cpu]);
     }
