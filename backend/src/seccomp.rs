@@ -13,11 +13,12 @@
 //! time a thread reads anything a guest or a host program wrote, it is confined; sockets are
 //! bound and the configuration read before that.
 //!
-//! One thread is not confined: the control thread (`sb-control`, [`crate::runtime`]). It binds
-//! the sockets of VMs added at run time and starts their server threads (which confine
-//! themselves first thing, like the others), and it reads the configuration file on a reload;
-//! those are the calls the allowlist exists to refuse. Nothing a guest or a host program sends
-//! reaches it: it hears only its control socket (mode 0600, the daemon's own user) and `SIGHUP`.
+//! The control thread (`sb-control`, [`crate::runtime`]) installs a variant of its own
+//! ([`ThreadFilter::confine_control_thread`]): the allowlist plus what adding a VM and
+//! reloading need ([`control`]: binding sockets, reading the configuration file, and letting
+//! the VM threads it starts install the daemon's filter over the one they inherit). Nothing a
+//! guest or a host program sends reaches it: it hears only its control socket (mode 0600) and
+//! `SIGHUP`.
 //!
 //! ## The allowlist
 //!
@@ -100,6 +101,8 @@ pub struct ThreadFilter {
     mode: SeccompMode,
     /// In the order of installation: the file filter, then the allowlist.
     programs: Arc<[BpfProgram]>,
+    /// The control thread's filter: the allowlist and [`control`], without the file filter.
+    control_programs: Arc<[BpfProgram]>,
 }
 
 impl std::fmt::Debug for ThreadFilter {
@@ -124,6 +127,7 @@ impl ThreadFilter {
                 return Ok(ThreadFilter {
                     mode,
                     programs: Arc::new([]),
+                    control_programs: Arc::new([]),
                 })
             }
             SeccompMode::Log => SeccompAction::Log,
@@ -138,6 +142,7 @@ impl ThreadFilter {
         let no_files = file_lookups();
         let allowed = allowlist()?;
         let syscalls = allowed.len();
+        let for_control = merge(allowed.clone(), control().map_err(SeccompError::Build)?);
         let filter = ThreadFilter {
             mode,
             programs: Arc::new([
@@ -147,18 +152,25 @@ impl ThreadFilter {
                     SeccompAction::Errno(libc::ENOENT.unsigned_abs()),
                     arch,
                 )?,
-                compile(allowed, mismatch, SeccompAction::Allow, arch)?,
+                compile(allowed, mismatch.clone(), SeccompAction::Allow, arch)?,
             ]),
+            control_programs: Arc::new([compile(
+                for_control,
+                mismatch,
+                SeccompAction::Allow,
+                arch,
+            )?]),
         };
-        let trial = filter.clone();
-        std::thread::Builder::new()
-            .name("seccomp-trial".into())
-            .spawn(move || trial.apply())
-            .map_err(SeccompError::TrialThread)?
-            .join()
-            .unwrap_or_else(|_| {
-                Err(SeccompError::TrialThread(std::io::Error::other("panicked")))
-            })?;
+        for programs in [filter.programs.clone(), filter.control_programs.clone()] {
+            std::thread::Builder::new()
+                .name("seccomp-trial".into())
+                .spawn(move || install(&programs))
+                .map_err(SeccompError::TrialThread)?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(SeccompError::TrialThread(std::io::Error::other("panicked")))
+                })?;
+        }
         tracing::info!(?mode, syscalls, "seccomp filter ready");
         Ok(filter)
     }
@@ -171,10 +183,17 @@ impl ThreadFilter {
     /// Installs the filter on the calling thread (nothing in [`SeccompMode::Off`]). The thread
     /// can never drop it, and the threads it starts afterwards inherit it.
     pub fn apply(&self) -> Result<(), SeccompError> {
-        for program in self.programs.iter() {
-            seccompiler::apply_filter(program).map_err(SeccompError::Install)?;
+        install(&self.programs)
+    }
+
+    /// Installs the control thread's filter on the calling thread: the allowlist and the calls
+    /// that adding a VM and reloading need ([`control`]). Stops the daemon (abort) if it cannot,
+    /// as [`ThreadFilter::confine_current_thread`] does.
+    pub fn confine_control_thread(&self) {
+        if let Err(e) = install(&self.control_programs) {
+            tracing::error!(error = %crate::error_chain(&e), "stopping: the control thread cannot be confined");
+            std::process::abort();
         }
-        Ok(())
     }
 
     /// [`ThreadFilter::apply`] at the start of a daemon thread. The kernel accepted the same
@@ -186,6 +205,27 @@ impl ThreadFilter {
             std::process::abort();
         }
     }
+}
+
+/// `base` with the rules of `extra` added: a call in both keeps `base`'s rules and gains
+/// `extra`'s (a call that `base` allows whatever its arguments stays so).
+fn merge(mut base: Rules, extra: Rules) -> Rules {
+    for (call, rules) in extra {
+        match base.iter_mut().find(|(n, _)| *n == call) {
+            Some((_, existing)) if existing.is_empty() => {}
+            Some((_, existing)) => existing.extend(rules),
+            None => base.push((call, rules)),
+        }
+    }
+    base
+}
+
+/// Installs `programs` on the calling thread, in order.
+fn install(programs: &[BpfProgram]) -> Result<(), SeccompError> {
+    for program in programs {
+        seccompiler::apply_filter(program).map_err(SeccompError::Install)?;
+    }
+    Ok(())
 }
 
 /// Makes the forbidden call of [`TEST_FORBIDDEN_CALL_ENV`] if the environment asks for it.
@@ -423,6 +463,37 @@ fn process() -> Result<Rules, BackendError> {
     ])
 }
 
+/// The control thread's calls beyond the allowlist ([`crate::runtime`]): a VM added at run time
+/// gets its vhost-user socket and `uds` bound (`bind`, `listen`; `socket(AF_UNIX)` and
+/// `unlink` of a stale socket are in the allowlist); a reload reads the configuration file
+/// (`openat`, allowed by the allowlist, is not answered `ENOENT` here because the control
+/// thread has no file filter; then `fstat`/`statx` for its size, and `newfstatat`/`statx` to
+/// check that each VM's socket directory exists and whether a socket path is a stale socket).
+/// The server thread of a VM added at run time starts under this filter (threads inherit their
+/// creator's) and installs the daemon's own filter first thing, which only narrows what it may
+/// do: `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER)`.
+/// Found by running the daemon with `--seccomp log` through `vm_add`, `vm_remove`, `stats`,
+/// reloads by request and by `SIGHUP`, and reading the kernel's log for the threads
+/// `sb-control` and `vm-*`.
+fn control() -> Result<Rules, BackendError> {
+    Ok(vec![
+        (libc::SYS_prctl, one_of(0, &[c(libc::PR_SET_NO_NEW_PRIVS)])?),
+        (
+            libc::SYS_seccomp,
+            one_of(0, &[u64::from(libc::SECCOMP_SET_MODE_FILTER)])?,
+        ),
+        (libc::SYS_bind, vec![]),
+        (libc::SYS_listen, vec![]),
+        (libc::SYS_fstat, vec![]),
+        (libc::SYS_newfstatat, vec![]),
+        (libc::SYS_statx, vec![]),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_stat, vec![]),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_lstat, vec![]),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +513,7 @@ mod tests {
         let f = ThreadFilter::build(SeccompMode::Off).expect("off");
         assert_eq!(f.mode(), SeccompMode::Off);
         assert!(f.programs.is_empty());
+        assert!(f.control_programs.is_empty());
     }
 
     #[test]

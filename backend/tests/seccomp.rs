@@ -1,7 +1,5 @@
 //! The real `sockbypassd` binary confines itself with its seccomp filter: every thread of the
-//! process but the control thread (`sb-control`, which binds sockets and starts threads for VMs
-//! added at run time, reads the configuration on a reload, and hears only the daemon's own user)
-//! runs under it, a system call outside the allowlist kills the daemon with SIGSYS in the
+//! process runs under it (the control thread, `sb-control`, under its own variant), a system call outside the allowlist kills the daemon with SIGSYS in the
 //! default mode, and `--seccomp log` and `--seccomp off` let the daemon live.
 //!
 //! The forbidden call is made by the binary itself when `SOCKBYPASSD_TEST_FORBIDDEN_SYSCALL=1`
@@ -134,23 +132,15 @@ fn field_of(status: &Path) -> Option<(String, u32)> {
     Some((value("Name:")?, value("Seccomp:")?.parse().ok()?))
 }
 
-/// The one thread the filter does not confine (see `sockbypassd::runtime`).
-const UNCONFINED: &str = "sb-control";
+/// The control thread, confined by its own variant of the filter (see `sockbypassd::runtime`).
+const CONTROL: &str = "sb-control";
 
-/// Waits until every thread of `pid` but [`UNCONFINED`] shows seccomp mode `mode`, and that one
-/// mode 0; returns their names.
+/// Waits until every thread of `pid` shows seccomp mode `mode`; returns their names.
 fn wait_all_threads(pid: u32, mode: u32) -> Vec<String> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let threads = thread_seccomp(pid);
-        let as_expected = |(name, m): &(String, u32)| {
-            if name == UNCONFINED {
-                *m == 0
-            } else {
-                *m == mode
-            }
-        };
-        if !threads.is_empty() && threads.iter().all(as_expected) {
+        if !threads.is_empty() && threads.iter().all(|(_, m)| *m == mode) {
             return threads.into_iter().map(|(n, _)| n).collect();
         }
         assert!(
@@ -168,7 +158,7 @@ fn by_default_every_thread_is_confined_and_a_forbidden_call_kills_with_sigsys() 
     let daemon = Daemon::start(&[], false);
     daemon.wait_line("serving");
     let names = wait_all_threads(daemon.child.id(), 2);
-    for expected in ["sockbypassd", "sb-poll-0", "vm-web", "host-io", UNCONFINED] {
+    for expected in ["sockbypassd", "sb-poll-0", "vm-web", "host-io", CONTROL] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} in {names:?}"

@@ -7,9 +7,12 @@
 //! its connection closed); a reply that cannot be written within [`WRITE_TIMEOUT`] closes its
 //! connection. Requests are carried out one at a time, in order.
 //!
-//! The thread is not confined by the seccomp filter: it binds sockets and starts threads for
-//! VMs added at run time, and reads the configuration file on a reload. Only the daemon's own
-//! user can reach it (mode 0600), and nothing a guest sends reaches it.
+//! The thread has a seccomp filter of its own ([`ThreadFilter::confine_control_thread`]): the
+//! daemon's allowlist, plus binding sockets for VMs added at run time and reading the
+//! configuration file on a reload. Only the daemon's own user can reach it (mode 0600), and
+//! nothing a guest sends reaches it.
+//!
+//! [`ThreadFilter::confine_control_thread`]: crate::seccomp::ThreadFilter::confine_control_thread
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -130,6 +133,7 @@ impl ControlSocket {
         if let Some(l) = &listener {
             watch(l.as_raw_fd(), LISTENER).map_err(ControlSocketError::Setup)?;
         }
+        let filter = vms.filter().clone();
         let mut server = Server {
             vms,
             epoll,
@@ -141,6 +145,7 @@ impl ControlSocket {
         let thread = std::thread::Builder::new()
             .name("sb-control".into())
             .spawn(move || {
+                filter.confine_control_thread();
                 failure.guard("sb-control", || server.run());
             })
             .map_err(ControlSocketError::Setup)?;

@@ -84,6 +84,23 @@ impl VmSet {
                 report.added.push(vm.name.clone());
             }
         }
+        // A VM that would be added (or added again) with the fast path cannot be (SPEC.md
+        // §14.3): refuse now, before anything is removed.
+        if let Some(vm) = report
+            .added
+            .iter()
+            .chain(&report.replaced)
+            .filter_map(|name| new.vms.iter().find(|vm| &vm.name == name))
+            .find(|vm| vm.fastpath_size.is_some())
+        {
+            return Err(ControlError::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "reload: VM `{}` would be added with fastpath=on, which only a daemon start can do; nothing changed",
+                    vm.name
+                ),
+            ));
+        }
         notify_systemd(Readiness::Reloading);
         let result = self.apply(&new, &report);
         notify_systemd(Readiness::Ready);

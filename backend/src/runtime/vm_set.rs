@@ -295,6 +295,11 @@ impl VmSet {
         self.fastpath_counters.get(name).map(|c| c.snapshot())
     }
 
+    /// The daemon's seccomp filter (the control thread installs its own variant of it).
+    pub fn filter(&self) -> &ThreadFilter {
+        &self.filter
+    }
+
     /// Records the poll threads' counters (once the engine started).
     pub fn set_poll_counters(&self, counters: Vec<Arc<PollCounters>>) {
         let _ = self.poll_counters.set(counters);

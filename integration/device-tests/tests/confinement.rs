@@ -9,7 +9,14 @@ use harness::{wait_until, Harness, VmSpec};
 use sockbypassd::config::PollMode;
 
 /// Name prefixes of the daemon's threads (`vhu-` and `vring_worker` are vhost-user-backend's).
-const DAEMON_THREADS: [&str; 5] = ["vm-", "sb-poll-", "host-io", "vhu-", "vring_worker"];
+const DAEMON_THREADS: [&str; 6] = [
+    "vm-",
+    "sb-poll-",
+    "host-io",
+    "vhu-",
+    "vring_worker",
+    "sb-control",
+];
 
 /// `(name, Seccomp)` of every thread of this process; `Seccomp:` is 0 without a filter, 2 with.
 fn threads() -> Vec<(String, u32)> {
