@@ -8,8 +8,8 @@ use std::path::PathBuf;
 /// Text shown after the options in `--help`.
 const AFTER_HELP: &str = "\
 VM SPEC:
-  name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N]
-      [,max_conns_per_peer=N][,host_buffer_bytes=N][,fastpath=on|off][,fastpath_size=N]
+  name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,ips=IP1+IP2]
+      [,max_conns=N][,max_conns_per_peer=N][,host_buffer_bytes=N][,fastpath=on|off][,fastpath_size=N]
 
   name       VM name: letters, digits, `_`, `.`, `-`
   cid        guest CID, 3..=4294967294, unique across VMs
@@ -17,6 +17,8 @@ VM SPEC:
   uds        optional host-side Unix socket path for this VM, unique
   groups     `+`-separated group names
   ports      `+`-separated vsock port numbers (0..=4294967294)
+  ips        `+`-separated IPv4/IPv6 addresses peers reach this VM at on the ordinary
+             network (for the guest shim's address map), unique across VMs, at most 16
   max_conns  connection limit of this VM, 1..=1024 (default: 1024)
   max_conns_per_peer
              connections one other VM may open to this one (default: max_conns / 2)

@@ -3,7 +3,8 @@
 //! library; a bad line answered without losing the connection; an overlong line and one
 //! connection too many refused; a VM added at run time confined by seccomp; reloads by request
 //! and by `SIGHUP` that apply a changed file's difference and leave run-time VMs alone, and a
-//! broken file that changes nothing.
+//! broken file that changes nothing; `ips` listed, held by one VM, and updated in place by a
+//! reload.
 
 mod support;
 
@@ -333,4 +334,87 @@ fn reload_applies_the_files_difference_and_keeps_run_time_vms() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(d_path.join("e.sock").exists());
+}
+
+/// The inode of the file at `path`: a VM whose socket was bound again has a new one.
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("socket exists").ino()
+}
+
+#[test]
+fn addresses_are_listed_held_by_one_vm_and_updated_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d_path = dir.path();
+    let file = d_path.join("sockbypassd.toml");
+    let write = |ips: &str| {
+        let text = format!(
+            "[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"{}/a.sock\"\ngroups = [\"g\"]\nips = [{ips}]\n",
+            d_path.display()
+        );
+        std::fs::write(&file, text).expect("write config");
+    };
+    write("\"10.0.0.3\", \"fd00::3\"");
+    let (_d, control) = daemon(d_path, &["--config".into(), file.display().to_string()]);
+    let a = || {
+        list(&control)
+            .into_iter()
+            .find(|v| v.name == "a")
+            .expect("a listed")
+    };
+    let ips = |v: &VmInfo| v.ips.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(ips(&a()), ["10.0.0.3", "fd00::3"]);
+
+    // An address another VM has is refused with its own kind; a free one is taken.
+    let spec = |ips: &str| format!("name=rt,socket={}/rt.sock,ips={ips}", d_path.display());
+    assert_eq!(
+        refused(call(
+            &control,
+            Request::VmAdd {
+                spec: spec("10.0.0.3")
+            }
+        )),
+        ErrorKind::IpInUse
+    );
+    assert_eq!(
+        refused(call(
+            &control,
+            Request::VmAdd {
+                spec: spec("127.0.0.1")
+            }
+        )),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(names(&control), ["a"]);
+    match call(
+        &control,
+        Request::VmAdd {
+            spec: spec("10.0.0.9"),
+        },
+    )
+    .expect("rt added")
+    {
+        Answer::Added(v) => assert_eq!(ips(&v), ["10.0.0.9"]),
+        other => panic!("vm_add answered {other:?}"),
+    }
+
+    // Only the addresses changed: updated in place, the socket is not bound again.
+    let before = inode(&d_path.join("a.sock"));
+    write("\"10.0.0.4\"");
+    let report = match call(&control, Request::Reload {}).expect("reload") {
+        Answer::Reloaded(r) => r,
+        other => panic!("reload answered {other:?}"),
+    };
+    assert_eq!(report.updated, ["a"], "{report:?}");
+    assert!(report.replaced.is_empty(), "{report:?}");
+    assert_eq!(ips(&a()), ["10.0.0.4"]);
+    assert_eq!(inode(&d_path.join("a.sock")), before, "a was bound again");
+
+    // A file taking the run-time VM's address changes nothing.
+    write("\"10.0.0.9\"");
+    assert_eq!(
+        refused(call(&control, Request::Reload {})),
+        ErrorKind::IpInUse
+    );
+    assert_eq!(ips(&a()), ["10.0.0.4"]);
 }

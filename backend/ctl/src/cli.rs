@@ -77,7 +77,7 @@ pub enum Command {
 /// `sockbypass vm ...`.
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum VmCommand {
-    /// Add a VM: name=NAME,socket=PATH[,cid=CID][,groups=G1+G2][,ports=P1+P2][,uds=PATH]... (the keys of sockbypassd --vm; without cid the daemon picks the lowest free one)
+    /// Add a VM: name=NAME,socket=PATH[,cid=CID][,groups=G1+G2][,ports=P1+P2][,ips=IP1+IP2][,uds=PATH]... (the keys of sockbypassd --vm; without cid the daemon picks the lowest free one)
     Add {
         /// The VM's spec
         #[arg(value_name = "SPEC")]

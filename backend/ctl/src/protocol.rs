@@ -2,6 +2,7 @@
 //! client, one JSON [`Reply`] per line from the daemon, in order.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,8 @@ pub enum ErrorKind {
     CidInUse,
     /// Another VM uses this socket, `uds` or window path.
     PathInUse,
+    /// Another VM lists this address in its `ips`.
+    IpInUse,
     /// No VM has this name.
     NoSuchVm,
     /// No free CID is left, or the daemon serves as many VMs as it can.
@@ -140,6 +143,9 @@ pub struct VmInfo {
     /// Its port list, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<u32>>,
+    /// The addresses peers reach it at on the ordinary network (`ips`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
     /// Its fast-path windows: its own first, then its direct pairs'.
     #[serde(default)]
     pub windows: Vec<WindowInfo>,
@@ -197,6 +203,9 @@ pub struct ReloadReport {
     /// VMs whose settings changed: removed and added again. A running guest loses its device
     /// until its VM restarts, as for a removal (SPEC.md §14.3).
     pub replaced: Vec<String>,
+    /// VMs whose `ips` alone changed: updated in place, their guests keep their devices.
+    #[serde(default)]
+    pub updated: Vec<String>,
     /// VMs left as they were.
     pub unchanged: Vec<String>,
     /// Settings that changed in the file but take effect only when the daemon restarts (the

@@ -51,7 +51,7 @@ fn origin(o: Origin) -> &'static str {
 /// `vm list`: one row per VM under a header.
 pub fn vm_table(vms: &[VmInfo]) -> String {
     let mut rows = vec![[
-        "NAME", "CID", "ATTACHED", "ORIGIN", "GROUPS", "PORTS", "WINDOWS", "SOCKET",
+        "NAME", "CID", "ATTACHED", "ORIGIN", "GROUPS", "PORTS", "IPS", "WINDOWS", "SOCKET",
     ]
     .map(str::to_owned)
     .to_vec()];
@@ -66,6 +66,13 @@ pub fn vm_table(vms: &[VmInfo]) -> String {
                 None => "any".into(),
                 Some(p) => or_dash(p.iter().map(u32::to_string).collect::<Vec<_>>().join("+")),
             },
+            or_dash(
+                vm.ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("+"),
+            ),
             vm.windows.len().to_string(),
             vm.socket.display().to_string(),
         ]);
@@ -141,14 +148,15 @@ pub fn stats(stats: &Stats) -> String {
     out
 }
 
-/// `reload`: which VMs were added, removed, replaced and left.
+/// `reload`: which VMs were added, removed, replaced, updated and left.
 pub fn reloaded(r: &ReloadReport) -> String {
     let list = |v: &[String]| or_dash(v.join(" "));
     let mut out = format!(
-        "reloaded: added {}; removed {}; replaced {}; unchanged {}\n",
+        "reloaded: added {}; removed {}; replaced {}; updated {}; unchanged {}\n",
         list(&r.added),
         list(&r.removed),
         list(&r.replaced),
+        list(&r.updated),
         list(&r.unchanged)
     );
     if !r.needs_restart.is_empty() {
@@ -175,17 +183,21 @@ mod tests {
         b.origin = Origin::Control;
         b.groups = vec!["prod".into(), "db".into()];
         b.ports = Some(vec![22, 5432]);
+        b.ips = vec![
+            "10.0.0.12".parse().expect("address"),
+            "fd00::c".parse().expect("address"),
+        ];
         b.socket = "/run/sockbypass/database.sock".into();
         let text = vm_table(&[test_vm(), b]);
         assert_eq!(
             text,
-            "NAME      CID  ATTACHED  ORIGIN   GROUPS   PORTS    WINDOWS  SOCKET\n\
-             vm1       3    no        config   prod     any      0        /run/sockbypass/vm1.sock\n\
-             database  12   yes       control  prod+db  22+5432  2        /run/sockbypass/database.sock\n"
+            "NAME      CID  ATTACHED  ORIGIN   GROUPS   PORTS    IPS                WINDOWS  SOCKET\n\
+             vm1       3    no        config   prod     any      -                  0        /run/sockbypass/vm1.sock\n\
+             database  12   yes       control  prod+db  22+5432  10.0.0.12+fd00::c  2        /run/sockbypass/database.sock\n"
         );
         assert_eq!(
             vm_table(&[]),
-            "NAME  CID  ATTACHED  ORIGIN  GROUPS  PORTS  WINDOWS  SOCKET\n"
+            "NAME  CID  ATTACHED  ORIGIN  GROUPS  PORTS  IPS  WINDOWS  SOCKET\n"
         );
     }
 
@@ -222,12 +234,13 @@ mod tests {
     fn reload_and_add_reports() {
         let r = ReloadReport {
             added: vec!["a".into(), "b".into()],
+            updated: vec!["d".into()],
             unchanged: vec!["c".into()],
             ..ReloadReport::default()
         };
         assert_eq!(
             reloaded(&r),
-            "reloaded: added a b; removed -; replaced -; unchanged c\n"
+            "reloaded: added a b; removed -; replaced -; updated d; unchanged c\n"
         );
         let r = ReloadReport {
             needs_restart: vec!["poll_mode".into(), "log_level".into()],
@@ -235,7 +248,7 @@ mod tests {
         };
         assert_eq!(
             reloaded(&r),
-            "reloaded: added a b; removed -; replaced -; unchanged c\n\
+            "reloaded: added a b; removed -; replaced -; updated d; unchanged c\n\
              changed but applied only when the daemon restarts: poll_mode, log_level\n"
         );
         let text = vm_added(&test_vm_with_windows());

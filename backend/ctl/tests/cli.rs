@@ -124,20 +124,23 @@ fn vm_list_as_a_table_and_as_json() {
     let d = FakeDaemon::start(|_| {
         let mut b = vm_info("b", 4, "/run/b.sock", &[("/run/b.window", 1 << 24)]);
         b.attached = true;
+        b.ips = vec!["10.0.0.4".parse().expect("address")];
         Reply::Ok(Answer::Vms(vec![vm_info("a", 3, "/run/a.sock", &[]), b]))
     });
     let out = d.run(&["vm", "list"]);
     assert_eq!(
         stdout(&out),
-        "NAME  CID  ATTACHED  ORIGIN   GROUPS  PORTS  WINDOWS  SOCKET\n\
-         a     3    no        control  prod    any    0        /run/a.sock\n\
-         b     4    yes       control  prod    any    1        /run/b.sock\n"
+        "NAME  CID  ATTACHED  ORIGIN   GROUPS  PORTS  IPS       WINDOWS  SOCKET\n\
+         a     3    no        control  prod    any    -         0        /run/a.sock\n\
+         b     4    yes       control  prod    any    10.0.0.4  1        /run/b.sock\n"
     );
     let out = d.run(&["vm", "list", "--json"]);
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 1, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(v[1]["attached"], true);
+    assert_eq!(v[1]["ips"], serde_json::json!(["10.0.0.4"]));
+    assert!(v[0].get("ips").is_none(), "no ips, no key: {text}");
     assert_eq!(v[1]["windows"][0]["size"], 1 << 24);
 }
 
@@ -180,7 +183,7 @@ fn reload_reports_what_changed() {
     let out = d.run(&["reload"]);
     assert_eq!(
         stdout(&out),
-        "reloaded: added n; removed o; replaced -; unchanged -\n"
+        "reloaded: added n; removed o; replaced -; updated -; unchanged -\n"
     );
     assert_eq!(d.requests(), [Request::Reload {}]);
 }

@@ -20,12 +20,14 @@ pub enum ConfigError {
         item: String,
     },
     /// A `--vm` spec names a key that does not exist.
-    #[error("--vm `{spec}`: unknown key `{key}` (known keys: name, cid, socket, uds, groups, ports, max_conns)")]
+    #[error("--vm `{spec}`: unknown key `{key}` (known keys: {known})")]
     SpecUnknownKey {
         /// The whole spec.
         spec: String,
         /// The unknown key.
         key: String,
+        /// Every key a spec may have, comma-separated.
+        known: String,
     },
     /// A `--vm` spec lacks a required key.
     #[error("--vm `{spec}`: missing required key `{key}`")]
@@ -73,6 +75,19 @@ pub enum ConfigError {
         /// Why it did not parse.
         #[source]
         source: ParseIntError,
+    },
+    /// An element of `ips` is not an IPv4 or IPv6 address.
+    #[error(
+        "--vm `{spec}`: bad address `{value}` in `ips` (IPv4 or IPv6, such as 10.0.0.3 or fd00::3)"
+    )]
+    SpecBadAddress {
+        /// The whole spec.
+        spec: String,
+        /// The text that is not an address.
+        value: String,
+        /// Why it did not parse.
+        #[source]
+        source: std::net::AddrParseError,
     },
 
     /// An on/off key with another value.
@@ -273,6 +288,37 @@ pub enum ConfigError {
         /// Why it could not be examined.
         #[source]
         source: io::Error,
+    },
+    /// An address in `ips` no peer could connect to: unspecified, loopback, multicast or
+    /// broadcast.
+    #[error("VM `{vm}`: address {ip} in ips is {kind}, not an address peers can connect to")]
+    InvalidAddress {
+        /// The VM.
+        vm: String,
+        /// The address.
+        ip: std::net::IpAddr,
+        /// What it is: `unspecified`, `loopback`, `multicast` or `broadcast`.
+        kind: &'static str,
+    },
+    /// More than [`super::MAX_IPS_PER_VM`] addresses in `ips`.
+    #[error("VM `{vm}`: {count} addresses in ips, at most {max} allowed")]
+    TooManyAddresses {
+        /// The VM.
+        vm: String,
+        /// How many it lists.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Two VMs (or one VM twice) list the same address in `ips`.
+    #[error("address {ip} is in the ips of both VM `{first}` and VM `{second}`")]
+    DuplicateAddress {
+        /// The repeated address.
+        ip: std::net::IpAddr,
+        /// The VM that has it first.
+        first: String,
+        /// The VM that has it again (may be `first`).
+        second: String,
     },
     /// Port 4294967295 (`VMADDR_PORT_ANY`) in `ports`.
     #[error("VM `{vm}`: port {port} is VMADDR_PORT_ANY and cannot be listed in ports")]

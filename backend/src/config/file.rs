@@ -88,6 +88,8 @@ struct RawVm {
     #[serde(default)]
     groups: Vec<String>,
     ports: Option<Vec<u32>>,
+    #[serde(default)]
+    ips: Vec<std::net::IpAddr>,
     max_conns: Option<u32>,
     max_conns_per_peer: Option<u32>,
     host_buffer_bytes: Option<u64>,
@@ -105,6 +107,7 @@ impl From<RawVm> for VmConfig {
             uds: raw.uds,
             groups: raw.groups,
             ports: raw.ports,
+            ips: raw.ips,
             max_conns: raw.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
             max_conns_per_peer: raw.max_conns_per_peer,
             host_buffer_bytes: raw.host_buffer_bytes.unwrap_or(DEFAULT_HOST_BUFFER_BYTES),
@@ -259,6 +262,7 @@ socket = "/run/sb/web.sock"
 uds = "/run/sb/web.vsock"
 groups = ["prod", "db"]
 ports = [22, 80]
+ips = ["10.0.0.3", "fd00::3"]
 max_conns = 16
 
 [[vm]]
@@ -274,6 +278,7 @@ socket = "/run/sb/db.sock"
                         uds: Some(PathBuf::from("/run/sb/web.vsock")),
                         groups: vec!["prod".to_owned(), "db".to_owned()],
                         ports: Some(vec![22, 80]),
+                        ips: vec!["10.0.0.3".parse().unwrap(), "fd00::3".parse().unwrap()],
                         max_conns: 16,
                         ..VmConfig::new("web", 3, "/run/sb/web.sock")
                     },
@@ -283,6 +288,14 @@ socket = "/run/sb/db.sock"
                 ..FileConfig::default()
             }
         );
+    }
+
+    #[test]
+    fn a_bad_address_names_its_line() {
+        let e = parse_err("[[vm]]\nname = \"a\"\ncid = 3\nsocket = \"/s\"\nips = [\"10.0.0\"]\n");
+        let text = e.to_string();
+        assert!(text.contains(":5:"), "{text}");
+        assert!(text.contains("invalid IP address syntax"), "{text}");
     }
 
     #[test]

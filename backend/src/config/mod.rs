@@ -18,7 +18,7 @@ mod seccomp_mode;
 mod validate;
 mod vm_spec;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::cli::Cli;
@@ -41,6 +41,8 @@ pub const DEFAULT_FASTPATH_SIZE: u64 = 16 << 20;
 pub const MIN_HOST_BUFFER_BYTES: u64 = 4096;
 /// The largest `host_buffer_bytes`.
 pub const MAX_HOST_BUFFER_BYTES: u64 = 1 << 30;
+/// The most addresses one VM may list in `ips`.
+pub const MAX_IPS_PER_VM: usize = 16;
 /// How long a VM-to-VM connection may wait for its RESPONSE, unless configured.
 pub const DEFAULT_HALF_OPEN_TIMEOUT_MS: u64 = 10_000;
 /// The longest half-open timeout.
@@ -99,6 +101,10 @@ pub struct VmConfig {
     pub groups: Vec<String>,
     /// Port list (never 4294967295, `VMADDR_PORT_ANY`); `None` if not given.
     pub ports: Option<Vec<u32>>,
+    /// The addresses peers reach this VM at on the ordinary network (SPEC.md §7): the map
+    /// from a TCP peer's address to this VM's CID. Unique across VMs, at most
+    /// [`MAX_IPS_PER_VM`]; empty if not given.
+    pub ips: Vec<IpAddr>,
     /// Connection limit, 1..=[`MAX_CONNS_LIMIT`]; [`DEFAULT_MAX_CONNS`] if not given.
     pub max_conns: u32,
     /// How many of this VM's connections one other VM may open to it; half of `max_conns`
@@ -122,6 +128,7 @@ impl VmConfig {
             uds: None,
             groups: Vec::new(),
             ports: None,
+            ips: Vec::new(),
             max_conns: DEFAULT_MAX_CONNS,
             max_conns_per_peer: None,
             host_buffer_bytes: DEFAULT_HOST_BUFFER_BYTES,

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
 
 use sockbypass_wire::consts::{CID_ANY, MIN_GUEST_CID};
 use sockbypass_wire::fastpath::layout::Geometry;
 
 use super::{
-    ConfigError, PairConfig, VmConfig, MAX_CONNS_LIMIT, MAX_HOST_BUFFER_BYTES,
+    ConfigError, PairConfig, VmConfig, MAX_CONNS_LIMIT, MAX_HOST_BUFFER_BYTES, MAX_IPS_PER_VM,
     MIN_HOST_BUFFER_BYTES,
 };
 
@@ -123,6 +124,22 @@ fn check_vm(vm: &VmConfig) -> Result<(), ConfigError> {
             port: *port,
         });
     }
+    if vm.ips.len() > MAX_IPS_PER_VM {
+        return Err(ConfigError::TooManyAddresses {
+            vm: name(),
+            count: vm.ips.len(),
+            max: MAX_IPS_PER_VM,
+        });
+    }
+    for ip in &vm.ips {
+        if let Some(kind) = unreachable_kind(*ip) {
+            return Err(ConfigError::InvalidAddress {
+                vm: name(),
+                ip: *ip,
+                kind,
+            });
+        }
+    }
     if vm.max_conns == 0 || vm.max_conns > MAX_CONNS_LIMIT {
         return Err(ConfigError::InvalidMaxConns {
             vm: name(),
@@ -154,8 +171,37 @@ fn check_vm(vm: &VmConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Names, CIDs, socket paths and uds paths are unique; no uds path is a socket path.
+/// Why no peer could connect to `ip`, if none could.
+fn unreachable_kind(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("broadcast")
+    } else {
+        None
+    }
+}
+
+/// Names, CIDs, socket paths, uds paths and addresses are unique (an IPv4-mapped IPv6 address
+/// is its IPv4 address); no uds path is a socket path.
 fn check_unique(vms: &[VmConfig]) -> Result<(), ConfigError> {
+    let mut ips: HashMap<IpAddr, &str> = HashMap::new();
+    for vm in vms {
+        for ip in &vm.ips {
+            if let Some(first) = ips.insert(ip.to_canonical(), &vm.name) {
+                return Err(ConfigError::DuplicateAddress {
+                    ip: *ip,
+                    first: first.to_owned(),
+                    second: vm.name.clone(),
+                });
+            }
+        }
+    }
     let mut names = HashMap::new();
     let mut cids = HashMap::new();
     let mut sockets = HashMap::new();
@@ -375,6 +421,94 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    fn with_ips(dir: &Path, name: &str, cid: u64, ips: &[&str]) -> VmConfig {
+        VmConfig {
+            ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            ..vm(dir, name, cid)
+        }
+    }
+
+    #[test]
+    fn addresses_peers_can_reach_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<String> = (1..=MAX_IPS_PER_VM)
+            .map(|i| format!("10.1.0.{i}"))
+            .collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        validate(&[
+            with_ips(dir.path(), "a", 3, &all),
+            with_ips(dir.path(), "b", 4, &["192.168.7.4", "fd00::4", "fe80::4"]),
+            vm(dir.path(), "c", 5),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn addresses_no_peer_can_reach_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (ip, kind) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("127.0.0.53", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+        ] {
+            let e = check(&[with_ips(dir.path(), "a", 3, &["10.0.0.3", ip])]);
+            assert!(
+                matches!(&e, ConfigError::InvalidAddress { kind: k, .. } if *k == kind),
+                "{ip}: {e:?}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "VM `a`: address {ip} in ips is {kind}, not an address peers can connect to"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn at_most_sixteen_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let many: Vec<String> = (0..=MAX_IPS_PER_VM)
+            .map(|i| format!("10.1.0.{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let e = check(&[with_ips(dir.path(), "a", 3, &many)]);
+        assert_eq!(
+            e.to_string(),
+            "VM `a`: 17 addresses in ips, at most 16 allowed"
+        );
+    }
+
+    #[test]
+    fn an_address_belongs_to_one_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check(&[
+            with_ips(dir.path(), "a", 3, &["10.0.0.3"]),
+            with_ips(dir.path(), "b", 4, &["10.0.0.4", "10.0.0.3"]),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "address 10.0.0.3 is in the ips of both VM `a` and VM `b`"
+        );
+        // The same address in IPv4-mapped IPv6 form is the same address.
+        let e = check(&[
+            with_ips(dir.path(), "a", 3, &["10.0.0.3"]),
+            with_ips(dir.path(), "b", 4, &["::ffff:10.0.0.3"]),
+        ]);
+        assert!(matches!(e, ConfigError::DuplicateAddress { .. }), "{e:?}");
+        // Twice in one VM.
+        let e = check(&[with_ips(dir.path(), "a", 3, &["fd00::3", "fd00::3"])]);
+        assert_eq!(
+            e.to_string(),
+            "address fd00::3 is in the ips of both VM `a` and VM `a`"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,max_conns=N][,max_conns_per_peer=N][,host_buffer_bytes=N][,fastpath=on|off][,fastpath_size=N]`.
+//! Parsing one `--vm` spec: `name=NAME,cid=CID,socket=PATH[,uds=PATH][,groups=G1+G2][,ports=P1+P2][,ips=IP1+IP2][,max_conns=N][,max_conns_per_peer=N][,host_buffer_bytes=N][,fastpath=on|off][,fastpath_size=N]`.
 //!
 //! Only the syntax is checked here; value rules (CID range, name characters, ...) are in
 //! [`super::validate`] so that `--vm` and `--config` VMs are held to the same rules.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -11,13 +12,14 @@ use super::{
 };
 
 /// Every key a spec may have, in the order `--help` lists them.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "name",
     "cid",
     "socket",
     "uds",
     "groups",
     "ports",
+    "ips",
     "max_conns",
     "max_conns_per_peer",
     "host_buffer_bytes",
@@ -41,6 +43,7 @@ impl VmConfig {
                 return Err(ConfigError::SpecUnknownKey {
                     spec: spec.to_owned(),
                     key: key.to_owned(),
+                    known: KEYS.join(", "),
                 });
             };
             if values[slot].is_some() {
@@ -57,7 +60,7 @@ impl VmConfig {
             }
             values[slot] = Some(value);
         }
-        let [name, cid, socket, uds, groups, ports, max_conns, per_peer, host_buffer, fastpath, fastpath_size] =
+        let [name, cid, socket, uds, groups, ports, ips, max_conns, per_peer, host_buffer, fastpath, fastpath_size] =
             values;
         let name = required(spec, "name", name)?;
         let cid = required(spec, "cid", cid)?;
@@ -83,6 +86,13 @@ impl VmConfig {
                         .collect::<Result<_, _>>()?,
                 ),
                 None => None,
+            },
+            ips: match ips {
+                Some(ips) => list(spec, "ips", ips)?
+                    .into_iter()
+                    .map(|ip| address(spec, ip))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
             },
             max_conns: match max_conns {
                 Some(max_conns) => number(spec, "max_conns", max_conns)?,
@@ -154,6 +164,15 @@ fn number<T: FromStr<Err = std::num::ParseIntError>>(
     })
 }
 
+/// Parses an IPv4 or IPv6 address of `ips`.
+fn address(spec: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    value.parse().map_err(|source| ConfigError::SpecBadAddress {
+        spec: spec.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
+}
+
 /// Splits a `+`-separated list, rejecting empty elements.
 fn list<'a>(spec: &str, key: &str, value: &'a str) -> Result<Vec<&'a str>, ConfigError> {
     let items: Vec<&str> = value.split('+').collect();
@@ -198,6 +217,36 @@ mod tests {
                 ..VmConfig::new("web", 4_294_967_296, "/run/sb/a=b.sock")
             }
         );
+    }
+
+    #[test]
+    fn ips_are_v4_or_v6_addresses() {
+        let vm = VmConfig::from_spec("name=web,cid=3,socket=/s,ips=10.0.0.3+fd00::3").unwrap();
+        assert_eq!(
+            vm.ips,
+            [
+                "10.0.0.3".parse::<IpAddr>().unwrap(),
+                "fd00::3".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert!(VmConfig::from_spec("name=web,cid=3,socket=/s")
+            .unwrap()
+            .ips
+            .is_empty());
+        for bad in ["10.0.0", "web.example", "10.0.0.3/24", "[fd00::3]"] {
+            let e = err(&format!("name=web,cid=3,socket=/s,ips=10.0.0.9+{bad}"));
+            assert!(
+                matches!(&e, ConfigError::SpecBadAddress { value, .. } if value == bad),
+                "{bad}: {e:?}"
+            );
+            assert!(e
+                .to_string()
+                .contains(&format!("bad address `{bad}` in `ips`")));
+        }
+        assert!(matches!(
+            err("name=web,cid=3,socket=/s,ips=10.0.0.3+"),
+            ConfigError::SpecEmptyListItem { .. }
+        ));
     }
 
     #[test]
@@ -246,7 +295,7 @@ mod tests {
             matches!(&e, ConfigError::SpecUnknownKey { key, .. } if key == "cidd"),
             "{e:?}"
         );
-        assert!(e.to_string().contains("unknown key `cidd`"), "{e}");
+        assert!(e.to_string().contains("unknown key `cidd` (known keys: name, cid, socket, uds, groups, ports, ips, max_conns, max_conns_per_peer, host_buffer_bytes, fastpath, fastpath_size)"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ impl VmSet {
                 uds: config.uds,
                 groups: config.groups,
                 ports: config.ports,
+                ips: config.ips,
                 origin,
             })
             .collect()

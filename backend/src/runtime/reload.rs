@@ -32,9 +32,18 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
     out
 }
 
+/// `vm` with the addresses `ips` instead of its own.
+fn with_ips(vm: &VmConfig, ips: &[std::net::IpAddr]) -> VmConfig {
+    VmConfig {
+        ips: ips.to_vec(),
+        ..vm.clone()
+    }
+}
+
 impl VmSet {
     /// Builds the configuration again and applies the difference: VMs gone from it are removed,
-    /// new ones added, changed ones removed and added again. The new VM list is checked whole
+    /// new ones added, changed ones removed and added again (those whose `ips` alone changed
+    /// are updated in place). The new VM list is checked whole
     /// (with the VMs added at run time) before anything changes.
     pub fn reload(&self) -> Result<ReloadReport, ControlError> {
         let old = super::vm_set::lock(&self.applied).clone();
@@ -75,8 +84,9 @@ impl VmSet {
         for vm in &configured {
             match new.vms.iter().find(|n| n.name == vm.name) {
                 None => report.removed.push(vm.name.clone()),
-                Some(n) if n != *vm => report.replaced.push(vm.name.clone()),
-                Some(_) => report.unchanged.push(vm.name.clone()),
+                Some(n) if n == *vm => report.unchanged.push(vm.name.clone()),
+                Some(n) if *n == with_ips(vm, &n.ips) => report.updated.push(vm.name.clone()),
+                Some(_) => report.replaced.push(vm.name.clone()),
             }
         }
         for vm in &new.vms {
@@ -110,8 +120,8 @@ impl VmSet {
         Ok(report)
     }
 
-    /// Removes, then adds, what `report` lists. Stops at the first failure, saying what was
-    /// done before it.
+    /// Removes, then adds, what `report` lists, then updates the addresses of the VMs whose
+    /// `ips` alone changed. Stops at the first failure, saying what was done before it.
     fn apply(&self, new: &DaemonConfig, report: &ReloadReport) -> Result<(), ControlError> {
         let mut done: Vec<String> = Vec::new();
         let failed = |e: ControlError, done: &[String]| {
@@ -139,6 +149,14 @@ impl VmSet {
             self.add(vm.clone(), Origin::Config)
                 .map_err(|e| failed(e, &done))?;
             done.push(format!("added {name}"));
+        }
+        for name in &report.updated {
+            let Some(vm) = new.vms.iter().find(|vm| &vm.name == name) else {
+                continue;
+            };
+            self.set_addresses(name, &vm.ips)
+                .map_err(|e| failed(e, &done))?;
+            done.push(format!("updated {name}"));
         }
         Ok(())
     }

@@ -59,6 +59,7 @@ pub(super) fn config_error(e: &ConfigError) -> ControlError {
         ConfigError::DuplicateSocket { .. }
         | ConfigError::DuplicateUds { .. }
         | ConfigError::UdsIsSocket { .. } => ErrorKind::PathInUse,
+        ConfigError::DuplicateAddress { .. } => ErrorKind::IpInUse,
         _ => ErrorKind::InvalidConfig,
     };
     ControlError::new(kind, crate::error_chain(e))
@@ -258,6 +259,23 @@ impl VmSet {
         self.switch.remove_vm(vm.index, retire);
         remove_files(&vm.config);
         tracing::info!(vm = %vm.config.name, "removed");
+    }
+
+    /// Gives VM `name` the addresses `ips` in place: they are not the switch's business, so its
+    /// device stays as it is. The caller checked them with the other VMs.
+    pub(super) fn set_addresses(
+        &self,
+        name: &str,
+        ips: &[std::net::IpAddr],
+    ) -> Result<(), ControlError> {
+        let mut vms = lock(&self.vms);
+        let vm = vms
+            .iter_mut()
+            .find(|vm| vm.config.name == name)
+            .ok_or_else(|| no_such_vm(name))?;
+        vm.config.ips = ips.to_vec();
+        tracing::info!(vm = %name, ?ips, "addresses updated");
+        Ok(())
     }
 
     /// Stops every VM (the daemon stops).

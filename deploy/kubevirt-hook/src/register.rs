@@ -261,6 +261,7 @@ mod tests {
             uds: None,
             groups: vec!["web".into(), "db".into()],
             ports: None,
+            ips: Vec::new(),
             windows: Vec::new(),
             attached: false,
             origin: sockbypass_ctl::protocol::Origin::Control,

@@ -19,6 +19,7 @@ fn vm() -> VmInfo {
         uds: None,
         groups: vec!["db".into(), "web".into()],
         ports: None,
+        ips: Vec::new(),
         windows: Vec::new(),
         attached: false,
         origin: Origin::Control,

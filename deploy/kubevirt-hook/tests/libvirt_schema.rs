@@ -54,6 +54,7 @@ fn attach(xml: &str) -> String {
         uds: None,
         groups: vec!["db".into(), "web".into()],
         ports: None,
+        ips: Vec::new(),
         windows: Vec::new(),
         attached: false,
         origin: Origin::Control,

@@ -69,6 +69,7 @@ pub(crate) fn test_vm() -> VmInfo {
         uds: None,
         groups: vec!["prod".into()],
         ports: None,
+        ips: Vec::new(),
         windows: Vec::new(),
         attached: false,
         origin: crate::protocol::Origin::Config,

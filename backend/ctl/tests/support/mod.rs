@@ -145,6 +145,7 @@ pub fn vm_info(name: &str, cid: u64, socket: &str, windows: &[(&str, u64)]) -> V
         uds: None,
         groups: vec!["prod".into()],
         ports: None,
+        ips: Vec::new(),
         windows: windows
             .iter()
             .map(|(path, size)| WindowInfo {
