@@ -8,7 +8,8 @@
 //! flag before it looks at the ring. After a write that made bytes readable (or a read that
 //! freed space) it fences and looks whether the other side sleeps — the consumer's (producer's)
 //! flag of the ring in a direct pair, the window's `host_sleeping` in the host-copied
-//! placement — and sends `KICK` if so.
+//! placement — and sends `KICK` if so (direct: only if the other side has not taken
+//! everything already, and once per sleep; see `sockbypass_wire::fastpath::wake_gate`).
 
 use std::io;
 use std::net::Shutdown;
@@ -16,7 +17,9 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use sockbypass_wire::fastpath::control::{ControlMsg, Op, Placement, Reason};
+use sockbypass_wire::fastpath::layout::RING_SIZE;
 use sockbypass_wire::fastpath::ring::RingError;
+use sockbypass_wire::fastpath::wake_gate::WakeGate;
 
 use crate::control::Transport;
 use crate::error::StreamError;
@@ -91,27 +94,6 @@ pub struct StreamInfo {
     pub peer_port: u32,
 }
 
-/// At most one `KICK` until the other side makes progress (moves its index) or is seen awake
-/// (direct pairs; host-copied kicks whenever `host_sleeping` is set, §13.5).
-#[derive(Debug, Default)]
-struct KickGate {
-    mark: Option<u64>,
-}
-
-impl KickGate {
-    fn should_kick(&mut self, sleeping: bool, peer_index: u64) -> bool {
-        if !sleeping {
-            self.mark = None;
-            return false;
-        }
-        if self.mark == Some(peer_index) {
-            return false;
-        }
-        self.mark = Some(peer_index);
-        true
-    }
-}
-
 /// Why a stream is over (kept so that every later call says the same).
 #[derive(Debug, Clone, Copy)]
 enum Failure {
@@ -144,8 +126,10 @@ pub struct FastStream<T: Transport> {
     rx: RingRx,
     nonblocking: bool,
     spin: SpinBudget,
-    tx_gate: KickGate,
-    rx_gate: KickGate,
+    /// `KICK`s for the reader of the TX ring (direct pairs, §13.5).
+    tx_gate: WakeGate,
+    /// `KICK`s for the writer of the RX ring.
+    rx_gate: WakeGate,
     read_shut: bool,
     write_shut: bool,
     closed: bool,
@@ -172,8 +156,8 @@ impl<T: Transport> FastStream<T> {
             rx,
             nonblocking: false,
             spin,
-            tx_gate: KickGate::default(),
-            rx_gate: KickGate::default(),
+            tx_gate: WakeGate::default(),
+            rx_gate: WakeGate::default(),
             read_shut: false,
             write_shut: false,
             closed: false,
@@ -270,20 +254,34 @@ impl<T: Transport> FastStream<T> {
     fn after_move(&mut self, dir: Direction) {
         match self.info.placement {
             Placement::Direct => {
-                // A broken index shows at the next call; kick anyway if the other side sleeps.
-                let (sleeping, index, gate) = match dir {
-                    Direction::Write => (
-                        self.tx.consumer_sleeping(),
-                        self.tx.peer_tail().unwrap_or(u64::MAX),
-                        &mut self.tx_gate,
-                    ),
-                    Direction::Read => (
-                        self.rx.producer_sleeping(),
-                        self.rx.peer_head().unwrap_or(u64::MAX),
-                        &mut self.rx_gate,
-                    ),
+                // Only for something new (bytes or the end past its `tail`, space past its
+                // `head`), once per sleep, the index read before the flag (§13.5). A broken
+                // index shows at the next call; kick anyway if the other side sleeps.
+                let kick = match dir {
+                    Direction::Write => {
+                        let tx = &self.tx;
+                        self.tx_gate.should_wake(
+                            || match tx.peer_tail() {
+                                Ok(tail) => (tail != tx.head() || tx.is_closed()).then_some(tail),
+                                Err(_) => Some(u64::MAX),
+                            },
+                            || tx.consumer_sleeping(),
+                        )
+                    }
+                    Direction::Read => {
+                        let rx = &self.rx;
+                        self.rx_gate.should_wake(
+                            || match rx.peer_head() {
+                                Ok(head) => {
+                                    (head.wrapping_sub(rx.tail()) < RING_SIZE).then_some(head)
+                                }
+                                Err(_) => Some(u64::MAX),
+                            },
+                            || rx.producer_sleeping(),
+                        )
+                    }
                 };
-                if gate.should_kick(sleeping, index) {
+                if kick {
                     self.kick();
                 }
             }
@@ -508,21 +506,5 @@ impl<T: Transport> io::Write for FastStream<T> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_kick_waits_for_progress_or_an_awake_peer() {
-        let mut g = KickGate::default();
-        assert!(!g.should_kick(false, 0));
-        assert!(g.should_kick(true, 0));
-        assert!(!g.should_kick(true, 0), "no progress: no second kick");
-        assert!(g.should_kick(true, 5), "the peer moved its index");
-        assert!(!g.should_kick(false, 5));
-        assert!(g.should_kick(true, 5), "seen awake since");
     }
 }

@@ -5,6 +5,7 @@
 use sockbypass_wire::fastpath::control::Placement;
 use sockbypass_wire::fastpath::layout::RING_SIZE;
 use sockbypass_wire::fastpath::ring::{Consumer, Producer};
+use sockbypass_wire::fastpath::wake_gate::WakeGate;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +46,11 @@ pub struct End {
     pub tx_ended: bool,
     /// `CLOSED` was sent to this side.
     pub closed_sent: bool,
-    /// The `tail` of this side's RX ring when the daemon last sent it a `WAKE` for data: none
-    /// again until the guest moves it or clears its flag (§13.5).
-    pub rx_woken_at: Option<u64>,
-    /// The `head` of this side's TX ring when the daemon last sent it a `WAKE` for space.
-    pub tx_woken_at: Option<u64>,
+    /// `WAKE`s for data in this side's RX ring: none again until the guest moves its `tail`
+    /// or clears its flag (§13.5).
+    pub rx_woken: WakeGate,
+    /// `WAKE`s for space in this side's TX ring (keyed on its `head`).
+    pub tx_woken: WakeGate,
 }
 
 impl End {
@@ -66,8 +67,8 @@ impl End {
             close_requested: false,
             tx_ended: false,
             closed_sent: false,
-            rx_woken_at: None,
-            tx_woken_at: None,
+            rx_woken: WakeGate::default(),
+            tx_woken: WakeGate::default(),
         }
     }
 

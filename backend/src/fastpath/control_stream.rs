@@ -2,7 +2,9 @@
 //! 32-byte messages read whole from partial reads, and answers queued and written as the
 //! socket takes them. Both directions are bounded: a read takes at most
 //! [`READ_BATCH`] messages per call, and at most [`MAX_QUEUED`] answers wait; a guest that
-//! reads none of its answers for that long loses its control connection.
+//! reads none of its answers for that long loses its control connection. `WAKE`s are
+//! coalesced ([`ControlStream::send_once`]): one waiting for a connection covers the later
+//! ones, so another guest's `KICK`s cannot fill a busy guest's queue.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -88,6 +90,19 @@ impl ControlStream {
         }
         self.out.push_back(msg.encode());
         self.flush()
+    }
+
+    /// Like [`ControlStream::send`], but nothing is queued when the same message still waits
+    /// here unsent: a `WAKE` for a connection covers every later one until the guest reads
+    /// it. This bounds the `WAKE`s that a peer's `KICK`s (direct pairs) or the copier can
+    /// queue for a guest that reads nothing: one per connection.
+    /// True if `msg` was queued, false if an earlier one covers it.
+    pub fn send_once(&mut self, msg: &ControlMsg) -> Result<bool, StreamEnd> {
+        let bytes = msg.encode();
+        if self.out.iter().any(|waiting| *waiting == bytes) {
+            return self.flush().map(|()| false);
+        }
+        self.send(msg).map(|()| true)
     }
 
     /// Writes queued answers until the socket is full.
@@ -186,5 +201,52 @@ mod tests {
         let in_socket = sent - MAX_QUEUED;
         assert!(in_socket > 0, "the socket took some before the queue grew");
         drop(guest);
+    }
+
+    #[test]
+    fn wakes_for_a_guest_that_reads_nothing_wait_once_per_connection() {
+        let (mut s, mut guest) = pair();
+        let wake = |conn| ControlMsg {
+            conn,
+            ..ControlMsg::new(Op::Wake)
+        };
+        // Far more than the socket and the queue hold: a peer kicking in a loop.
+        for _ in 0..200_000 {
+            s.send_once(&wake(7))
+                .expect("a repeated WAKE never overflows");
+            s.send_once(&wake(8))
+                .expect("a repeated WAKE never overflows");
+        }
+        assert!(s.has_queued(), "the socket is full");
+        assert!(s.out.len() <= 2, "{} waiting", s.out.len());
+        // Other answers still queue behind them.
+        s.send(&ControlMsg::new(Op::Welcome)).expect("queued");
+        // The guest reads everything; the last WAKE of each connection arrives.
+        guest.set_nonblocking(true).expect("nonblocking");
+        let (mut last7, mut last8, mut welcome) = (false, false, false);
+        let mut buf = [0u8; MSG_LEN];
+        let mut idle = 0;
+        while idle < 100 {
+            s.flush().expect("flush");
+            match std::io::Read::read_exact(&mut guest, &mut buf) {
+                Ok(()) => {
+                    idle = 0;
+                    let m = ControlMsg::decode(&buf).expect("decodes");
+                    welcome |= m.op == Op::Welcome;
+                    last7 |= welcome && m.conn == 7;
+                    last8 |= welcome && m.conn == 8;
+                    if m.op == Op::Wake && !welcome {
+                        // Before the WELCOME: what the socket took, then the coalesced ones.
+                        assert!(m.conn == 7 || m.conn == 8, "{m:?}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => idle += 1,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert!(welcome, "the WELCOME queued behind the WAKEs arrived");
+        assert!(!s.has_queued());
+        // Nothing for 7 or 8 after the WELCOME: every WAKE was sent before it.
+        assert!(!last7 && !last8);
     }
 }

@@ -32,20 +32,6 @@ struct Moved {
 /// Which VM broke a ring.
 struct Broken(usize);
 
-/// Whether to send a `WAKE` for a ring whose other side `sleeping`, with its index at `index`:
-/// at most one until the guest moves the index or clears its flag (§13.5).
-fn should_wake(woken_at: &mut Option<u64>, sleeping: bool, index: u64) -> bool {
-    if !sleeping {
-        *woken_at = None;
-        return false;
-    }
-    if *woken_at == Some(index) {
-        return false;
-    }
-    *woken_at = Some(index);
-    true
-}
-
 /// Copies `n` bytes from `src` at stream position `from` to `dst` at `to`: the two rings wrap
 /// at different places, so in at most three pieces.
 fn copy_bytes(src: &RingAccess<'_>, from: u64, dst: &RingAccess<'_>, to: u64, n: u64) {
@@ -112,9 +98,24 @@ fn copy_direction(windows: &[Window], s: &mut End, r: &mut End) -> Result<Moved,
     if n > 0 || out.ended {
         // Paired with the guest's fence between its sleeping flag and its index (§13.3).
         fence(Ordering::SeqCst);
-        out.wake_receiver = should_wake(&mut r.rx_woken_at, dst.consumer_sleeping(), dst.tail());
-        out.wake_sender =
-            n > 0 && should_wake(&mut s.tx_woken_at, src.producer_sleeping(), src.head());
+        // At most one `WAKE` per sleep, and only for something new: bytes past the receiver's
+        // `tail` or the end of the stream; space past the sender's `head` (§13.5).
+        let ended = out.ended;
+        out.wake_receiver = r.rx_woken.should_wake(
+            || {
+                let tail = dst.tail();
+                (tail != r.rx.head() || ended).then_some(tail)
+            },
+            || dst.consumer_sleeping(),
+        );
+        out.wake_sender = n > 0
+            && s.tx_woken.should_wake(
+                || {
+                    let head = src.head();
+                    (head.wrapping_sub(s.tx.tail()) < RING_SIZE).then_some(head)
+                },
+                || src.producer_sleeping(),
+            );
     }
     Ok(out)
 }

@@ -111,14 +111,16 @@ impl Service {
         Ok(())
     }
 
-    /// Sends `WAKE` for `conn` to `token`, counted on `vm`.
+    /// Sends `WAKE` for `conn` to `token`, counted on `vm` (not queued, and not counted, when
+    /// a `WAKE` for it still waits for the socket: that one covers this).
     pub(super) fn wake(&mut self, token: u64, vm: usize, conn: u32) {
-        if let Some(v) = self.vms.get(vm) {
-            v.counters.fastpath_wakes.fetch_add(1, Ordering::Relaxed);
-        }
         let mut m = ControlMsg::new(Op::Wake);
         m.conn = conn;
-        self.send(token, &m);
+        if self.send_once(token, &m) {
+            if let Some(v) = self.vms.get(vm) {
+                v.counters.fastpath_wakes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn on_abort(&mut self, token: u64, conn: u32) -> Result<(), ProtocolError> {

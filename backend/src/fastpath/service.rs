@@ -8,7 +8,8 @@
 //! - connections: the VM's `max_conns` and `max_conns_per_peer` (§11), and the slots;
 //! - offered connections: [`MAX_WAITING`] `CONNECT`s per control connection and `INCOMING`s
 //!   per listening port;
-//! - answers waiting to be written: `control_stream::MAX_QUEUED` per control connection.
+//! - answers waiting to be written: `control_stream::MAX_QUEUED` per control connection, and
+//!   `WAKE`s at most one per connection among them (a peer's `KICK`s cannot fill it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -260,14 +261,32 @@ impl Service {
         }
     }
 
-    /// Sends `msg` on control connection `token`; a connection that cannot take it is doomed.
+    /// Sends `msg` to `token` (a failed connection is doomed).
     pub(super) fn send(&mut self, token: u64, msg: &ControlMsg) {
+        self.deliver(token, |c| c.send(msg).map(|()| true));
+    }
+
+    /// Sends `msg` to `token` unless the same message still waits there unsent (`WAKE`s);
+    /// true if it was queued.
+    pub(super) fn send_once(&mut self, token: u64, msg: &ControlMsg) -> bool {
+        self.deliver(token, |c| c.send_once(msg))
+    }
+
+    fn deliver(
+        &mut self,
+        token: u64,
+        send: impl FnOnce(&mut ControlStream) -> Result<bool, StreamEnd>,
+    ) -> bool {
         let Some(c) = self.controls.get_mut(&token) else {
-            return;
+            return false;
         };
-        if let Err(e) = c.stream.send(msg) {
-            let why = (!matches!(e, StreamEnd::Closed)).then(|| e.to_string());
-            self.doom(token, why);
+        match send(&mut c.stream) {
+            Ok(queued) => queued,
+            Err(e) => {
+                let why = (!matches!(e, StreamEnd::Closed)).then(|| e.to_string());
+                self.doom(token, why);
+                false
+            }
         }
     }
 

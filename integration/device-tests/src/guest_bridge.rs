@@ -18,6 +18,8 @@ use sockbypass_wire::fastpath::control::CONTROL_PORT;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PUMP: Duration = Duration::from_micros(200);
+/// Bytes from the daemon a link holds for its socket at most.
+const SOCKET_BUFFER: usize = 64 * 1024;
 
 type Opened = Result<UnixStream, String>;
 
@@ -115,7 +117,10 @@ fn shuttle(vm: &mut TestVm, link: &mut Link) -> bool {
         return false; // dropping the socket tells the test
     }
     let peer_done = matches!(state, StreamState::PeerShutdown(f) if f & SHUTDOWN_SEND != 0);
-    if d.recv(link.id, &mut link.to_socket).is_err() {
+    // Bounded like a guest's socket buffer: what the test does not read backs up into the
+    // stream's credit and then into the daemon, as it does from a real guest.
+    let room = SOCKET_BUFFER.saturating_sub(link.to_socket.len());
+    if room > 0 && d.recv_max(link.id, &mut link.to_socket, room).is_err() {
         return false;
     }
     while !link.to_socket.is_empty() {

@@ -89,10 +89,22 @@ impl RawControl {
 
     /// Whether nothing arrives within `quiet`.
     pub fn silent_for(&mut self, quiet: Duration) -> bool {
+        self.next_within(quiet).is_none()
+    }
+
+    /// The next message if one arrives within `quiet` (none: silence; panics if the daemon
+    /// closed the connection).
+    pub fn next_within(&mut self, quiet: Duration) -> Option<ControlMsg> {
         self.socket.set_read_timeout(Some(quiet)).expect("timeout");
         let got = self.receive();
         self.socket.set_read_timeout(Some(WAIT)).expect("timeout");
-        got.is_err() && got != Err("closed".into())
+        match got {
+            Ok(m) => Some(m),
+            Err(e) => {
+                assert_ne!(e, "closed", "the daemon closed the control connection");
+                None
+            }
+        }
     }
 
     /// `LISTEN` on `port`; expects `LISTENING` with code 0.

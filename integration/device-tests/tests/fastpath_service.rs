@@ -43,7 +43,20 @@ struct Two {
 }
 
 fn two() -> Two {
-    let h = Harness::start(&[fast("a", 3), fast("b", 4)]);
+    with_controls(Harness::start(&[fast("a", 3), fast("b", 4)]))
+}
+
+/// [`two`] with a and b configured as a pair (1 MiB pair window): direct connections.
+fn two_paired() -> Two {
+    let (mut config, dir) = harness_config(&[fast("a", 3), fast("b", 4)], test_poll_config());
+    config.pairs.push(PairConfig {
+        vms: ["a".into(), "b".into()],
+        size: MIB,
+    });
+    with_controls(Harness::start_config((config, dir)))
+}
+
+fn with_controls(h: Harness) -> Two {
     let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
     let (ca, mut cb) = (control(&ba), control(&bb));
     cb.listen(7000);
@@ -248,15 +261,13 @@ fn a_full_window_refuses_with_window_full_and_limits_hold() {
 
 #[test]
 fn a_pair_gets_direct_connections_and_kicks_become_wakes() {
-    let (mut config, dir) = harness_config(&[fast("a", 3), fast("b", 4)], test_poll_config());
-    config.pairs.push(PairConfig {
-        vms: ["a".into(), "b".into()],
-        size: MIB,
-    });
-    let h = Harness::start_config((config, dir));
-    let (ba, bb) = (bridge(&h, "a"), bridge(&h, "b"));
-    let (mut ca, mut cb) = (control(&ba), control(&bb));
-    cb.listen(7000);
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two_paired();
     let (ok, inc) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::Direct);
     assert_eq!(ok.slot, inc.slot, "one slot of the pair window for both");
     let pair = WindowFile::open(&h.dir.path().join("a+b.window"));
@@ -291,6 +302,50 @@ fn a_pair_gets_direct_connections_and_kicks_become_wakes() {
     assert_eq!((rb.op, rb.reason()), (Op::Reset, Some(Reason::BrokenRing)));
     assert_eq!(h.fastpath_counters("a").fastpath_aborts, 1);
     assert_eq!(h.fastpath_counters("b").fastpath_aborts, 1);
+}
+
+/// A hostile direct peer kicks in a loop while the other guest is busy and reads nothing: its
+/// socket, the stream's credit and the daemon's socket fill, and then the daemon keeps at most
+/// one `WAKE` per connection waiting for it (§13.5) instead of 1024 answers and a closed
+/// channel. The busy guest's control channel survives and works afterwards.
+#[test]
+fn a_peer_kicking_in_a_loop_cannot_overflow_a_busy_guests_channel() {
+    let Two {
+        h,
+        mut ca,
+        mut cb,
+        ba: _ba,
+        bb: _bb,
+    } = two_paired();
+    let (ok, _) = open_conn(&mut ca, &mut cb, 4, 7000, Placement::Direct);
+    // 3.2 MB of WAKEs: far more than b's socket, its stream's credit, the daemon's socket and
+    // its queue (1024) hold together.
+    const KICKS: u64 = 100_000;
+    for _ in 0..KICKS {
+        ca.about(Op::Kick, ok.conn);
+    }
+    assert!(
+        wait_until(T, || h.fastpath_counters("a").fastpath_kicks == KICKS),
+        "the daemon took every KICK: {}",
+        h.fastpath_counters("a").fastpath_kicks
+    );
+    // b reads now: WAKEs for the connection only, fewer than the KICKs, then silence.
+    let mut wakes = 0u64;
+    while let Some(m) = cb.next_within(Duration::from_millis(300)) {
+        assert_eq!((m.op, m.conn), (Op::Wake, ok.conn), "{m:?}");
+        wakes += 1;
+    }
+    assert!(
+        wakes > 0 && wakes < KICKS,
+        "{wakes} WAKEs for {KICKS} KICKs"
+    );
+    assert_eq!(h.fastpath_counters("b").fastpath_wakes, wakes);
+    // Its channel still works: a second listen and a connection over it.
+    cb.listen(7001);
+    let (ok2, _) = open_conn(&mut ca, &mut cb, 4, 7001, Placement::Direct);
+    ca.about(Op::Kick, ok2.conn);
+    let w = cb.expect();
+    assert_eq!((w.op, w.conn), (Op::Wake, ok2.conn));
 }
 
 #[test]

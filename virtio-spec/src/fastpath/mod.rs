@@ -9,7 +9,9 @@
 //! | [`layout`] | window geometry: header fields, slots, ring controls and data areas (§13.2) |
 //! | [`ring`] | ring index arithmetic: what a reader checks, free space, where bytes go (§13.3) |
 //! | [`control`] | the 32-byte control messages on the control channel (§13.7) |
+//! | [`wake_gate`] | when to wake a sleeping side: once per sleep, index read before flag (§13.5) |
 
 pub mod control;
 pub mod layout;
 pub mod ring;
+pub mod wake_gate;
