@@ -3,7 +3,7 @@
 //! socket takes them. Both directions are bounded: a read takes at most
 //! [`READ_BATCH`] messages per call, and at most [`MAX_QUEUED`] answers wait; a guest that
 //! reads none of its answers for that long loses its control connection. `WAKE`s are
-//! coalesced ([`ControlStream::send_once`]): one waiting for a connection covers the later
+//! coalesced ([`ControlStream::is_waiting`]): one waiting for a connection covers the later
 //! ones, so another guest's `KICK`s cannot fill a busy guest's queue.
 
 use std::collections::VecDeque;
@@ -92,17 +92,13 @@ impl ControlStream {
         self.flush()
     }
 
-    /// Like [`ControlStream::send`], but nothing is queued when the same message still waits
-    /// here unsent: a `WAKE` for a connection covers every later one until the guest reads
-    /// it. This bounds the `WAKE`s that a peer's `KICK`s (direct pairs) or the copier can
-    /// queue for a guest that reads nothing: one per connection.
-    /// True if `msg` was queued, false if an earlier one covers it.
-    pub fn send_once(&mut self, msg: &ControlMsg) -> Result<bool, StreamEnd> {
+    /// Whether `msg` already waits here unsent. A `WAKE` for a connection that still waits
+    /// covers every later one until the guest reads it, so the service does not queue another
+    /// (§13.5): this bounds the `WAKE`s that a peer's `KICK`s (direct pairs) or the copier can
+    /// queue for a guest that reads nothing to one per connection.
+    pub fn is_waiting(&self, msg: &ControlMsg) -> bool {
         let bytes = msg.encode();
-        if self.out.iter().any(|waiting| *waiting == bytes) {
-            return self.flush().map(|()| false);
-        }
-        self.send(msg).map(|()| true)
+        self.out.iter().any(|waiting| *waiting == bytes)
     }
 
     /// Writes queued answers until the socket is full.
@@ -211,11 +207,16 @@ mod tests {
             ..ControlMsg::new(Op::Wake)
         };
         // Far more than the socket and the queue hold: a peer kicking in a loop.
+        // What the service does for each wake-up.
+        let wake_once = |s: &mut ControlStream, conn| {
+            if !s.is_waiting(&wake(conn)) {
+                s.send(&wake(conn))
+                    .expect("a repeated WAKE never overflows");
+            }
+        };
         for _ in 0..200_000 {
-            s.send_once(&wake(7))
-                .expect("a repeated WAKE never overflows");
-            s.send_once(&wake(8))
-                .expect("a repeated WAKE never overflows");
+            wake_once(&mut s, 7);
+            wake_once(&mut s, 8);
         }
         assert!(s.has_queued(), "the socket is full");
         assert!(s.out.len() <= 2, "{} waiting", s.out.len());

@@ -111,16 +111,19 @@ impl Service {
         Ok(())
     }
 
-    /// Sends `WAKE` for `conn` to `token`, counted on `vm` (not queued, and not counted, when
-    /// a `WAKE` for it still waits for the socket: that one covers this).
+    /// Sends `WAKE` for `conn` to `token`, counted on `vm` (before it is written, so a guest
+    /// that got it sees it counted). Not queued, and not counted, while a `WAKE` for `conn`
+    /// still waits for the socket: that one covers this.
     pub(super) fn wake(&mut self, token: u64, vm: usize, conn: u32) {
         let mut m = ControlMsg::new(Op::Wake);
         m.conn = conn;
-        if self.send_once(token, &m) {
-            if let Some(v) = self.vms.get(vm) {
-                v.counters.fastpath_wakes.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.is_waiting(token, &m) {
+            return;
         }
+        if let Some(v) = self.vms.get(vm) {
+            v.counters.fastpath_wakes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.send(token, &m);
     }
 
     fn on_abort(&mut self, token: u64, conn: u32) -> Result<(), ProtocolError> {

@@ -261,33 +261,22 @@ impl Service {
         }
     }
 
-    /// Sends `msg` to `token` (a failed connection is doomed).
+    /// Sends `msg` on control connection `token`; a connection that cannot take it is doomed.
     pub(super) fn send(&mut self, token: u64, msg: &ControlMsg) {
-        self.deliver(token, |c| c.send(msg).map(|()| true));
-    }
-
-    /// Sends `msg` to `token` unless the same message still waits there unsent (`WAKE`s);
-    /// true if it was queued.
-    pub(super) fn send_once(&mut self, token: u64, msg: &ControlMsg) -> bool {
-        self.deliver(token, |c| c.send_once(msg))
-    }
-
-    fn deliver(
-        &mut self,
-        token: u64,
-        send: impl FnOnce(&mut ControlStream) -> Result<bool, StreamEnd>,
-    ) -> bool {
         let Some(c) = self.controls.get_mut(&token) else {
-            return false;
+            return;
         };
-        match send(&mut c.stream) {
-            Ok(queued) => queued,
-            Err(e) => {
-                let why = (!matches!(e, StreamEnd::Closed)).then(|| e.to_string());
-                self.doom(token, why);
-                false
-            }
+        if let Err(e) = c.stream.send(msg) {
+            let why = (!matches!(e, StreamEnd::Closed)).then(|| e.to_string());
+            self.doom(token, why);
         }
+    }
+
+    /// Whether `msg` still waits unsent on control connection `token` (coalesced `WAKE`s).
+    pub(super) fn is_waiting(&self, token: u64, msg: &ControlMsg) -> bool {
+        self.controls
+            .get(&token)
+            .is_some_and(|c| c.stream.is_waiting(msg))
     }
 
     /// Writes every control connection's queued answers.
