@@ -3,7 +3,7 @@
 # timeout or out-of-memory, printing the input that caused it.
 #
 # Usage: ci/fuzz.sh [SECONDS] [TARGET...]    (SECONDS defaults to 60; TARGET: header, chains,
-#                                             switch; all of them by default)
+#                                             switch, fastpath; all of them by default)
 #
 # Only the stable toolchain is needed: cargo-fuzz passes `-Z` flags (the address sanitizer,
 # coverage instrumentation), and RUSTC_BOOTSTRAP=1 makes stable rustc accept them. The address
