@@ -19,7 +19,7 @@ use std::sync::Arc;
 use sockbypass_wire::fastpath::control::{ControlMsg, Op, Placement, Reason};
 use sockbypass_wire::fastpath::layout::RING_SIZE;
 use sockbypass_wire::fastpath::ring::RingError;
-use sockbypass_wire::fastpath::wake_gate::WakeGate;
+use sockbypass_wire::fastpath::wake_gate::{self, WakeGate};
 
 use crate::control::Transport;
 use crate::error::StreamError;
@@ -262,7 +262,9 @@ impl<T: Transport> FastStream<T> {
                         let tx = &self.tx;
                         self.tx_gate.should_wake(
                             || match tx.peer_tail() {
-                                Ok(tail) => (tail != tx.head() || tx.is_closed()).then_some(tail),
+                                Ok(tail) => {
+                                    wake_gate::for_consumer(tail, tx.head(), tx.is_closed())
+                                }
                                 Err(_) => Some(u64::MAX),
                             },
                             || tx.consumer_sleeping(),
@@ -272,9 +274,7 @@ impl<T: Transport> FastStream<T> {
                         let rx = &self.rx;
                         self.rx_gate.should_wake(
                             || match rx.peer_head() {
-                                Ok(head) => {
-                                    (head.wrapping_sub(rx.tail()) < RING_SIZE).then_some(head)
-                                }
+                                Ok(head) => wake_gate::for_producer(head, rx.tail(), RING_SIZE),
                                 Err(_) => Some(u64::MAX),
                             },
                             || rx.producer_sleeping(),

@@ -206,14 +206,14 @@ mod tests {
             conn,
             ..ControlMsg::new(Op::Wake)
         };
-        // Far more than the socket and the queue hold: a peer kicking in a loop.
-        // What the service does for each wake-up.
+        // What the service does for each wake-up (`Service::wake`).
         let wake_once = |s: &mut ControlStream, conn| {
             if !s.is_waiting(&wake(conn)) {
                 s.send(&wake(conn))
                     .expect("a repeated WAKE never overflows");
             }
         };
+        // Far more than the socket and the queue hold: a peer kicking in a loop.
         for _ in 0..200_000 {
             wake_once(&mut s, 7);
             wake_once(&mut s, 8);
@@ -222,9 +222,9 @@ mod tests {
         assert!(s.out.len() <= 2, "{} waiting", s.out.len());
         // Other answers still queue behind them.
         s.send(&ControlMsg::new(Op::Welcome)).expect("queued");
-        // The guest reads everything; the last WAKE of each connection arrives.
+        // The guest reads everything: WAKEs for 7 and 8, then the WELCOME, then nothing.
         guest.set_nonblocking(true).expect("nonblocking");
-        let (mut last7, mut last8, mut welcome) = (false, false, false);
+        let (mut seen7, mut seen8, mut welcome, mut after) = (false, false, false, false);
         let mut buf = [0u8; MSG_LEN];
         let mut idle = 0;
         while idle < 100 {
@@ -233,21 +233,26 @@ mod tests {
                 Ok(()) => {
                     idle = 0;
                     let m = ControlMsg::decode(&buf).expect("decodes");
-                    welcome |= m.op == Op::Welcome;
-                    last7 |= welcome && m.conn == 7;
-                    last8 |= welcome && m.conn == 8;
-                    if m.op == Op::Wake && !welcome {
-                        // Before the WELCOME: what the socket took, then the coalesced ones.
-                        assert!(m.conn == 7 || m.conn == 8, "{m:?}");
+                    if welcome {
+                        after = true;
+                    } else if m.op == Op::Welcome {
+                        welcome = true;
+                    } else {
+                        assert!(m.op == Op::Wake && (m.conn == 7 || m.conn == 8), "{m:?}");
+                        seen7 |= m.conn == 7;
+                        seen8 |= m.conn == 8;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => idle += 1,
                 Err(e) => panic!("read: {e}"),
             }
         }
+        assert!(seen7 && seen8, "both connections' WAKEs arrived");
         assert!(welcome, "the WELCOME queued behind the WAKEs arrived");
         assert!(!s.has_queued());
-        // Nothing for 7 or 8 after the WELCOME: every WAKE was sent before it.
-        assert!(!last7 && !last8);
+        assert!(
+            !after,
+            "nothing after the WELCOME: every WAKE was sent before it"
+        );
     }
 }

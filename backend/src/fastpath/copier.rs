@@ -11,6 +11,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use sockbypass_wire::fastpath::control::{ControlMsg, Op};
 use sockbypass_wire::fastpath::layout::RING_SIZE;
+use sockbypass_wire::fastpath::wake_gate;
 
 use super::conn::End;
 use super::ring_access::RingAccess;
@@ -102,18 +103,12 @@ fn copy_direction(windows: &[Window], s: &mut End, r: &mut End) -> Result<Moved,
         // `tail` or the end of the stream; space past the sender's `head` (§13.5).
         let ended = out.ended;
         out.wake_receiver = r.rx_woken.should_wake(
-            || {
-                let tail = dst.tail();
-                (tail != r.rx.head() || ended).then_some(tail)
-            },
+            || wake_gate::for_consumer(dst.tail(), r.rx.head(), ended),
             || dst.consumer_sleeping(),
         );
         out.wake_sender = n > 0
             && s.tx_woken.should_wake(
-                || {
-                    let head = src.head();
-                    (head.wrapping_sub(s.tx.tail()) < RING_SIZE).then_some(head)
-                },
+                || wake_gate::for_producer(src.head(), s.tx.tail(), RING_SIZE),
                 || src.producer_sleeping(),
             );
     }

@@ -48,15 +48,39 @@ impl WakeGate {
     }
 }
 
+/// What waits for a consumer at `tail` (for [`WakeGate::should_wake`]): its `tail` if the
+/// producer's `head` is past it or the stream is `closed`, else `None`.
+pub fn for_consumer(tail: u64, head: u64, closed: bool) -> Option<u64> {
+    (tail != head || closed).then_some(tail)
+}
+
+/// What waits for a producer at `head`: its `head` if there is space, that is fewer than
+/// `ring_size` bytes in flight after the consumer's `tail`, else `None`. (A `head` that lies,
+/// behind `tail` or too far ahead, counts as no space: no wake-up; the ring's own checks
+/// find it.)
+pub fn for_producer(head: u64, tail: u64, ring_size: u64) -> Option<u64> {
+    (head.wrapping_sub(tail) < ring_size).then_some(head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::{Cell, RefCell};
 
-    /// The waker's look at a consumer at `tail`, the waker's own `head`, its flag `sleeping`:
-    /// something waits when `head` is past `tail`.
+    /// The waker's look at a consumer at `tail`, the waker's own `head`, its flag `sleeping`.
     fn look(g: &mut WakeGate, tail: u64, head: u64, sleeping: bool) -> bool {
-        g.should_wake(|| (head != tail).then_some(tail), || sleeping)
+        g.should_wake(|| for_consumer(tail, head, false), || sleeping)
+    }
+
+    #[test]
+    fn something_waits_for_bytes_the_end_or_space() {
+        assert_eq!(for_consumer(5, 5, false), None, "took everything");
+        assert_eq!(for_consumer(5, 6, false), Some(5));
+        assert_eq!(for_consumer(5, 5, true), Some(5), "the end of the stream");
+        assert_eq!(for_producer(164, 100, 64), None, "full");
+        assert_eq!(for_producer(163, 100, 64), Some(163));
+        assert_eq!(for_producer(u64::MAX, u64::MAX - 1, 64), Some(u64::MAX));
+        assert_eq!(for_producer(3, 7, 64), None, "a head behind the tail");
     }
 
     #[test]
